@@ -1,0 +1,1 @@
+"""Signed update channels (alpha, beta, stable) and the release bundle format."""

@@ -1,0 +1,291 @@
+"""The release bundle: the contract between ``imagebuild``, ``channels`` and ``updater``.
+
+A release bundle is a directory ``<name>-<version>.release/`` holding exactly these files::
+
+    manifest.json   this module's ``Manifest``, JSON, UTF-8
+    usr.img         the read-only /usr filesystem (squashfs or erofs), written as-is to a
+                    USR-A or USR-B partition; its length is the dm-verity data size
+    usr.verity      the dm-verity hash tree *with* its superblock (``veritysetup format``
+                    output), written as-is to that slot's USR-x-VERITY partition
+    vmlinuz         the kernel, copied to the ESP as /tidehost/<slot>/vmlinuz
+    initrd          the initrd, copied to the ESP as /tidehost/<slot>/initrd
+
+``manifest.json`` (``format`` 1)::
+
+    {
+      "format": 1,
+      "name": "tidehost",                 # image name, [a-z0-9-]
+      "version": "1.2.0",                 # MAJOR.MINOR.PATCH, see channels.version
+      "channel": "alpha",                 # the channel it was built for
+      "build_id": "20261122T031500Z-1a2b3c4d",
+      "arch": "x86-64",
+      "suite": "trixie",                  # the Debian suite of /usr
+      "usr_filesystem": "squashfs",       # or "erofs": the type of usr.img
+      "roothash": "<64 hex>",             # dm-verity root hash of usr.img over usr.verity
+      "kernel_cmdline": "console=ttyS0",  # extra kernel arguments from the image file
+      "boot_tries": 3,                    # tries a freshly written slot gets
+      "files": {"usr.img": {"size": 123, "sha256": "<64 hex>"}, ...}   # all four files
+    }
+
+Unknown top-level keys are kept (``extra``) so a newer manifest survives a round trip.
+
+The host side of the contract: GPT partition labels ``USR-A``/``USR-A-VERITY`` and
+``USR-B``/``USR-B-VERITY``, ``ROOT`` and ``ESP`` (mounted at /efi); one Boot Loader
+Specification entry per slot, built only by ``boot_entry`` below, so the image build and the
+updater write the very same entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from channels.errors import BundleError
+from channels.version import Version
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+FILES = ("usr.img", "usr.verity", "vmlinuz", "initrd")
+CHANNELS = ("alpha", "beta", "stable")
+ESP_MOUNT = "/efi"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class Slot(StrEnum):
+    """One of the two /usr slots."""
+
+    A = "a"
+    B = "b"
+
+    @property
+    def usr_label(self) -> str:
+        return f"USR-{self.name}"
+
+    @property
+    def verity_label(self) -> str:
+        return f"USR-{self.name}-VERITY"
+
+    @property
+    def other(self) -> Slot:
+        return Slot.B if self is Slot.A else Slot.A
+
+    @property
+    def esp_dir(self) -> str:
+        """The slot's directory on the ESP, relative to the ESP's root."""
+        return f"tidehost/{self.value}"
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    size: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"size": self.size, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    channel: str
+    build_id: str
+    arch: str
+    suite: str
+    usr_filesystem: str
+    roothash: str
+    kernel_cmdline: str
+    boot_tries: int
+    files: Mapping[str, FileInfo]
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def bad(fld: str, why: str) -> BundleError:
+            return BundleError(f"{MANIFEST}: field '{fld}': {why}")
+
+        if not _NAME.match(self.name):
+            raise bad("name", f"{self.name!r} is not a lowercase name of [a-z0-9-]")
+        try:
+            Version.parse(self.version)
+        except ValueError as e:
+            raise bad("version", str(e)) from None
+        if self.channel not in CHANNELS:
+            raise bad("channel", f"{self.channel!r} is not one of {', '.join(CHANNELS)}")
+        if self.usr_filesystem not in ("squashfs", "erofs"):
+            raise bad("usr_filesystem", f"{self.usr_filesystem!r} is not squashfs or erofs")
+        if not _HEX64.match(self.roothash):
+            raise bad("roothash", "not 64 lowercase hex digits")
+        if not isinstance(self.boot_tries, int) or not 1 <= self.boot_tries <= 9:
+            raise bad("boot_tries", f"{self.boot_tries!r} is not a whole number from 1 to 9")
+        missing = [f for f in FILES if f not in self.files]
+        if missing or set(self.files) - set(FILES):
+            raise bad("files", f"must list exactly {', '.join(FILES)}")
+        for fname, info in self.files.items():
+            if not _HEX64.match(info.sha256) or info.size < 0:
+                raise bad(f"files.{fname}", "needs a size and a 64-hex sha256")
+
+    @property
+    def parsed_version(self) -> Version:
+        return Version.parse(self.version)
+
+    @property
+    def bundle_name(self) -> str:
+        return f"{self.name}-{self.version}.release"
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = dict(self.extra)
+        d.update(
+            format=FORMAT,
+            name=self.name,
+            version=self.version,
+            channel=self.channel,
+            build_id=self.build_id,
+            arch=self.arch,
+            suite=self.suite,
+            usr_filesystem=self.usr_filesystem,
+            roothash=self.roothash,
+            kernel_cmdline=self.kernel_cmdline,
+            boot_tries=self.boot_tries,
+            files={k: v.to_dict() for k, v in sorted(self.files.items())},
+        )
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Manifest:
+        if not isinstance(d, Mapping):
+            raise BundleError(f"{MANIFEST}: not a JSON object")
+        if d.get("format") != FORMAT:
+            raise BundleError(f"{MANIFEST}: field 'format': {d.get('format')!r} is not {FORMAT}")
+        known = (
+            "name version channel build_id arch suite usr_filesystem roothash "
+            "kernel_cmdline boot_tries files"
+        ).split()
+        for k in known:
+            if k not in d:
+                raise BundleError(f"{MANIFEST}: field '{k}' is missing")
+        files_raw = d["files"]
+        if not isinstance(files_raw, Mapping):
+            raise BundleError(f"{MANIFEST}: field 'files': not an object")
+        files: dict[str, FileInfo] = {}
+        for fname, info in files_raw.items():
+            try:
+                files[fname] = FileInfo(size=int(info["size"]), sha256=str(info["sha256"]))
+            except (KeyError, TypeError, ValueError):
+                raise BundleError(f"{MANIFEST}: field 'files.{fname}': needs size and sha256")
+        extra = {k: v for k, v in d.items() if k not in known and k != "format"}
+        return cls(
+            **{k: d[k] for k in known if k != "files"},
+            files=files,
+            extra=extra,
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Manifest:
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise BundleError(f"{MANIFEST}: not valid JSON ({e.msg}, line {e.lineno})") from None
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_bundle(directory: Path, *, verify: bool = True) -> Manifest:
+    """Read a bundle's manifest and (by default) check every file's size and sha256.
+
+    Raises:
+        BundleError: the directory, manifest or a file is missing, malformed or mismatched.
+    """
+    directory = Path(directory)
+    mpath = directory / MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"{directory}: not a release bundle (no {MANIFEST})")
+    try:
+        manifest = Manifest.from_json(mpath.read_bytes())
+    except BundleError as e:
+        raise BundleError(f"{directory}/{e}") from None
+    if verify:
+        for fname, info in manifest.files.items():
+            path = directory / fname
+            if not path.is_file():
+                raise BundleError(f"{path}: missing from the bundle")
+            size = path.stat().st_size
+            if size != info.size:
+                raise BundleError(f"{path}: size {size} does not match the manifest's {info.size}")
+            if sha256_file(path) != info.sha256:
+                raise BundleError(f"{path}: sha256 does not match the manifest")
+    return manifest
+
+
+def slot_cmdline(manifest: Manifest, slot: Slot) -> str:
+    """The kernel command line that boots ``slot`` holding ``manifest``'s /usr.
+
+    The initrd (dracut, systemd) opens USR-x with its verity partition under the root hash,
+    mounts it read-only as /usr, and mounts ROOT as /.
+    """
+    args = [
+        "root=PARTLABEL=ROOT",
+        "rw",
+        "mount.usr=/dev/mapper/usr",
+        f"mount.usrfstype={manifest.usr_filesystem}",
+        "mount.usrflags=ro",
+        f"usrhash={manifest.roothash}",
+        f"systemd.verity_usr_data=PARTLABEL={slot.usr_label}",
+        f"systemd.verity_usr_hash=PARTLABEL={slot.verity_label}",
+        f"tidehost.slot={slot.value}",
+        "rd.emergency=reboot",
+        "panic=10",
+    ]
+    if manifest.kernel_cmdline:
+        args.append(manifest.kernel_cmdline)
+    return " ".join(args)
+
+
+@dataclass(frozen=True)
+class BootEntry:
+    filename: str  # relative to loader/entries/ on the ESP
+    text: str
+    kernel: str  # ESP-relative path the entry boots
+    initrd: str
+
+
+def entry_stem(slot: Slot) -> str:
+    return f"tidehost-{slot.value}"
+
+
+def boot_entry(manifest: Manifest, slot: Slot, tries: int | None) -> BootEntry:
+    """The Boot Loader Specification entry for ``slot``.
+
+    ``tries`` is the boot-counting budget (``tidehost-b+3.conf``); None gives an entry without
+    a counter (the factory slot, or a slot already blessed).  systemd-boot sorts entries by
+    ``sort-key`` and then by ``version``, newest first, so the newer slot is preferred while
+    it has tries left.
+    """
+    stem = entry_stem(slot)
+    filename = f"{stem}.conf" if tries is None else f"{stem}+{tries}.conf"
+    kernel = f"/{slot.esp_dir}/vmlinuz"
+    initrd = f"/{slot.esp_dir}/initrd"
+    text = (
+        f"title {manifest.name} {manifest.version} (slot {slot.name})\n"
+        f"sort-key {manifest.name}\n"
+        f"version {manifest.version}\n"
+        f"linux {kernel}\n"
+        f"initrd {initrd}\n"
+        f"options {slot_cmdline(manifest, slot)}\n"
+    )
+    return BootEntry(filename=filename, text=text, kernel=kernel, initrd=initrd)

@@ -1,0 +1,1 @@
+"""Tidehost's workstation toolkit: image build, VMs, cloud-config, Vagrant, and the CLI."""

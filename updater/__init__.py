@@ -1,0 +1,1 @@
+"""tidehost-update: the on-host update agent."""
