@@ -1,0 +1,185 @@
+"""The reboot lock in etcd v3: locksmith's semaphore plus a liveness key per holder.
+
+Keys, for group ``G`` (URL-escaped)::
+
+    tidehost/rebootlock/groups/G/semaphore      locksmith JSON, no lease
+    tidehost/rebootlock/groups/G/holders/<id>   one per holder, bound to its own lease
+
+Every change of the semaphore is a compare-and-swap on its ``mod_revision``.  Taking the
+lock writes the semaphore and the holder's liveness key in one transaction.  The lease
+outlasts a normal reboot (default 15 min) and the holder renews it when it is back; a
+contender that finds a holder without a liveness key removes it in its own transaction,
+guarded by "that liveness key is still absent", so a dead holder cannot block the fleet.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import quote
+
+from updater.errors import LockBusy, LockError, LockExists, LockNotHeld
+from updater.lock.gateway import EtcdGateway, KeyValue
+from updater.lock.semaphore import Semaphore
+
+log = logging.getLogger(__name__)
+ROOT = "tidehost/rebootlock"
+CAS_TRIES = 50
+
+
+class EtcdLockClient:
+    def __init__(self, gateway: EtcdGateway, group: str = "default", lease: int = 900) -> None:
+        self.gw = gateway
+        self.group = group
+        self.lease = lease
+        base = f"{ROOT}/groups/{quote(group, safe='')}"
+        self.key = f"{base}/semaphore"
+        self.holder_prefix = f"{base}/holders/"
+
+    def holder_key(self, holder: str) -> str:
+        return self.holder_prefix + quote(holder, safe="")
+
+    # --- reading -------------------------------------------------------------------------
+
+    def _read(self) -> tuple[Semaphore, int]:
+        """The semaphore and its mod_revision, creating it (max 1) if absent."""
+        for _ in range(CAS_TRIES):
+            kv = self.gw.get(self.key)
+            if kv is not None:
+                return Semaphore.from_json(kv.value), kv.mod_revision
+            self.gw.txn([self.gw.cmp_absent(self.key)],
+                        [self.gw.op_put(self.key, Semaphore().to_json())])
+        raise LockError(f"{self.key}: cannot create the semaphore")
+
+    def _alive(self) -> dict[str, KeyValue]:
+        n = len(self.holder_prefix)
+        return {kv.key[n:]: kv for kv in self.gw.get_prefix(self.holder_prefix)}
+
+    def status(self) -> Semaphore:
+        return self._read()[0]
+
+    def holds(self, holder: str) -> bool:
+        return holder in self.status().holders
+
+    # --- writing -------------------------------------------------------------------------
+
+    def _cas(self, rev: int, new: Semaphore, ghosts: tuple[str, ...] = (),
+             extra: list[dict[str, object]] | None = None) -> bool:
+        compare = [self.gw.cmp_mod(self.key, rev)]
+        compare += [self.gw.cmp_absent(self.holder_key(g)) for g in ghosts]
+        return self.gw.txn(compare, [self.gw.op_put(self.key, new.to_json()), *(extra or [])])
+
+    def _pruned(self) -> tuple[Semaphore, Semaphore, int, tuple[str, ...]]:
+        sem, rev = self._read()
+        alive = self._alive()
+        ghosts = tuple(h for h in sem.holders if quote(h, safe="") not in alive)
+        if ghosts:
+            log.warning("reboot lock %s: holders without liveness key: %s",
+                        self.group, ", ".join(ghosts))
+        return sem, sem.without(ghosts), rev, ghosts
+
+    def lock(self, holder: str) -> None:
+        """Take one slot for ``holder``; removes dead holders first.
+
+        Raises:
+            LockExists: ``holder`` already holds a slot (its liveness key is renewed).
+            LockBusy: every slot is held by a live holder.
+            LockError: etcd is unreachable or too busy.
+        """
+        lease = 0
+        try:
+            for _ in range(CAS_TRIES):
+                sem, pruned, rev, ghosts = self._pruned()
+                if holder in pruned.holders:
+                    if ghosts:
+                        self._cas(rev, pruned, ghosts)
+                    self.renew(holder)
+                    raise LockExists(f"{holder} already holds the lock")
+                try:
+                    new = pruned.lock(holder)
+                except LockBusy:
+                    if ghosts:
+                        self._cas(rev, pruned, ghosts)
+                    raise
+                if not lease:
+                    lease = self.gw.lease_grant(self.lease)
+                op = self.gw.op_put(self.holder_key(holder), holder, lease)
+                if self._cas(rev, new, ghosts, [op]):
+                    log.info("reboot lock %s: taken by %s (%d of %d)", self.group, holder,
+                             len(new.holders), new.max)
+                    lease = 0
+                    if ghosts:
+                        log.warning("reboot lock %s: removed dead holders %s", self.group,
+                                    ", ".join(ghosts))
+                    return
+            raise LockError(f"reboot lock {self.group}: too much contention")
+        finally:
+            if lease:
+                self.gw.lease_revoke(lease)
+
+    def unlock(self, holder: str) -> None:
+        """Release ``holder``'s slot and its liveness key.
+
+        Raises:
+            LockNotHeld: ``holder`` holds no slot.
+        """
+        live = self.gw.get(self.holder_key(holder))
+        for _ in range(CAS_TRIES):
+            sem, rev = self._read()
+            if holder not in sem.holders:
+                if live:
+                    self.gw.delete(self.holder_key(holder))
+                raise LockNotHeld(f"{holder} does not hold the lock of group {self.group}")
+            drop = self.gw.op_delete(self.holder_key(holder))
+            if self._cas(rev, sem.unlock(holder), extra=[drop]):
+                log.info("reboot lock %s: released by %s", self.group, holder)
+                if live and live.lease:
+                    self.gw.lease_revoke(live.lease)
+                return
+        raise LockError(f"reboot lock {self.group}: too much contention")
+
+    def renew(self, holder: str) -> bool:
+        """Keep ``holder``'s liveness key alive (re-create it after a long reboot).
+
+        Returns False when ``holder`` no longer holds the lock (it was removed as dead).
+        """
+        live = self.gw.get(self.holder_key(holder))
+        if live and live.lease and self.gw.lease_keepalive(live.lease) > 0:
+            return True
+        lease = self.gw.lease_grant(self.lease)
+        for _ in range(CAS_TRIES):
+            sem, rev = self._read()
+            if holder not in sem.holders:
+                self.gw.lease_revoke(lease)
+                return False
+            op = self.gw.op_put(self.holder_key(holder), holder, lease)
+            if self.gw.txn([self.gw.cmp_mod(self.key, rev)], [op]):
+                log.info("reboot lock %s: liveness key of %s re-created", self.group, holder)
+                return True
+        self.gw.lease_revoke(lease)
+        raise LockError(f"reboot lock {self.group}: too much contention")
+
+    def set_max(self, new_max: int) -> Semaphore:
+        for _ in range(CAS_TRIES):
+            sem, rev = self._read()
+            new = sem.set_max(new_max)
+            if self._cas(rev, new):
+                return new
+        raise LockError(f"reboot lock {self.group}: too much contention")
+
+    # --- the agent's RebootLock protocol ------------------------------------------------------
+
+    def acquire(self, holder: str) -> bool:
+        try:
+            self.lock(holder)
+        except LockExists:
+            pass
+        except LockBusy as e:
+            log.info("reboot lock %s: busy: %s", self.group, e)
+            return False
+        return True
+
+    def release(self, holder: str) -> None:
+        try:
+            self.unlock(holder)
+        except LockNotHeld:
+            log.info("reboot lock %s: %s held nothing to release", self.group, holder)

@@ -1,0 +1,230 @@
+"""A/B slots on the host: which one runs, writing the other one, switching between them.
+
+Write order (``write_slot``), so that an interruption at any point boots the current slot:
+
+1. remove the target slot's boot entries (the old contents of that slot become unbootable);
+2. stream usr.img and usr.verity into the target's USR-x and USR-x-VERITY devices, fsync;
+3. drop the page cache and read both back through ``veritysetup verify`` with the root hash;
+4. copy vmlinuz and initrd to ``<esp>/tidehost/<slot>/`` (temp file, fsync, rename);
+5. write ``loader/entries/tidehost-<slot>+<tries>.conf`` (temp file, fsync, rename) last:
+   only now can the bootloader pick the new slot, and it prefers it (newer ``version``).
+
+The active slot's devices and entry are never written; a target that resolves to the same
+device as the active slot is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from channels.bundle import BootEntry, Manifest, Slot, boot_entry, entry_stem
+from updater.errors import CommandError, SlotError, VerificationError
+from updater.run import run
+from updater.state import atomic_write, fsync_dir
+
+log = logging.getLogger(__name__)
+BY_PARTLABEL = Path("/dev/disk/by-partlabel")
+ENTRIES = "loader/entries"
+CHUNK = 4 << 20
+_ENTRY = re.compile(r"^(?P<stem>tidehost-[ab])(?:\+(?P<left>\d+)(?:-(?P<done>\d+))?)?\.conf$")
+
+
+def active_slot(cmdline: str) -> Slot:
+    """The slot named by ``tidehost.slot=`` on the kernel command line."""
+    for arg in cmdline.split():
+        if arg.startswith("tidehost.slot="):
+            value = arg.split("=", 1)[1].lower()
+            try:
+                return Slot(value)
+            except ValueError:
+                raise SlotError(f"kernel command line: tidehost.slot={value} is not a or b") \
+                    from None
+    raise SlotError("kernel command line has no tidehost.slot=: not booted from a Tidehost slot")
+
+
+def cmdline_usrhash(cmdline: str) -> str:
+    for arg in cmdline.split():
+        if arg.startswith("usrhash="):
+            return arg.split("=", 1)[1]
+    return ""
+
+
+@dataclass(frozen=True)
+class SlotDevices:
+    usr: Path
+    verity: Path
+
+    @classmethod
+    def by_label(cls, slot: Slot, base: Path = BY_PARTLABEL) -> SlotDevices:
+        return cls(usr=base / slot.usr_label, verity=base / slot.verity_label)
+
+
+@dataclass(frozen=True)
+class EntryName:
+    slot: Slot
+    left: int | None  # None: no counter (factory entry, or blessed)
+    done: int
+
+    @property
+    def bad(self) -> bool:
+        return self.left == 0
+
+
+def parse_entry(name: str) -> EntryName | None:
+    m = _ENTRY.match(name)
+    if not m:
+        return None
+    left = int(m["left"]) if m["left"] is not None else None
+    return EntryName(Slot(m["stem"][-1]), left, int(m["done"] or 0))
+
+
+def slot_entries(esp: Path, slot: Slot) -> list[Path]:
+    d = Path(esp) / ENTRIES
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.iterdir() if (e := parse_entry(p.name)) and e.slot is slot)
+
+
+def _device_id(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return (st.st_rdev, 0) if st.st_rdev else (st.st_dev, st.st_ino)
+
+
+def _stream(src: Path, dest: Path) -> int:
+    """Copy ``src`` onto the start of ``dest`` (a block device or file), fsync; bytes copied."""
+    size = src.stat().st_size
+    try:
+        fd = os.open(dest, os.O_WRONLY)
+    except OSError as e:
+        raise SlotError(f"{dest}: cannot open for writing: {e.strerror}") from None
+    try:
+        room = os.lseek(fd, 0, os.SEEK_END)
+        if os.path.isfile(dest):
+            room = max(room, size)
+        if room < size:
+            raise SlotError(f"{dest}: {room} bytes, too small for {src.name} ({size} bytes)")
+        os.lseek(fd, 0, os.SEEK_SET)
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        with open(src, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                off = 0
+                while off < n:
+                    off += os.write(fd, view[off:n])
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # read back from the disk
+    except OSError as e:
+        raise SlotError(f"{dest}: write failed: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    return size
+
+
+def verify_verity(data: Path, hashdev: Path, roothash: str,
+                  runner: Callable[..., object] = run) -> None:
+    """Read ``data`` back through its hash tree and check it against ``roothash``.
+
+    Raises:
+        VerificationError: the data, hash tree and root hash do not agree.
+    """
+    try:
+        runner(["veritysetup", "verify", str(data), str(hashdev), roothash], timeout=1800)
+    except CommandError as e:
+        raise VerificationError(f"{data}: read-back does not match root hash {roothash[:12]}…"
+                                f" ({e})") from None
+
+
+def _copy_atomic(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    with open(src, "rb") as fi, open(tmp, "wb") as fo:
+        shutil.copyfileobj(fi, fo, CHUNK)
+        fo.flush()
+        os.fsync(fo.fileno())
+    os.replace(tmp, dest)
+    fsync_dir(dest.parent)
+
+
+def write_slot(
+    bundle: Path,
+    manifest: Manifest,
+    target: Slot,
+    *,
+    active: Slot,
+    devices: SlotDevices,
+    active_devices: SlotDevices | None,
+    esp: Path,
+    tries: int,
+    runner: Callable[..., object] = run,
+) -> BootEntry:
+    """Write ``bundle`` into slot ``target`` and make it the preferred boot entry.
+
+    Raises:
+        SlotError: ``target`` is the active slot, a device is missing or too small.
+        VerificationError: the read-back does not match the manifest's root hash.
+    """
+    if target is active:
+        raise SlotError(f"refusing to write slot {target.name}: it is the running slot")
+    for dev in (devices.usr, devices.verity):
+        if not os.path.exists(dev):
+            raise SlotError(f"{dev}: no such device for slot {target.name}")
+    if active_devices is not None:
+        busy = {_device_id(p) for p in (active_devices.usr, active_devices.verity)
+                if os.path.exists(p)}
+        for dev in (devices.usr, devices.verity):
+            if _device_id(dev) in busy:
+                raise SlotError(f"refusing to write {dev}: it is a device of the running slot")
+    esp = Path(esp)
+    if not esp.is_dir():
+        raise SlotError(f"{esp}: the ESP is not mounted")
+    bundle = Path(bundle)
+
+    for old in slot_entries(esp, target):
+        log.info("slot %s: removing old boot entry %s", target.name, old.name)
+        old.unlink()
+    fsync_dir(esp / ENTRIES)
+
+    log.info("slot %s: writing %s to %s", target.name, manifest.version, devices.usr)
+    _stream(bundle / "usr.img", devices.usr)
+    _stream(bundle / "usr.verity", devices.verity)
+    verify_verity(devices.usr, devices.verity, manifest.roothash, runner)
+    log.info("slot %s: read back and verified (root hash %s…)", target.name,
+             manifest.roothash[:12])
+
+    for name in ("vmlinuz", "initrd"):
+        _copy_atomic(bundle / name, esp / target.esp_dir / name)
+    entry = boot_entry(manifest, target, tries)
+    atomic_write(esp / ENTRIES / entry.filename, entry.text)
+    log.info("slot %s: boot entry %s written (%d tries)", target.name, entry.filename, tries)
+    return entry
+
+
+def rollback(esp: Path, active: Slot) -> Path:
+    """Make the other slot preferred: mark the running slot's entry bad (``+0``).
+
+    The other slot must hold an entry that is not bad; the running one stays as a fallback.
+
+    Raises:
+        SlotError: the other slot has no usable entry, or the running slot has none.
+    """
+    other = [p for p in slot_entries(esp, active.other)
+             if (e := parse_entry(p.name)) and not e.bad]
+    if not other:
+        raise SlotError(f"slot {active.other.name} has no usable boot entry to roll back to")
+    mine = slot_entries(esp, active)
+    if not mine:
+        raise SlotError(f"slot {active.name} (running) has no boot entry in {esp / ENTRIES}")
+    for p in mine:
+        dest = p.with_name(f"{entry_stem(active)}+0.conf")
+        if p != dest:
+            os.replace(p, dest)
+    fsync_dir(Path(esp) / ENTRIES)
+    log.info("rollback: slot %s marked bad, slot %s preferred at next boot", active.name,
+             active.other.name)
+    return other[0]
