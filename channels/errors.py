@@ -1,4 +1,12 @@
-"""The one error hierarchy of the ``channels`` package."""
+"""The one error hierarchy of the ``channels`` package.
+
+Every error's text is one line for the user and names the file, field or role at fault.
+The client side has two roots, as python-tuf does: ``VerificationError`` (the repository
+served something that must not be trusted) and ``TransportError`` (the bytes did not arrive:
+HTTP status, timeout, connection, a response of the wrong size).
+"""
+
+from __future__ import annotations
 
 
 class ChannelError(Exception):
@@ -7,3 +15,80 @@ class ChannelError(Exception):
 
 class BundleError(ChannelError):
     """A release bundle is malformed or its files do not match its manifest."""
+
+
+# --- the release engineer's side -------------------------------------------------------
+
+
+class NotARepositoryError(ChannelError):
+    """A directory is not a channel repository (or is a damaged one)."""
+
+
+class UnknownChannelError(ChannelError):
+    """A channel name is not one of alpha, beta, stable."""
+
+
+class ReleaseError(ChannelError):
+    """A publish, promote, rollout, pause, resume or pull the channel refuses."""
+
+
+class SigningKeyError(ChannelError):
+    """A private key is missing, unreadable or not the key the metadata names."""
+
+
+class PassphraseError(SigningKeyError):
+    """An encrypted key needs a passphrase and none, or a wrong one, was given."""
+
+
+class StateError(ChannelError):
+    """A client's local state (trusted metadata, cache) cannot be read or written."""
+
+
+# --- the client's side: root 1, trust ---------------------------------------------------
+
+
+class VerificationError(ChannelError):
+    """The repository served metadata, an index or a file that fails verification."""
+
+
+class MetadataVerificationError(VerificationError):
+    """TUF metadata failed verification (signature, expiry, version, hash, delegation)."""
+
+
+class SignatureError(MetadataVerificationError):
+    """Metadata is not signed by the threshold of keys its delegating role names."""
+
+
+class ExpiredMetadataError(MetadataVerificationError):
+    """Metadata has expired (a freeze attack, or a repository nobody refreshed)."""
+
+
+class RollbackError(MetadataVerificationError):
+    """Metadata is older than what this client already trusts (a rollback/replay)."""
+
+
+class TargetVerificationError(VerificationError):
+    """A downloaded file's length or hashes differ from the signed target metadata."""
+
+
+class ChannelIndexError(VerificationError):
+    """A channel index is malformed or lists something its channel may not list."""
+
+
+# --- the client's side: root 2, transport -----------------------------------------------
+
+
+class TransportError(ChannelError):
+    """A download failed: connection, timeout, HTTP status or response size."""
+
+
+class HTTPStatusError(TransportError):
+    """The server answered with an HTTP error status."""
+
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class DownloadSizeError(TransportError):
+    """A response was longer than allowed (endless data) or shorter than announced."""

@@ -1,0 +1,174 @@
+"""The channel index: ``<channel>/index.json``, a target signed by that channel's role.
+
+It lists the channel's releases, oldest first::
+
+    {"format": 1, "channel": "stable", "releases": [
+      {"version": "1.2.0", "published": "2026-11-22T03:00:00Z",
+       "manifest": {...the bundle's manifest...},
+       "files": {"manifest.json": "stable/tidehost-1.2.0.manifest.json",
+                 "usr.img": "stable/tidehost-1.2.0.usr.img", ...},
+       "rollout": {"start": "...", "waves": [[1, 0], [100, 259200]],
+                   "paused_at": null, "paused_seconds": 0},
+       "min_version": "1.1.0", "pulled": false}]}
+
+``files`` maps each bundle file to a TUF target path *inside this channel* (``<channel>/``):
+length and hashes come from the signed targets metadata, never from the index. Pure, no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from channels.bundle import CHANNELS, FILES, MANIFEST, Manifest
+from channels.errors import BundleError, ChannelIndexError, UnknownChannelError
+from channels.rollout import RolloutPlan, _iso, parse_time
+from channels.version import Version
+
+FORMAT = 1
+INDEX_NAME = "index.json"
+BUNDLE_FILES = (MANIFEST, *FILES)
+
+
+def check_channel(channel: str) -> str:
+    if channel not in CHANNELS:
+        raise UnknownChannelError(f"unknown channel {channel!r}: use one of {', '.join(CHANNELS)}")
+    return channel
+
+
+def index_path(channel: str) -> str:
+    return f"{check_channel(channel)}/{INDEX_NAME}"
+
+
+def target_path(channel: str, manifest: Manifest, fname: str) -> str:
+    """The TUF target path of one bundle file in ``channel`` (``*`` in ``<chan>/*`` has no /)."""
+    return f"{channel}/{manifest.name}-{manifest.version}.{fname}"
+
+
+@dataclass(frozen=True)
+class Release:
+    version: str
+    manifest: Manifest
+    files: Mapping[str, str]  # bundle file name -> target path
+    rollout: RolloutPlan
+    published: datetime
+    min_version: str | None = None
+    pulled: bool = False
+
+    def __post_init__(self) -> None:
+        Version.parse(self.version)
+        if self.min_version is not None:
+            Version.parse(self.min_version)
+        if self.manifest.version != self.version:
+            raise ValueError(f"manifest version {self.manifest.version} is not {self.version}")
+        if set(self.files) != set(BUNDLE_FILES):
+            raise ValueError(f"files must list exactly {', '.join(BUNDLE_FILES)}")
+
+    @property
+    def parsed_version(self) -> Version:
+        return Version.parse(self.version)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "published": _iso(self.published),
+            "manifest": self.manifest.to_dict(),
+            "files": dict(sorted(self.files.items())),
+            "rollout": self.rollout.to_dict(),
+            "min_version": self.min_version,
+            "pulled": self.pulled,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Release:
+        return cls(
+            version=str(d["version"]),
+            manifest=Manifest.from_dict(d["manifest"]),
+            files={str(k): str(v) for k, v in dict(d["files"]).items()},
+            rollout=RolloutPlan.from_dict(d["rollout"]),
+            published=parse_time(d["published"]),
+            min_version=d.get("min_version"),
+            pulled=bool(d.get("pulled", False)),
+        )
+
+
+@dataclass(frozen=True)
+class ChannelIndex:
+    channel: str
+    releases: tuple[Release, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        check_channel(self.channel)
+        seen: set[str] = set()
+        for r in self.releases:
+            if r.version in seen:
+                raise ChannelIndexError(f"{self.where}: release {r.version} is listed twice")
+            seen.add(r.version)
+            for fname, path in r.files.items():
+                if not path.startswith(f"{self.channel}/") or path.count("/") != 1:
+                    raise ChannelIndexError(
+                        f"{self.where}: release {r.version} file {fname} is target {path!r}, "
+                        f"outside channel {self.channel}"
+                    )
+        ordered = sorted(self.releases, key=lambda r: r.parsed_version)
+        if list(ordered) != list(self.releases):
+            raise ChannelIndexError(f"{self.where}: releases are not in version order")
+
+    @property
+    def where(self) -> str:
+        return f"{self.channel}/{INDEX_NAME}"
+
+    def get(self, version: str) -> Release | None:
+        return next((r for r in self.releases if r.version == version), None)
+
+    @property
+    def current(self) -> Release | None:
+        """The newest release that is not pulled."""
+        live = [r for r in self.releases if not r.pulled]
+        return live[-1] if live else None
+
+    def with_release(self, release: Release) -> ChannelIndex:
+        """Replace the release of that version, or add it, keeping version order."""
+        others = [r for r in self.releases if r.version != release.version]
+        return replace(
+            self, releases=tuple(sorted([*others, release], key=lambda r: r.parsed_version))
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "channel": self.channel,
+            "releases": [r.to_dict() for r in self.releases],
+        }
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, channel: str) -> ChannelIndex:
+        """Parse an index and check it is ``channel``'s own.
+
+        Raises:
+            ChannelIndexError: malformed, of another channel, or listing foreign targets.
+        """
+        where = f"{channel}/{INDEX_NAME}"
+        try:
+            d = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ChannelIndexError(f"{where}: not valid JSON ({e})") from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ChannelIndexError(f"{where}: field 'format' is not {FORMAT}")
+        if d.get("channel") != channel:
+            raise ChannelIndexError(
+                f"{where}: is the index of channel {d.get('channel')!r}, not {channel!r}"
+            )
+        releases = []
+        for i, r in enumerate(d.get("releases") or []):
+            try:
+                releases.append(Release.from_dict(r))
+            except (KeyError, TypeError, ValueError, BundleError) as e:
+                raise ChannelIndexError(f"{where}: releases[{i}]: {e}") from None
+        return cls(channel=channel, releases=tuple(releases))

@@ -1,0 +1,117 @@
+"""Where things live in a channel repository directory, and atomic file writes.
+
+::
+
+    repo/
+      tidehost-channels.json   marker and settings (expiry per role); not secret
+      keys/                    private keys, 0700: root.pem targets.pem snapshot.pem
+                               timestamp.pem alpha.pem beta.pem stable.pem; retired/ after rotation
+      published/               the tree a web server, object store or CDN serves, and nothing else
+        metadata/              TUF metadata: N.root.json (and root.json, the newest root: the
+                               file hosts bootstrap trust from), timestamp.json,
+                               N.snapshot.json, N.targets.json, N.alpha.json, ...
+        targets/               every target once, by hash: <sha256>.<name>
+      .lock                    serialises writers
+
+Publication is atomic: every file is written to a temporary name beside its final one and
+renamed into place; new metadata gets new versioned names, and ``timestamp.json`` is switched
+last, so a client sees either the old repository or the new one, never a mixture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from channels.errors import NotARepositoryError
+
+CONFIG_NAME = "tidehost-channels.json"
+CONFIG_KIND = "tidehost-channel-repository"
+CONFIG_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def retired_keys(self) -> Path:
+        return self.keys / "retired"
+
+    @property
+    def published(self) -> Path:
+        return self.root / "published"
+
+    @property
+    def metadata(self) -> Path:
+        return self.published / "metadata"
+
+    @property
+    def targets(self) -> Path:
+        return self.published / "targets"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    def key(self, role: str) -> Path:
+        return self.keys / f"{role}.pem"
+
+    def target(self, sha256: str, target_path: str) -> Path:
+        return self.targets / f"{sha256}.{target_path.rsplit('/', 1)[-1]}"
+
+    def read_config(self) -> dict[str, Any]:
+        """Raises NotARepositoryError unless ``root`` holds a channel repository."""
+        if not self.root.is_dir():
+            raise NotARepositoryError(f"{self.root}: no such directory")
+        try:
+            cfg = json.loads(self.config.read_text())
+        except FileNotFoundError:
+            raise NotARepositoryError(
+                f"{self.root}: not a channel repository (no {CONFIG_NAME}; "
+                "create one with 'tidehost channel init')"
+            ) from None
+        except (OSError, ValueError) as e:
+            raise NotARepositoryError(f"{self.config}: unreadable ({e})") from None
+        if not isinstance(cfg, dict) or cfg.get("kind") != CONFIG_KIND:
+            raise NotARepositoryError(f"{self.config}: not a {CONFIG_KIND} file")
+        if cfg.get("format") != CONFIG_FORMAT:
+            raise NotARepositoryError(f"{self.config}: format {cfg.get('format')!r} unknown")
+        if not (self.metadata / "timestamp.json").is_file():
+            raise NotARepositoryError(f"{self.root}: published/metadata/timestamp.json is missing")
+        return cfg
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory + rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
