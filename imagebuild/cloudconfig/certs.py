@@ -1,0 +1,197 @@
+"""A cluster CA and per-node etcd certificates (ECDSA P-256), written atomically.
+
+Layout of the certificate folder::
+
+    ca.crt ca.key                       # the cluster CA (kept if it exists)
+    admin.crt admin.key                 # an operator's etcd client certificate
+    NODE/server.crt NODE/server.key     # etcd client-facing TLS (serverAuth + clientAuth)
+    NODE/peer.crt NODE/peer.key         # etcd peer TLS (serverAuth + clientAuth)
+    NODE/client.crt NODE/client.key     # the node's etcdctl identity (clientAuth)
+
+Server and peer certificates name the node's address, its name (and NAME.DOMAIN when the
+cluster or the etcd discovery has a domain), localhost and 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from imagebuild.cloudconfig.model import Cluster, Node
+from imagebuild.errors import ConfigError
+
+NODE_FILES = ("server", "peer", "client")
+CA_DAYS = 3650
+CERT_DAYS = 825
+
+
+@dataclass(frozen=True)
+class NodeCerts:
+    """PEM text of what a node needs: the CA certificate and its own certificates and keys."""
+
+    ca: str
+    files: tuple[tuple[str, str], ...]  # (file name, PEM), e.g. ("server.key", "-----BEGIN")
+
+
+def generate_certs(cluster: Cluster, out: Path) -> list[Path]:
+    """Create the CA (unless it exists) and every missing certificate; return what was written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    ca_crt, ca_key = out / "ca.crt", out / "ca.key"
+    if ca_crt.exists() != ca_key.exists():
+        raise ConfigError(f"{out}: has only one of ca.crt and ca.key; remove it or restore both")
+    if ca_crt.exists():
+        ca_cert, key = _load_ca(ca_crt, ca_key)
+    else:
+        ca_cert, key = _new_ca(cluster.name)
+        _write(ca_key, _key_pem(key), 0o600)
+        _write(ca_crt, ca_cert.public_bytes(serialization.Encoding.PEM).decode(), 0o644)
+        written += [ca_key, ca_crt]
+    written += _issue_if_missing(out / "admin", ca_cert, key, f"{cluster.name}-admin", [], client=True)
+    for node in cluster.nodes:
+        sans = _sans(cluster, node)
+        d = out / node.name
+        written += _issue_if_missing(d / "server", ca_cert, key, node.name, sans, client=False)
+        written += _issue_if_missing(d / "peer", ca_cert, key, node.name, sans, client=False)
+        written += _issue_if_missing(d / "client", ca_cert, key, node.name, [], client=True)
+    return written
+
+
+def load_node_certs(cluster: Cluster, node: Node) -> NodeCerts:
+    """Read a node's certificates; a missing file is a ConfigError naming it."""
+    d = cluster.etcd.cert_dir
+    assert d is not None
+    paths = [d / "ca.crt"] + [d / node.name / f"{n}.{ext}" for n in NODE_FILES for ext in ("crt", "key")]
+    for p in paths:
+        if not p.is_file():
+            raise ConfigError(
+                f"{cluster.source}: etcd.cert_dir: {p} is missing "
+                f"(run `tidehost cloud-config certs {cluster.source}`)"
+            )
+    return NodeCerts(
+        ca=paths[0].read_text(),
+        files=tuple((p.name, p.read_text()) for p in paths[1:]),
+    )
+
+
+def _sans(cluster: Cluster, node: Node) -> list[x509.GeneralName]:
+    names = {node.name, cluster.fqdn(node), cluster.etcd_host(node), "localhost"}
+    names.discard(node.address)
+    out: list[x509.GeneralName] = [x509.DNSName(n) for n in sorted(names)]
+    for ip in sorted({node.address, "127.0.0.1"}):
+        out.append(x509.IPAddress(ipaddress.IPv4Address(ip)))
+    return out
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _new_ca(cluster: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{cluster} etcd CA"),
+                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Tidehost")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_now() - dt.timedelta(minutes=5))
+        .not_valid_after(_now() + dt.timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    return cert, key
+
+
+def _load_ca(crt: Path, key: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    try:
+        cert = x509.load_pem_x509_certificate(crt.read_bytes())
+        pkey = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    except ValueError as e:
+        raise ConfigError(f"{crt.parent}: cannot read the CA ({e})") from None
+    if not isinstance(pkey, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{key}: the CA key is not an ECDSA key")
+    return cert, pkey
+
+
+def _issue_if_missing(
+    stem: Path,
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    common_name: str,
+    sans: list[x509.GeneralName],
+    *,
+    client: bool,
+) -> list[Path]:
+    crt, keyfile = stem.with_suffix(".crt"), stem.with_suffix(".key")
+    if crt.exists() and keyfile.exists():
+        return []
+    key = ec.generate_private_key(ec.SECP256R1())
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH] if client else [
+        ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_now() - dt.timedelta(minutes=5))
+        .not_valid_after(_now() + dt.timedelta(days=CERT_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False,
+                                     content_commitment=False, data_encipherment=False,
+                                     key_agreement=False, key_cert_sign=False, crl_sign=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+    )  # fmt: skip
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    _write(keyfile, _key_pem(key), 0o600)
+    _write(crt, cert.public_bytes(serialization.Encoding.PEM).decode(), 0o644)
+    return [keyfile, crt]
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    write_atomic(path, text, mode)
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write ``text`` to a temporary file next to ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

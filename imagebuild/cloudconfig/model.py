@@ -1,0 +1,183 @@
+"""The cluster file, parsed once into frozen dataclasses (see ``parse.py`` for the format)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+# Where things live on a host. /usr is read-only on Tidehost images, so scripts go to /etc.
+TIDEHOST_ETC = "/etc/tidehost"
+BIN_DIR = f"{TIDEHOST_ETC}/bin"
+ETCD_TLS_DIR = f"{TIDEHOST_ETC}/etcd"
+ETCDCTL_ENV = f"{TIDEHOST_ETC}/etcdctl.env"
+UPDATE_YAML = f"{TIDEHOST_ETC}/update.yaml"
+ETCD_DATA_DIR = "/var/lib/etcd/tidehost"
+
+# The etcd keys the hosts share (documented in cloud-config/README.md).
+KEY_PREFIX = "/tidehost"
+NODES_PREFIX = f"{KEY_PREFIX}/nodes/"
+SWARM_PREFIX = f"{KEY_PREFIX}/swarm/"
+KUBEADM_PREFIX = f"{KEY_PREFIX}/kubeadm/"
+
+
+class Provider(StrEnum):
+    EC2 = "ec2"
+    GCE = "gce"
+    DIGITALOCEAN = "digitalocean"
+    VAGRANT = "vagrant"
+    NOCLOUD = "nocloud"
+
+    def has_metadata_service(self) -> bool:
+        """True where a metadata service tells the host its own address and hostname."""
+        return self in (Provider.EC2, Provider.GCE, Provider.DIGITALOCEAN)
+
+
+class Role(StrEnum):
+    ETCD = "etcd"
+    MANAGER = "manager"
+    WORKER = "worker"
+
+
+class Bootstrap(StrEnum):
+    STATIC = "static"
+    DNS = "dns"
+
+
+class SchedulerKind(StrEnum):
+    SWARM = "swarm"
+    KUBEADM = "kubeadm"
+
+
+class Strategy(StrEnum):
+    ETCD_LOCK = "etcd-lock"
+    FLEETLOCK = "fleetlock"
+    REBOOT = "reboot"
+    OFF = "off"
+
+
+class Weekday(StrEnum):
+    MON = "mon"
+    TUE = "tue"
+    WED = "wed"
+    THU = "thu"
+    FRI = "fri"
+    SAT = "sat"
+    SUN = "sun"
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    address: str
+    roles: frozenset[Role]
+
+    def has(self, role: Role) -> bool:
+        return role in self.roles
+
+    @property
+    def sorted_roles(self) -> tuple[str, ...]:
+        return tuple(r.value for r in Role if r in self.roles)
+
+
+@dataclass(frozen=True)
+class Etcd:
+    bootstrap: Bootstrap = Bootstrap.STATIC
+    members: tuple[str, ...] = ()  # node names; static: default every node with role etcd
+    discovery_domain: str | None = None  # dns: the domain with the _etcd-server(-ssl)._tcp SRV
+    client_port: int = 2379
+    peer_port: int = 2380
+    tls: bool = True
+    cert_dir: Path | None = None  # resolved against the cluster file's folder
+    token: str = ""  # --initial-cluster-token; default: the cluster name
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+
+@dataclass(frozen=True)
+class Docker:
+    registry_mirrors: tuple[str, ...] = ()
+    insecure_registries: tuple[str, ...] = ()
+    log_driver: str = "journald"
+    log_opts: tuple[tuple[str, str], ...] = ()
+    data_path_addr: str | None = None  # swarm --data-path-addr; default: the node's address
+
+
+@dataclass(frozen=True)
+class Kubeadm:
+    kubernetes_version: str = "stable-1"
+    pod_subnet: str = "10.244.0.0/16"
+    service_subnet: str = "10.96.0.0/12"
+    cri_socket: str = "unix:///run/containerd/containerd.sock"
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    kind: SchedulerKind = SchedulerKind.SWARM
+    kubeadm: Kubeadm = Kubeadm()
+
+
+@dataclass(frozen=True)
+class Window:
+    days: tuple[Weekday, ...]
+    start: str  # HH:MM
+    length: str  # a duration like 1h30m (locksmith's REBOOT_WINDOW_LENGTH)
+    tz: str = "UTC"
+
+
+@dataclass(frozen=True)
+class Updater:
+    channel_url: str = ""
+    channel_name: str = "stable"
+    strategy: Strategy = Strategy.ETCD_LOCK
+    group: str = "default"
+    max: int = 1
+    window: Window | None = None
+    fleetlock_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Cluster:
+    source: str  # the cluster file's path, for messages
+    name: str
+    nodes: tuple[Node, ...]
+    domain: str | None = None
+    etcd: Etcd = Etcd()
+    docker: Docker = Docker()
+    scheduler: Scheduler = Scheduler()
+    updater: Updater = Updater()
+    ssh_authorized_keys: tuple[str, ...] = ()
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        known = ", ".join(n.name for n in self.nodes)
+        raise KeyError(f"no node {name!r} (known: {known})")
+
+    @property
+    def etcd_members(self) -> tuple[Node, ...]:
+        return tuple(self.node(m) for m in self.etcd.members)
+
+    @property
+    def managers(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.has(Role.MANAGER))
+
+    @property
+    def first_manager(self) -> Node | None:
+        return self.managers[0] if self.managers else None
+
+    def fqdn(self, node: Node) -> str:
+        return f"{node.name}.{self.domain}" if self.domain else node.name
+
+    def etcd_host(self, node: Node) -> str:
+        """How peers and clients name this member: its address, or its DNS name (dns)."""
+        if self.etcd.bootstrap is Bootstrap.DNS:
+            return f"{node.name}.{self.etcd.discovery_domain}"
+        return node.address
+
+    def client_endpoints(self) -> tuple[str, ...]:
+        e = self.etcd
+        return tuple(f"{e.scheme}://{self.etcd_host(n)}:{e.client_port}" for n in self.etcd_members)

@@ -1,0 +1,266 @@
+"""Parse a cluster file into a frozen ``Cluster``; every mistake is a one-line ConfigError.
+
+The format (every field, with its default; see cloud-config/examples/cluster.yaml)::
+
+    cluster: demo                      # [a-z0-9-]
+    domain: null                       # optional DNS domain: fqdn = NAME.DOMAIN
+    nodes:                             # at least one; names and addresses unique
+      - {name: node1, address: 10.77.0.11, roles: [etcd, manager]}   # roles: etcd manager worker
+    etcd:
+      bootstrap: static                # static | dns
+      members: null                    # node names; default: every node with the etcd role
+      discovery_domain: null           # dns: domain holding _etcd-server-ssl._tcp SRV records
+      client_port: 2379
+      peer_port: 2380
+      tls: true
+      cert_dir: certs                  # from `tidehost cloud-config certs`; relative to this file
+      token: null                      # --initial-cluster-token; default: the cluster name
+    docker:
+      registry_mirrors: []             # URLs
+      insecure_registries: []          # host[:port] or CIDR
+      log_driver: journald
+      log_opts: {}
+      data_path_addr: null             # swarm data path address; default: the node's address
+    scheduler:
+      kind: swarm                      # swarm | kubeadm (bring kubeadm/kubelet/containerd)
+      kubeadm: {kubernetes_version: stable-1, pod_subnet: 10.244.0.0/16,
+                service_subnet: 10.96.0.0/12, cri_socket: unix:///run/containerd/containerd.sock}
+    updater:
+      channel: {url: http://10.77.0.1:8080/, name: stable}
+      strategy: etcd-lock              # etcd-lock | fleetlock | reboot | off
+      group: default
+      max: 1
+      fleetlock_url: null              # required for strategy fleetlock
+      window: null                     # {days: [mon, ...], start: "02:00", length: 1h30m, tz: UTC}
+    ssh_authorized_keys: []            # for the user `core`
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from imagebuild.cloudconfig import fields as f
+from imagebuild.cloudconfig.model import (
+    Bootstrap,
+    Cluster,
+    Docker,
+    Etcd,
+    Kubeadm,
+    Node,
+    Role,
+    Scheduler,
+    SchedulerKind,
+    Strategy,
+    Updater,
+    Weekday,
+    Window,
+)
+from imagebuild.errors import ConfigError
+
+TOP = ("cluster", "domain", "nodes", "etcd", "docker", "scheduler", "updater",
+       "ssh_authorized_keys")  # fmt: skip
+
+
+def parse_cluster_file(path: Path) -> Cluster:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the cluster file ({e.strerror})") from None
+    return parse_cluster_text(text, str(path), path.parent)
+
+
+def parse_cluster_text(text: str, source: str, base: Path) -> Cluster:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{source}: not valid YAML{where}") from None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: the cluster file must be a YAML mapping")
+    top = f.mapping(source, raw, TOP)
+    w = f"{source}: "
+    if "cluster" not in top:
+        raise ConfigError(f"{w}cluster: missing (the cluster's name)")
+    name = f.name(f"{w}cluster", top["cluster"])
+    domain = f.domain(f"{w}domain", top["domain"]) if top.get("domain") is not None else None
+    nodes = _nodes(w, top.get("nodes"))
+    etcd = _etcd(w, top.get("etcd"), nodes, name, base)
+    scheduler = _scheduler(w, top.get("scheduler"))
+    _check_scheduler_roles(w, nodes)
+    return Cluster(
+        source=source,
+        name=name,
+        domain=domain,
+        nodes=nodes,
+        etcd=etcd,
+        docker=_docker(w, top.get("docker")),
+        scheduler=scheduler,
+        updater=_updater(w, top.get("updater")),
+        ssh_authorized_keys=f.listof(f.ssh_key)(f"{w}ssh_authorized_keys",
+                                                top.get("ssh_authorized_keys")),
+    )
+
+
+def _nodes(w: str, raw: Any) -> tuple[Node, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{w}nodes: expected a non-empty list of nodes")
+    nodes: list[Node] = []
+    for i, item in enumerate(raw):
+        where = f"{w}nodes[{i}]"
+        m = f.mapping(where, item, ("name", "address", "roles"))
+        for key in ("name", "address", "roles"):
+            if key not in m:
+                raise ConfigError(f"{where}.{key}: missing")
+        node = Node(
+            name=f.name(f"{where}.name", m["name"]),
+            address=f.ipv4(f"{where}.address", m["address"]),
+            roles=frozenset(f.listof(f.enum(Role))(f"{where}.roles", m["roles"])),
+        )
+        if not node.roles:
+            raise ConfigError(f"{where}.roles: name at least one of etcd, manager, worker")
+        if node.has(Role.MANAGER) and node.has(Role.WORKER):
+            raise ConfigError(f"{where}.roles: a node is a manager or a worker, not both")
+        for j, other in enumerate(nodes):
+            if other.name == node.name:
+                raise ConfigError(f"{where}.name: {node.name!r} is already nodes[{j}]'s name")
+            if other.address == node.address:
+                raise ConfigError(f"{where}.address: {node.address} is already nodes[{j}]'s address")
+        nodes.append(node)
+    return tuple(nodes)
+
+
+def _etcd(w: str, raw: Any, nodes: tuple[Node, ...], cluster: str, base: Path) -> Etcd:
+    where = f"{w}etcd"
+    m = f.mapping(where, raw, ("bootstrap", "members", "discovery_domain", "client_port",
+                               "peer_port", "tls", "cert_dir", "token"))  # fmt: skip
+    bootstrap = f.enum(Bootstrap)(f"{where}.bootstrap", m.get("bootstrap", "static"))
+    by_name = {n.name: n for n in nodes}
+    if m.get("members") is None:
+        members = tuple(n.name for n in nodes if n.has(Role.ETCD))
+        if not members:
+            raise ConfigError(f"{w}nodes: no node has the etcd role (the cluster needs etcd)")
+    else:
+        members = f.listof(f.name)(f"{where}.members", m["members"])
+        if not members:
+            raise ConfigError(f"{where}.members: name at least one member")
+        for i, member in enumerate(members):
+            if member not in by_name:
+                raise ConfigError(f"{where}.members[{i}]: {member!r} is not a node's name")
+            if not by_name[member].has(Role.ETCD):
+                raise ConfigError(f"{where}.members[{i}]: node {member!r} has no etcd role")
+    discovery = m.get("discovery_domain")
+    if bootstrap is Bootstrap.DNS and discovery is None:
+        raise ConfigError(f"{where}.discovery_domain: missing (needed for bootstrap: dns)")
+    if bootstrap is Bootstrap.STATIC and discovery is not None:
+        raise ConfigError(f"{where}.discovery_domain: only for bootstrap: dns")
+    client_port = f.int_range(1, 65535)(f"{where}.client_port", m.get("client_port", 2379))
+    peer_port = f.int_range(1, 65535)(f"{where}.peer_port", m.get("peer_port", 2380))
+    if client_port == peer_port:
+        raise ConfigError(f"{where}.peer_port: {peer_port} is also the client_port")
+    cert_dir = Path(f.string(f"{where}.cert_dir", m.get("cert_dir", "certs"))).expanduser()
+    return Etcd(
+        bootstrap=bootstrap,
+        members=members,
+        discovery_domain=f.domain(f"{where}.discovery_domain", discovery) if discovery else None,
+        client_port=client_port,
+        peer_port=peer_port,
+        tls=f.boolean(f"{where}.tls", m.get("tls", True)),
+        cert_dir=cert_dir if cert_dir.is_absolute() else base / cert_dir,
+        token=f.token(f"{where}.token", m["token"]) if m.get("token") is not None else cluster,
+    )
+
+
+def _docker(w: str, raw: Any) -> Docker:
+    where = f"{w}docker"
+    m = f.mapping(where, raw, ("registry_mirrors", "insecure_registries", "log_driver",
+                               "log_opts", "data_path_addr"))  # fmt: skip
+    dpa = m.get("data_path_addr")
+    return Docker(
+        registry_mirrors=f.listof(f.url)(f"{where}.registry_mirrors", m.get("registry_mirrors")),
+        insecure_registries=f.listof(f.registry)(
+            f"{where}.insecure_registries", m.get("insecure_registries")
+        ),
+        log_driver=f.token(f"{where}.log_driver", m.get("log_driver", "journald")),
+        log_opts=f.str_map(f"{where}.log_opts", m.get("log_opts")),
+        data_path_addr=f.ipv4(f"{where}.data_path_addr", dpa) if dpa is not None else None,
+    )
+
+
+def _scheduler(w: str, raw: Any) -> Scheduler:
+    where = f"{w}scheduler"
+    m = f.mapping(where, raw, ("kind", "kubeadm"))
+    kind = f.enum(SchedulerKind)(f"{where}.kind", m.get("kind", "swarm"))
+    km = f.mapping(f"{where}.kubeadm", m.get("kubeadm"),
+                   ("kubernetes_version", "pod_subnet", "service_subnet", "cri_socket"))
+    if km and kind is not SchedulerKind.KUBEADM:
+        raise ConfigError(f"{where}.kubeadm: only for kind: kubeadm")
+    d = Kubeadm()
+    return Scheduler(
+        kind=kind,
+        kubeadm=Kubeadm(
+            kubernetes_version=f.token(f"{where}.kubeadm.kubernetes_version",
+                                       km.get("kubernetes_version", d.kubernetes_version)),
+            pod_subnet=_cidr(f"{where}.kubeadm.pod_subnet", km.get("pod_subnet", d.pod_subnet)),
+            service_subnet=_cidr(f"{where}.kubeadm.service_subnet",
+                                 km.get("service_subnet", d.service_subnet)),
+            cri_socket=f.string(f"{where}.kubeadm.cri_socket", km.get("cri_socket", d.cri_socket)),
+        ),
+    )  # fmt: skip
+
+
+def _cidr(where: str, raw: Any) -> str:
+    try:
+        return str(ipaddress.IPv4Network(f.string(where, raw)))
+    except ValueError:
+        raise ConfigError(f"{where}: {raw!r} is not an IPv4 network like 10.244.0.0/16") from None
+
+
+def _check_scheduler_roles(w: str, nodes: tuple[Node, ...]) -> None:
+    if any(n.has(Role.WORKER) for n in nodes) and not any(n.has(Role.MANAGER) for n in nodes):
+        raise ConfigError(f"{w}nodes: there are workers but no node has the manager role")
+
+
+def _updater(w: str, raw: Any) -> Updater:
+    where = f"{w}updater"
+    if raw is None:
+        raise ConfigError(f"{where}: missing (at least updater.channel.url)")
+    m = f.mapping(where, raw, ("channel", "strategy", "group", "max", "window", "fleetlock_url"))
+    ch = f.mapping(f"{where}.channel", m.get("channel"), ("url", "name"))
+    if "url" not in ch:
+        raise ConfigError(f"{where}.channel.url: missing (the channel repository's URL)")
+    strategy = f.enum(Strategy)(f"{where}.strategy", m.get("strategy", "etcd-lock"))
+    fleetlock = m.get("fleetlock_url")
+    if strategy is Strategy.FLEETLOCK and fleetlock is None:
+        raise ConfigError(f"{where}.fleetlock_url: missing (needed for strategy: fleetlock)")
+    return Updater(
+        channel_url=f.url(f"{where}.channel.url", ch["url"]),
+        channel_name=f.name(f"{where}.channel.name", ch.get("name", "stable")),
+        strategy=strategy,
+        group=f.name(f"{where}.group", m.get("group", "default")),
+        max=f.int_range(1, 1000)(f"{where}.max", m.get("max", 1)),
+        window=_window(f"{where}.window", m["window"]) if m.get("window") is not None else None,
+        fleetlock_url=f.url(f"{where}.fleetlock_url", fleetlock) if fleetlock else None,
+    )
+
+
+def _window(where: str, raw: Any) -> Window:
+    m = f.mapping(where, raw, ("days", "start", "length", "tz"))
+    for key in ("days", "start", "length"):
+        if key not in m:
+            raise ConfigError(f"{where}.{key}: missing")
+    days = f.listof(f.enum(Weekday))(f"{where}.days", m["days"])
+    if not days:
+        raise ConfigError(f"{where}.days: name at least one day (mon..sun)")
+    return Window(
+        days=days,
+        start=f.hhmm(f"{where}.start", m["start"]),
+        length=f.duration(f"{where}.length", m["length"]),
+        tz=f.timezone(f"{where}.tz", m.get("tz", "UTC")),
+    )
