@@ -24,7 +24,7 @@ from channels.bundle import Manifest, Slot, load_bundle
 from channels.errors import ChannelError
 from updater import health, metrics, slots
 from updater.config import AgentConfig
-from updater.decide import decide
+from updater.decide import Decision, decide
 from updater.errors import ChannelUnavailable, UpdaterError, VerificationError
 from updater.host import Host
 from updater.lock import RebootLock
@@ -206,16 +206,19 @@ class Agent:
         if self.channel is None:
             raise ChannelUnavailable("no channel configured")
         now = self.clock()
+        staged = s.target_version if s.phase is Phase.STAGED else None
         s = self.save(s.to(Phase.CHECKING, now))
         current = self.version
         try:
             offer = self.channel.offer(self.holder_id, current)
             offered = offer.version if offer else None
-            decision = decide(current, offered, s.bad_versions)
+            decision = decide(current, offered, s.bad_versions, staged)
         except (ChannelError, UpdaterError, OSError, ValueError) as e:
             return self._failed(s, f"check failed: {e}")
         nxt = next_check(now, self.config.interval, self.config.jitter, self.rand)
         s = replace(s, last_check=now, next_check=nxt, failures=0, last_error="")
+        if decision is Decision.STAGED:
+            return self.save(s.to(Phase.STAGED, now)), 0.0
         if offer is None or not decision.wants_apply():
             log.info("check: running %s, channel offers %s: %s", current, offered or "nothing",
                      decision)

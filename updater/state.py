@@ -55,7 +55,7 @@ class Phase(StrEnum):
 _P = Phase
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     _P.IDLE: frozenset({_P.CHECKING, _P.STAGED}),
-    _P.CHECKING: frozenset({_P.IDLE, _P.DOWNLOADING, _P.ERROR}),
+    _P.CHECKING: frozenset({_P.IDLE, _P.DOWNLOADING, _P.STAGED, _P.ERROR}),
     _P.DOWNLOADING: frozenset({_P.VERIFYING, _P.ERROR}),
     _P.VERIFYING: frozenset({_P.WRITING, _P.ERROR}),
     _P.WRITING: frozenset({_P.STAGED, _P.ERROR}),

@@ -1,0 +1,222 @@
+"""``tidehost-update``: the on-host command.  ``main()`` is the only place errors become exit
+codes (0 ok, 1 error, 2 usage, 3 lock busy)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from updater import config as cfgmod
+from updater.errors import ChannelUnavailable, LockBusy, LockError, UpdaterError
+
+log = logging.getLogger("updater")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tidehost-update", description="Tidehost update agent")
+    p.add_argument("--config", type=Path, default=cfgmod.CONFIG_FILE, help="operator config")
+    p.add_argument("--defaults", type=Path, default=cfgmod.DEFAULTS_FILE, help="defaults")
+    p.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+    sub = p.add_subparsers(dest="verb", required=True)
+    sub.add_parser("daemon", help="run the agent (the systemd service)")
+    st = sub.add_parser("status", help="version, slot, channel, state, last check, lock")
+    st.add_argument("--json", action="store_true")
+    sub.add_parser("check", help="ask the channel now and stage a newer release (no reboot)")
+    sub.add_parser("apply", help="stage now, then take the lock and reboot (ignores window)")
+    rb = sub.add_parser("rollback", help="boot the other slot from the next reboot on")
+    rb.add_argument("--now", action="store_true", help="take the lock and reboot now")
+    sub.add_parser("health", help="wait for the health checks (the health-check unit)")
+    lk = sub.add_parser("lock", help="the reboot lock (like locksmithctl)")
+    lk.add_argument("--etcd", help="etcd endpoints URL[,URL…] (default: config)")
+    lk.add_argument("--group", help="lock group (default: config)")
+    lsub = lk.add_subparsers(dest="lock_verb", required=True)
+    ls = lsub.add_parser("status")
+    ls.add_argument("--json", action="store_true")
+    ll = lsub.add_parser("lock")
+    ll.add_argument("id", nargs="?")
+    ll.add_argument("--wait", action="store_true", help="retry until a slot is free")
+    ll.add_argument("--lease", type=int, help="seconds the hold lives without renewal")
+    lu = lsub.add_parser("unlock")
+    lu.add_argument("id", nargs="?")
+    lm = lsub.add_parser("set-max")
+    lm.add_argument("max", type=int)
+    return p
+
+
+def _setup_logging(debug: bool) -> None:
+    fmt = "%(levelname)s %(name)s: %(message)s" if debug else "%(message)s"
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format=fmt,
+                        stream=sys.stderr)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def _make_channel(config: cfgmod.AgentConfig) -> Any:
+    if not config.channel_configured:
+        return None
+    try:
+        from channels.client import ChannelClient
+    except ImportError as e:
+        raise ChannelUnavailable(f"the channel client is not installed ({e})") from None
+    return ChannelClient(config.channel_url, config.channel_name, config.state_dir / "channel",
+                         config.channel_root)
+
+
+def _agent(config: cfgmod.AgentConfig, *, need_channel: bool) -> Any:
+    from updater.agent import Agent
+    from updater.host import SystemdHost
+    from updater.lock import make_lock
+
+    channel = _make_channel(config)
+    if need_channel and channel is None:
+        raise ChannelUnavailable(f"no channel configured (set channel.url in {cfgmod.CONFIG_FILE})")
+    return Agent(config, SystemdHost(), make_lock(config), channel)
+
+
+def _ts(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ") if t else "never"
+
+
+def cmd_status(config: cfgmod.AgentConfig, as_json: bool) -> None:
+    st = _agent(config, need_channel=False).status()
+    if as_json:
+        print(json.dumps(st, indent=2, sort_keys=True))
+        return
+    target = f" → {st['target_version']} on slot {st['target_slot'].upper()}" \
+        if st["target_version"] and st["state"] not in ("idle", "rolled-back") else ""
+    print(f"version {st['version']} on slot {st['slot'].upper() or '?'}, "
+          f"channel {st['channel']}, state {st['state']}{target}")
+    print(f"last check {_ts(st['last_check'])}, next {_ts(st['next_check'])}, "
+          f"lock {'held' if st['lock_held'] else 'not held'} ({st['strategy']}, "
+          f"group {st['group']})")
+    if st["last_result"]:
+        print(f"last result: {st['last_result']}")
+    if st["last_error"]:
+        print(f"last error: {st['last_error']}")
+    if st["bad_versions"]:
+        print(f"never again: {', '.join(st['bad_versions'])}")
+
+
+def cmd_daemon(config: cfgmod.AgentConfig) -> None:
+    from updater.daemon import run_daemon
+
+    try:
+        agent = _agent(config, need_channel=False)
+    except ChannelUnavailable as e:
+        log.error("%s; idling", e)
+        config = cfgmod.AgentConfig(**{**config.__dict__, "channel_url": ""})
+        agent = _agent(config, need_channel=False)
+    if agent.channel is None:
+        log.info("no channel configured (channel.url in %s): idling", cfgmod.CONFIG_FILE)
+    run_daemon(agent)
+
+
+def cmd_lock(config: cfgmod.AgentConfig, a: argparse.Namespace) -> None:
+    from updater.host import SystemdHost
+    from updater.lock.etcd import EtcdLockClient
+    from updater.lock.gateway import EtcdGateway
+
+    endpoints = tuple(a.etcd.split(",")) if a.etcd else config.etcd_endpoints
+    gw = EtcdGateway(endpoints, ca=config.etcd_ca, cert=config.etcd_cert, key=config.etcd_key)
+    client = EtcdLockClient(gw, a.group or config.group, getattr(a, "lease", None) or config.lease)
+    holder = getattr(a, "id", None) or SystemdHost().machine_id()
+    if a.lock_verb == "status":
+        sem = client.status()
+        if a.json:
+            print(json.dumps({"group": client.group, "max": sem.max,
+                              "holders": list(sem.holders)}))
+        else:
+            print(f"Group: {client.group}\nAvailable: {sem.semaphore}\nMax: {sem.max}")
+            if sem.holders:
+                print("\nMachine IDs:\n" + "\n".join(sem.holders))
+        return
+    if not holder and a.lock_verb in ("lock", "unlock"):
+        raise LockError("no holder id given and /etc/machine-id is empty")
+    if a.lock_verb == "lock":
+        delay = 1.0
+        while not client.acquire(holder):
+            if not a.wait:
+                raise LockBusy(f"group {client.group}: no free slot")
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+        print(f"{holder} holds the lock of group {client.group}")
+    elif a.lock_verb == "unlock":
+        client.unlock(holder)
+        print(f"{holder} released the lock of group {client.group}")
+    elif a.lock_verb == "set-max":
+        old = client.status().max
+        sem = client.set_max(a.max)
+        print(f"Old: {old}\nNew: {sem.max}")
+
+
+def cmd_health(config: cfgmod.AgentConfig) -> None:
+    from updater import health
+    from updater.host import SystemdHost
+
+    bad = health.wait_healthy(SystemdHost(), config.health_units, config.health_commands,
+                              config.health_deadline, boot_complete=False)
+    if bad:
+        raise UpdaterError(f"unhealthy: {', '.join(bad)}")
+    log.info("healthy")
+
+
+def run(argv: list[str] | None = None) -> None:
+    a = _parser().parse_args(argv)
+    _setup_logging(a.debug)
+    config = cfgmod.load(a.config, a.defaults)
+    if a.verb == "daemon":
+        cmd_daemon(config)
+    elif a.verb == "status":
+        cmd_status(config, a.json)
+    elif a.verb == "health":
+        cmd_health(config)
+    elif a.verb == "lock":
+        cmd_lock(config, a)
+    else:
+        from updater.daemon import exclusive
+
+        agent = _agent(config, need_channel=a.verb in ("check", "apply"))
+        with exclusive(config.state_dir):
+            if a.verb == "check":
+                s, _ = agent.check_and_stage(agent.load())
+                if s.phase.value == "error":
+                    raise UpdaterError(s.last_error)
+                print(f"{s.phase}: {s.target_version or agent.version}")
+            elif a.verb == "apply":
+                s = agent.apply_now()
+                print(f"{s.phase}{': ' + s.target_version if s.target_version else ''}")
+            elif a.verb == "rollback":
+                s = agent.rollback()
+                print(f"slot {s.target_slot.upper()} ({s.target_version}) boots next")
+                if a.now:
+                    agent.apply_now()
+
+
+def main(argv: list[str] | None = None) -> int:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        run(argv)
+    except LockBusy as e:
+        print(f"tidehost-update: {e}", file=sys.stderr)
+        return 3
+    except UpdaterError as e:
+        print(f"tidehost-update: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # the one boundary: a bug, not bad input
+        if debug:
+            raise
+        print(f"tidehost-update: internal error: {type(e).__name__}: {e} (use --debug)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
