@@ -67,5 +67,5 @@ def decide(index: ChannelIndex, machine_id: str, current: str, now: datetime) ->
         if skipped:
             reason += " (" + "; ".join(s.detail for s in skipped) + ")"
         return Decision(r, reason, pos, opened, barrier_blocked, tuple(skipped))
-    return Decision(None, "nothing offered: " + "; ".join(s.detail for s in skipped),
+    return Decision(None, "nothing offered now: " + "; ".join(s.detail for s in skipped),
                     skipped=tuple(skipped))

@@ -38,7 +38,8 @@ from tuf.api.metadata import (
     Targets,
     Timestamp,
 )
-from tuf.api.serialization import DeserializationError, JSONSerializer
+from tuf.api.serialization import DeserializationError
+from tuf.api.serialization.json import JSONSerializer
 
 from channels import keys
 from channels.bundle import CHANNELS
