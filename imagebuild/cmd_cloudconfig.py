@@ -23,7 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     c = verbs.add_parser("certs", help="create the cluster CA and every node's etcd certificates")
     c.add_argument("cluster", type=Path, help="the cluster file")
-    c.add_argument("--out", type=Path, help="certificate folder (default: the file's etcd.cert_dir)")
+    c.add_argument(
+        "--out", type=Path, help="certificate folder (default: the file's etcd.cert_dir)"
+    )
     c.set_defaults(func=cmd_certs)
 
     r = verbs.add_parser("render", help="render one node's (or every node's) user-data")
@@ -35,8 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r.add_argument("-o", "--output", type=Path, help="output file (default: stdout)")
     r.add_argument("--out-dir", type=Path, help="with --all: write OUT_DIR/NODE.user-data")
     r.add_argument("--certs", type=Path, help="certificate folder (default: etcd.cert_dir)")
-    r.add_argument("--ssh-key", type=Path, action="append", default=[],
-                   help="an SSH public key file for the user core (repeatable)")
+    r.add_argument(
+        "--ssh-key",
+        type=Path,
+        action="append",
+        default=[],
+        help="an SSH public key file for the user core (repeatable)",
+    )
     r.add_argument("--templates", type=Path, help="template folder (default: cloud-config/)")
     r.set_defaults(func=cmd_render)
 

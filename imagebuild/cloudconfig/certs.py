@@ -56,7 +56,9 @@ def generate_certs(cluster: Cluster, out: Path) -> list[Path]:
         _write(ca_key, _key_pem(key), 0o600)
         _write(ca_crt, ca_cert.public_bytes(serialization.Encoding.PEM).decode(), 0o644)
         written += [ca_key, ca_crt]
-    written += _issue_if_missing(out / "admin", ca_cert, key, f"{cluster.name}-admin", [], client=True)
+    written += _issue_if_missing(
+        out / "admin", ca_cert, key, f"{cluster.name}-admin", [], client=True
+    )
     for node in cluster.nodes:
         sans = _sans(cluster, node)
         d = out / node.name
@@ -70,7 +72,9 @@ def load_node_certs(cluster: Cluster, node: Node) -> NodeCerts:
     """Read a node's certificates; a missing file is a ConfigError naming it."""
     d = cluster.etcd.cert_dir
     assert d is not None
-    paths = [d / "ca.crt"] + [d / node.name / f"{n}.{ext}" for n in NODE_FILES for ext in ("crt", "key")]
+    paths = [d / "ca.crt"] + [
+        d / node.name / f"{n}.{ext}" for n in NODE_FILES for ext in ("crt", "key")
+    ]
     for p in paths:
         if not p.is_file():
             raise ConfigError(
@@ -98,8 +102,12 @@ def _now() -> dt.datetime:
 
 def _new_ca(cluster: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{cluster} etcd CA"),
-                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Tidehost")])
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{cluster} etcd CA"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Tidehost"),
+        ]
+    )
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -143,8 +151,11 @@ def _issue_if_missing(
     if crt.exists() and keyfile.exists():
         return []
     key = ec.generate_private_key(ec.SECP256R1())
-    usages = [ExtendedKeyUsageOID.CLIENT_AUTH] if client else [
-        ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    usages = (
+        [ExtendedKeyUsageOID.CLIENT_AUTH]
+        if client
+        else [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))

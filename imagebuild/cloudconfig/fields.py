@@ -20,7 +20,8 @@ _URL = re.compile(r"^https?://[^\s/?#]+(/[^\s]*)?$")
 _HOSTPORT = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$")
 _TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _SSH_KEY = re.compile(
-    r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-[a-z0-9@.-]+) [A-Za-z0-9+/]+=*( .*)?$"
+    r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-[a-z0-9@.-]+)"
+    r" [A-Za-z0-9+/]+=*( .*)?$"
 )
 _HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?$")
@@ -121,7 +122,9 @@ def enum(kind: type[E]) -> Callable[[str, Any], E]:
     return parse
 
 
-def listof(item: Callable[[str, Any], T], *, unique: bool = True) -> Callable[[str, Any], tuple[T, ...]]:
+def listof(
+    item: Callable[[str, Any], T], *, unique: bool = True
+) -> Callable[[str, Any], tuple[T, ...]]:
     def parse(where: str, raw: Any) -> tuple[T, ...]:
         if raw is None:
             return ()
@@ -141,7 +144,9 @@ def listof(item: Callable[[str, Any], T], *, unique: bool = True) -> Callable[[s
 def ssh_key(where: str, raw: Any) -> str:
     s = string(where, raw)
     if "\n" in s or not _SSH_KEY.match(s):
-        raise ConfigError(f"{where}: not an OpenSSH public key line ('ssh-ed25519 AAAA... comment')")
+        raise ConfigError(
+            f"{where}: not an OpenSSH public key line ('ssh-ed25519 AAAA... comment')"
+        )
     return s
 
 

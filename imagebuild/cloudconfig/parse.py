@@ -84,8 +84,11 @@ def parse_cluster_text(text: str, source: str, base: Path) -> Cluster:
         raise ConfigError(f"{source}: not valid YAML{where}") from None
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{source}: the cluster file must be a YAML mapping")
-    top = f.mapping(source, raw, TOP)
     w = f"{source}: "
+    for key in raw:
+        if key not in TOP:
+            raise ConfigError(f"{w}{key}: unknown field (known: {', '.join(TOP)})")
+    top: Mapping[str, Any] = raw
     if "cluster" not in top:
         raise ConfigError(f"{w}cluster: missing (the cluster's name)")
     name = f.name(f"{w}cluster", top["cluster"])
@@ -103,8 +106,9 @@ def parse_cluster_text(text: str, source: str, base: Path) -> Cluster:
         docker=_docker(w, top.get("docker")),
         scheduler=scheduler,
         updater=_updater(w, top.get("updater")),
-        ssh_authorized_keys=f.listof(f.ssh_key)(f"{w}ssh_authorized_keys",
-                                                top.get("ssh_authorized_keys")),
+        ssh_authorized_keys=f.listof(f.ssh_key)(
+            f"{w}ssh_authorized_keys", top.get("ssh_authorized_keys")
+        ),
     )
 
 
@@ -131,7 +135,9 @@ def _nodes(w: str, raw: Any) -> tuple[Node, ...]:
             if other.name == node.name:
                 raise ConfigError(f"{where}.name: {node.name!r} is already nodes[{j}]'s name")
             if other.address == node.address:
-                raise ConfigError(f"{where}.address: {node.address} is already nodes[{j}]'s address")
+                raise ConfigError(
+                    f"{where}.address: {node.address} is already nodes[{j}]'s address"
+                )
         nodes.append(node)
     return tuple(nodes)
 
@@ -197,8 +203,11 @@ def _scheduler(w: str, raw: Any) -> Scheduler:
     where = f"{w}scheduler"
     m = f.mapping(where, raw, ("kind", "kubeadm"))
     kind = f.enum(SchedulerKind)(f"{where}.kind", m.get("kind", "swarm"))
-    km = f.mapping(f"{where}.kubeadm", m.get("kubeadm"),
-                   ("kubernetes_version", "pod_subnet", "service_subnet", "cri_socket"))
+    km = f.mapping(
+        f"{where}.kubeadm",
+        m.get("kubeadm"),
+        ("kubernetes_version", "pod_subnet", "service_subnet", "cri_socket"),
+    )
     if km and kind is not SchedulerKind.KUBEADM:
         raise ConfigError(f"{where}.kubeadm: only for kind: kubeadm")
     d = Kubeadm()

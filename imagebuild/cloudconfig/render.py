@@ -49,7 +49,9 @@ def default_template_dir() -> Path:
 
 def environment(template_dir: Path) -> SandboxedEnvironment:
     if not (template_dir / MAIN_TEMPLATE).is_file():
-        raise ConfigError(f"{template_dir}: no {MAIN_TEMPLATE} (not a cloud-config template folder)")
+        raise ConfigError(
+            f"{template_dir}: no {MAIN_TEMPLATE} (not a cloud-config template folder)"
+        )
     env = SandboxedEnvironment(
         loader=jinja2.FileSystemLoader(str(template_dir)),
         undefined=jinja2.StrictUndefined,
@@ -87,7 +89,9 @@ def render_user_data(
     try:
         text = env.get_template(MAIN_TEMPLATE).render(context)
     except jinja2.TemplateSyntaxError as e:
-        raise ConfigError(f"{tdir / (e.name or MAIN_TEMPLATE)}: line {e.lineno}: {e.message}") from None
+        raise ConfigError(
+            f"{tdir / (e.name or MAIN_TEMPLATE)}: line {e.lineno}: {e.message}"
+        ) from None
     except jinja2.TemplateError as e:
         raise ConfigError(f"{tdir}: template error: {e.message}") from None
     check_user_data(text, f"{tdir / MAIN_TEMPLATE} (node {node.name})")
@@ -102,7 +106,9 @@ def check_user_data(text: str, where: str) -> dict[str, Any]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise ConfigError(f"{where}: rendered invalid YAML (line {mark.line + 1 if mark else '?'})") from None
+        raise ConfigError(
+            f"{where}: rendered invalid YAML (line {mark.line + 1 if mark else '?'})"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: rendered YAML is not a mapping")
     return data
@@ -221,7 +227,12 @@ def update_mapping(cluster: Cluster, node: Node) -> dict[str, Any]:
     window = None
     if u.window is not None:
         w = u.window
-        window = {"days": [d.value for d in w.days], "start": w.start, "length": w.length, "tz": w.tz}
+        window = {
+            "days": [d.value for d in w.days],
+            "start": w.start,
+            "length": w.length,
+            "tz": w.tz,
+        }
     out: dict[str, Any] = {
         "node": node.name,
         "channel": {"url": u.channel_url, "name": u.channel_name},

@@ -1,0 +1,144 @@
+"""The cluster file: the example parses; every mistake is one line naming the file and field."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cloudconfig_helpers import EXAMPLE, example_data, write_cluster
+
+from imagebuild.cloudconfig import Role, Strategy, parse_cluster_file
+from imagebuild.cloudconfig.model import Bootstrap, SchedulerKind
+from imagebuild.errors import ConfigError
+
+
+def test_example_parses() -> None:
+    c = parse_cluster_file(EXAMPLE)
+    assert c.name == "demo"
+    assert [n.name for n in c.nodes] == ["node1", "node2", "node3"]
+    assert all(n.address.startswith("10.77.0.") for n in c.nodes)
+    assert c.etcd.members == ("node1", "node2", "node3")
+    assert c.etcd.tls and c.etcd.bootstrap is Bootstrap.STATIC
+    assert c.etcd.cert_dir == EXAMPLE.parent / "certs"
+    assert c.scheduler.kind is SchedulerKind.SWARM
+    assert [n.name for n in c.managers] == ["node1", "node2"]
+    assert c.node("node3").roles == frozenset({Role.ETCD, Role.WORKER})
+    assert c.updater.strategy is Strategy.ETCD_LOCK and c.updater.max == 1
+    assert c.client_endpoints()[0] == "https://10.77.0.11:2379"
+
+
+def test_defaults_and_normalisation(tmp_path: Path) -> None:
+    data = example_data()
+    del data["etcd"]["members"]
+    data["updater"]["window"]["length"] = "90m"
+    c = parse_cluster_file(write_cluster(tmp_path / "c.yaml", data))
+    assert c.etcd.members == ("node1", "node2", "node3")  # every node with the etcd role
+    assert c.etcd.token == "demo"
+    assert c.updater.window is not None and c.updater.window.length == "1h30m"
+
+
+def _set(path: str, value: object) -> Callable[[dict], None]:
+    def edit(d: dict) -> None:
+        *parents, last = path.split(".")
+        for p in parents:
+            d = d[int(p)] if isinstance(d, list) else d[p]
+        if value is _DELETE:
+            del d[last]
+        elif isinstance(d, list):
+            d[int(last)] = value
+        else:
+            d[last] = value
+
+    return edit
+
+
+_DELETE = object()
+
+
+def _all(*edits: Callable[[dict], None]) -> Callable[[dict], None]:
+    def edit(d: dict) -> None:
+        for e in edits:
+            e(d)
+
+    return edit
+
+BAD: list[tuple[str, Callable[[dict], None], str]] = [
+    ("bad-address", _set("nodes.1.address", "10.0.0.300"),
+     "nodes[1].address: '10.0.0.300' is not an IPv4 address"),
+    ("unknown-top-key", _set("flannel", {"net": "10.1.0.0/16"}), "flannel: unknown field"),
+    ("unknown-node-key", _set("nodes.0.zone", "a"), "nodes[0].zone: unknown field"),
+    ("unknown-role", _set("nodes.2.roles", ["etcd", "master"]),
+     "nodes[2].roles[1]: 'master' is not one of etcd, manager, worker"),
+    ("duplicate-name", _set("nodes.2.name", "node1"),
+     "nodes[2].name: 'node1' is already nodes[0]'s name"),
+    ("duplicate-address", _set("nodes.1.address", "10.77.0.11"),
+     "nodes[1].address: 10.77.0.11 is already nodes[0]'s address"),
+    ("manager-and-worker", _set("nodes.0.roles", ["manager", "worker"]),
+     "nodes[0].roles: a node is a manager or a worker, not both"),
+    ("no-roles", _set("nodes.0.roles", []), "nodes[0].roles: name at least one"),
+    ("bad-name", _set("nodes.0.name", "Node_1"), "nodes[0].name: 'Node_1' is not a lowercase"),
+    ("member-unknown", _set("etcd.members", ["node1", "node9"]),
+     "etcd.members[1]: 'node9' is not a node's name"),
+    ("member-without-role", _set("nodes.2.roles", ["worker"]),
+     "etcd.members[2]: node 'node3' has no etcd role"),
+    ("dns-without-domain", _set("etcd.bootstrap", "dns"),
+     "etcd.discovery_domain: missing (needed for bootstrap: dns)"),
+    ("bad-bootstrap", _set("etcd.bootstrap", "discovery-url"),
+     "etcd.bootstrap: 'discovery-url' is not one of static, dns"),
+    ("same-ports", _set("etcd.peer_port", 2379), "etcd.peer_port: 2379 is also the client_port"),
+    ("tls-not-bool", _set("etcd.tls", "yes please"), "etcd.tls: expected true or false"),
+    ("bad-mirror", _set("docker.registry_mirrors", ["ftp://x"]),
+     "docker.registry_mirrors[0]: 'ftp://x' is not an http:// or https:// URL"),
+    ("bad-scheduler", _set("scheduler.kind", "nomad"),
+     "scheduler.kind: 'nomad' is not one of swarm, kubeadm"),
+    ("kubeadm-opts-with-swarm", _set("scheduler.kubeadm", {"pod_subnet": "10.244.0.0/16"}),
+     "scheduler.kubeadm: only for kind: kubeadm"),
+    ("bad-strategy", _set("updater.strategy", "best-effort"),
+     "updater.strategy: 'best-effort' is not one of etcd-lock, fleetlock, reboot, off"),
+    ("fleetlock-without-url", _set("updater.strategy", "fleetlock"),
+     "updater.fleetlock_url: missing"),
+    ("no-channel-url", _set("updater.channel.url", _DELETE), "updater.channel.url: missing"),
+    ("max-zero", _set("updater.max", 0), "updater.max: 0 is not a whole number from 1 to 1000"),
+    ("bad-day", _set("updater.window.days", ["mon", "funday"]),
+     "updater.window.days[1]: 'funday' is not one of mon, tue"),
+    ("bad-start", _set("updater.window.start", "25:00"),
+     "updater.window.start: '25:00' is not a time of day HH:MM"),
+    ("bad-length", _set("updater.window.length", "forever"),
+     "updater.window.length: 'forever' is not a duration"),
+    ("bad-tz", _set("updater.window.tz", "Mars/Olympus"),
+     "updater.window.tz: 'Mars/Olympus' is not an IANA time zone"),
+    ("bad-ssh-key", _set("ssh_authorized_keys", ["hunter2"]),
+     "ssh_authorized_keys[0]: not an OpenSSH public key line"),
+    ("workers-without-manager",
+     _all(_set("nodes.0.roles", ["etcd"]), _set("nodes.1.roles", ["etcd", "worker"])),
+     "nodes: there are workers but no node has the manager role"),
+    ("no-nodes", _set("nodes", []), "nodes: expected a non-empty list of nodes"),
+    ("no-cluster-name", _set("cluster", _DELETE), "cluster: missing"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("edit", "message"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_cluster_file(tmp_path: Path, edit: Callable[[dict], None], message: str) -> None:
+    data = copy.deepcopy(example_data())
+    edit(data)
+    path = write_cluster(tmp_path / "cluster.yaml", data)
+    with pytest.raises(ConfigError) as err:
+        parse_cluster_file(path)
+    text = str(err.value)
+    assert "\n" not in text
+    assert text.startswith(f"{path}: "), text
+    assert message in text, text
+
+
+def test_not_yaml(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("nodes: [\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: not valid YAML \(line"):
+        parse_cluster_file(p)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the cluster file"):
+        parse_cluster_file(tmp_path / "nope.yaml")
