@@ -155,6 +155,13 @@ class ChannelRepository:
         mbytes = (Path(bundle) / MANIFEST).read_bytes()
         sizes = {MANIFEST: (hashlib.sha256(mbytes).hexdigest(), len(mbytes))}
         sizes.update({f: (i.sha256, i.size) for f, i in manifest.files.items()})
+        for fname in BUNDLE_FILES:  # cheap checks first: nothing is written on a bad bundle
+            path = Path(bundle) / fname
+            if not path.is_file():
+                raise BundleError(f"{path}: missing from the bundle")
+            if path.stat().st_size != sizes[fname][1]:
+                raise BundleError(f"{path}: size {path.stat().st_size} does not match the "
+                                  f"manifest's {sizes[fname][1]}")
         copied = reused = 0
         files: dict[str, str] = {}
         for fname in BUNDLE_FILES:

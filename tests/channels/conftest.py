@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from channels.bundle import FILES, FileInfo, Manifest
+from channels.releases import ChannelRepository
 from channels.repository import create, open_repository
 from channels.serve import ChannelServer, StaticHandler
 
@@ -63,16 +66,20 @@ def root_json(repo: Path) -> Path:
     return repo / "published" / "metadata" / "1.root.json"
 
 
-def releases(repo: Path):  # noqa: ANN201 - a context manager over ChannelRepository
-    from contextlib import contextmanager
+RepoOpener = Callable[..., AbstractContextManager[ChannelRepository]]
 
-    from channels.releases import ChannelRepository
+
+@pytest.fixture
+def open_repo(repo: Path) -> RepoOpener:
+    """``with open_repo() as r:`` gives a ChannelRepository on the test repository."""
 
     @contextmanager
-    def ctx(**kw: object) -> Iterator[ChannelRepository]:
-        with open_repository(repo, **kw) as tuf:  # type: ignore[arg-type]
+    def ctx(path: Path = repo, passphrase: bytes | None = None,
+            clock: Callable[[], datetime] | None = None) -> Iterator[ChannelRepository]:
+        kw = {"clock": clock} if clock else {}
+        with open_repository(path, passphrase, **kw) as tuf:
             yield ChannelRepository(tuf)
-    return ctx()
+    return ctx
 
 
 @pytest.fixture(autouse=True)
