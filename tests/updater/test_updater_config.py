@@ -1,0 +1,90 @@
+"""The config files: defaults in /usr, the operator's file in /etc, one-line errors."""
+
+from __future__ import annotations
+
+from datetime import time
+from pathlib import Path
+
+import pytest
+
+from updater.config import AgentConfig, Strategy, load
+from updater.errors import ConfigError
+
+DIST_DEFAULTS = Path(__file__).parents[2] / "updater/dist/usr/share/tidehost/update.yaml"
+
+
+def write(tmp_path: Path, text: str, name: str = "update.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_shipped_defaults_parse_and_idle_without_channel(tmp_path: Path) -> None:
+    cfg = load(tmp_path / "absent.yaml", DIST_DEFAULTS)
+    assert cfg.strategy is Strategy.ETCD_LOCK and not cfg.channel_configured
+    assert cfg.lease == 900 and cfg.boot_tries == 3 and cfg.window is None
+
+
+def test_operator_file_over_defaults(tmp_path: Path) -> None:
+    defaults = write(tmp_path, "strategy: reboot\ngroup: all\ncheck: {interval: 2h}\n", "d.yaml")
+    etc = write(tmp_path, """
+strategy: etcd-lock
+channel: {url: "http://10.0.2.2:8080/", name: beta}
+check: {jitter: 30s}
+etcd:
+  endpoints: http://10.0.0.1:2379,http://10.0.0.2:2379
+  lease: 15m
+window: {days: [Sat, sunday], start: "23:30", length: 3h, tz: Europe/Berlin}
+health:
+  units: [docker.service]
+  commands: ["test -e /run/ok", [/bin/true, --x]]
+  deadline: 120
+boot_tries: 2
+""")
+    cfg = load(etc, defaults)
+    assert cfg.strategy is Strategy.ETCD_LOCK and cfg.group == "all"
+    assert (cfg.interval, cfg.jitter, cfg.lease) == (7200, 30, 900)
+    assert cfg.channel_url == "http://10.0.2.2:8080/" and cfg.channel_name == "beta"
+    assert cfg.etcd_endpoints == ("http://10.0.0.1:2379", "http://10.0.0.2:2379")
+    assert cfg.window is not None and cfg.window.days == (5, 6)
+    assert (cfg.window.start, cfg.window.length, cfg.window.tz) == (time(23, 30), 10800,
+                                                                    "Europe/Berlin")
+    assert cfg.health_units == ("docker.service",)
+    assert cfg.health_commands == (("test", "-e", "/run/ok"), ("/bin/true", "--x"))
+    assert (cfg.health_deadline, cfg.boot_tries) == (120, 2)
+    assert cfg == AgentConfig(**{**cfg.__dict__})  # frozen, comparable
+
+
+@pytest.mark.parametrize("text,message", [
+    ("strategy: sometimes\n", r"update.yaml: field 'strategy': 'sometimes' is not one of"),
+    ("chanel: {url: x}\n", r"update.yaml: field 'chanel': unknown setting"),
+    ("channel: {uri: x}\n", r"update.yaml: field 'channel.uri': unknown setting"),
+    ("channel: {url: ftp://x}\n", r"field 'channel.url': 'ftp://x' is not an http\(s\) URL"),
+    ("etcd: {lease: soon}\n", r"field 'etcd.lease': 'soon' is not a duration"),
+    ("boot_tries: 12\n", r"field 'boot_tries': 12 is not a whole number from 1 to 9"),
+    ("window: {start: '25:00', length: 1h}\n", r"field 'window.start': '25:00' is not"),
+    ("window: {start: '02:00', length: 1h, tz: Mars/Base}\n", r"'window.tz'.*time zone"),
+    ("window: {start: '02:00'}\n", r"field 'window': needs both"),
+    ("window: {days: [funday], start: '02:00', length: 1h}\n", r"'window.days'.*funday"),
+    ("group: 'a b'\n", r"field 'group'"),
+    ("strategy: fleetlock\n", r"field 'fleetlock.url': required"),
+    ("[1, 2]\n", r"update.yaml: the top level must be a mapping"),
+    ("strategy: [\n", r"update.yaml: not valid YAML \(line"),
+    ("etcd: 3\n", r"field 'etcd': must be a mapping"),
+])
+def test_errors_are_one_line_with_file_and_field(tmp_path: Path, text: str,
+                                                 message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as e:
+        load(write(tmp_path, text), tmp_path / "none.yaml")
+    assert "\n" not in str(e.value) and str(tmp_path) in str(e.value)
+
+
+def test_error_in_defaults_names_the_defaults_file(tmp_path: Path) -> None:
+    d = write(tmp_path, "boot_tries: 0\n", "defaults.yaml")
+    with pytest.raises(ConfigError, match=r"defaults.yaml: field 'boot_tries'"):
+        load(tmp_path / "absent.yaml", d)
+
+
+def test_yaml_sexagesimal_time_is_understood(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, "window: {start: 02:30, length: 60}\n"), tmp_path / "x")
+    assert cfg.window is not None and cfg.window.start == time(2, 30)
