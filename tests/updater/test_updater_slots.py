@@ -1,0 +1,145 @@
+"""Writing the inactive slot on a disk image with a real GPT, through loop devices."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from channels.bundle import Slot, boot_entry, load_bundle
+from updater import slots
+from updater.errors import SlotError, VerificationError
+from updater.slots import SlotDevices, active_slot, parse_entry, write_slot
+
+pytestmark = pytest.mark.slow
+
+
+def esp_with_factory_entry(tmp_path: Path, bundle: Path) -> Path:
+    esp = tmp_path / "efi"
+    (esp / "loader/entries").mkdir(parents=True)
+    e = boot_entry(load_bundle(bundle), Slot.A, None)
+    (esp / "loader/entries" / e.filename).write_text(e.text)
+    return esp
+
+
+def devs(disk, slot: Slot) -> SlotDevices:  # noqa: ANN001
+    return SlotDevices(disk.parts[slot.usr_label], disk.parts[slot.verity_label])
+
+
+def read_part(disk, label: str, n: int) -> bytes:  # noqa: ANN001
+    off, _ = disk.offsets[label]
+    with open(disk.image, "rb") as f:
+        f.seek(off)
+        return f.read(n)
+
+
+def entries(esp: Path) -> list[str]:
+    return sorted(p.name for p in (esp / "loader/entries").iterdir())
+
+
+def test_active_slot_from_cmdline() -> None:
+    assert active_slot("root=PARTLABEL=ROOT tidehost.slot=b usrhash=ab") is Slot.B
+    with pytest.raises(SlotError, match="no tidehost.slot"):
+        active_slot("root=/dev/sda2 quiet")
+    with pytest.raises(SlotError, match="is not a or b"):
+        active_slot("tidehost.slot=c")
+    assert slots.cmdline_usrhash("x usrhash=abc y") == "abc"
+    assert parse_entry("tidehost-b+2-1.conf") == slots.EntryName(Slot.B, 2, 1)
+    assert parse_entry("tidehost-a.conf") == slots.EntryName(Slot.A, None, 0)
+    assert parse_entry("tidehost-b+0-3.conf").bad and parse_entry("other.conf") is None
+
+
+def test_write_inactive_slot(disk, bundles, tmp_path: Path) -> None:  # noqa: ANN001
+    esp = esp_with_factory_entry(tmp_path, bundles["1.0.0"])
+    b2 = bundles["2.0.0"]
+    m = load_bundle(b2)
+    (esp / "loader/entries/tidehost-b+0-3.conf").write_text("stale bad entry of slot B\n")
+    entry = write_slot(b2, m, Slot.B, active=Slot.A, devices=devs(disk, Slot.B),
+                       active_devices=devs(disk, Slot.A), esp=esp, tries=3)
+    assert entry.filename == "tidehost-b+3.conf"
+    assert entries(esp) == ["tidehost-a.conf", "tidehost-b+3.conf"]
+    text = (esp / "loader/entries/tidehost-b+3.conf").read_text()
+    assert f"usrhash={m.roothash}" in text and "tidehost.slot=b" in text
+    assert "version 2.0.0" in text and "linux /tidehost/b/vmlinuz" in text
+    assert (esp / "tidehost/b/vmlinuz").read_bytes() == (b2 / "vmlinuz").read_bytes()
+    assert (esp / "tidehost/b/initrd").read_bytes() == (b2 / "initrd").read_bytes()
+    img, ver = (b2 / "usr.img").read_bytes(), (b2 / "usr.verity").read_bytes()
+    # the bytes landed in the USR-B and USR-B-VERITY partitions of the image file
+    assert read_part(disk, "USR-B", len(img)) == img
+    assert read_part(disk, "USR-B-VERITY", len(ver)) == ver
+    assert read_part(disk, "USR-A", 1 << 20) == bytes(1 << 20)  # the active slot: untouched
+    subprocess.run(["veritysetup", "verify", str(disk.parts["USR-B"]),
+                    str(disk.parts["USR-B-VERITY"]), m.roothash], check=True)
+
+
+def test_active_slot_is_never_written(disk, bundles, tmp_path: Path) -> None:  # noqa: ANN001
+    esp = esp_with_factory_entry(tmp_path, bundles["1.0.0"])
+    m = load_bundle(bundles["2.0.0"])
+    with pytest.raises(SlotError, match="it is the running slot"):
+        write_slot(bundles["2.0.0"], m, Slot.A, active=Slot.A, devices=devs(disk, Slot.A),
+                   active_devices=None, esp=esp, tries=3)
+    # the "other" slot's devices resolve to the running slot's: refused as well
+    with pytest.raises(SlotError, match="device of the running slot"):
+        write_slot(bundles["2.0.0"], m, Slot.B, active=Slot.A, devices=devs(disk, Slot.A),
+                   active_devices=devs(disk, Slot.A), esp=esp, tries=3)
+    assert read_part(disk, "USR-A", 1 << 20) == bytes(1 << 20)
+    assert entries(esp) == ["tidehost-a.conf"]
+
+
+def test_bad_root_hash_leaves_no_entry(disk, bundles, tmp_path: Path) -> None:  # noqa: ANN001
+    esp = esp_with_factory_entry(tmp_path, bundles["1.0.0"])
+    m = replace(load_bundle(bundles["2.0.0"]), roothash="0" * 64)
+    with pytest.raises(VerificationError, match="read-back does not match"):
+        write_slot(bundles["2.0.0"], m, Slot.B, active=Slot.A, devices=devs(disk, Slot.B),
+                   active_devices=devs(disk, Slot.A), esp=esp, tries=3)
+    assert entries(esp) == ["tidehost-a.conf"]
+
+
+@pytest.mark.parametrize("where", ["_stream", "verify_verity", "_copy_atomic", "atomic_write"])
+def test_interruption_anywhere_keeps_current_slot_booting(
+        disk, bundles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:  # noqa: ANN001
+    esp = esp_with_factory_entry(tmp_path, bundles["1.0.0"])
+    b = load_bundle(bundles["2.0.0"])
+    old = boot_entry(replace(b, version="1.5.0"), Slot.B, None)  # a previous, blessed B
+    (esp / "loader/entries" / old.filename).write_text(old.text)
+
+    def crash(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(slots, where, crash)
+    with pytest.raises(KeyboardInterrupt):
+        write_slot(bundles["2.0.0"], b, Slot.B, active=Slot.A, devices=devs(disk, Slot.B),
+                   active_devices=devs(disk, Slot.A), esp=esp, tries=3)
+    # slot B may be half written, but no entry points at it: slot A boots
+    assert entries(esp) == ["tidehost-a.conf"]
+
+
+def test_device_too_small(disk_factory, bundle_factory, tmp_path: Path) -> None:  # noqa: ANN001
+    big = bundle_factory("4.0.0", payload=6 << 20)
+    gen = disk_factory(tmp_path / "small.img", (("USR-A", 2), ("USR-A-VERITY", 1),
+                                                ("USR-B", 2), ("USR-B-VERITY", 1)))
+    d = next(gen)
+    try:
+        esp = tmp_path / "efi"
+        (esp / "loader/entries").mkdir(parents=True)
+        with pytest.raises(SlotError, match="too small for usr.img"):
+            write_slot(big, load_bundle(big), Slot.B, active=Slot.A, devices=devs(d, Slot.B),
+                       active_devices=devs(d, Slot.A), esp=esp, tries=3)
+    finally:
+        gen.close()
+
+
+def test_rollback_prefers_the_other_slot(tmp_path: Path, bundles) -> None:  # noqa: ANN001
+    esp = esp_with_factory_entry(tmp_path, bundles["1.0.0"])
+    with pytest.raises(SlotError, match="slot B has no usable boot entry"):
+        slots.rollback(esp, Slot.A)
+    (esp / "loader/entries/tidehost-b+0-3.conf").write_text("bad\n")
+    with pytest.raises(SlotError, match="slot B has no usable"):
+        slots.rollback(esp, Slot.A)
+    (esp / "loader/entries/tidehost-b+0-3.conf").unlink()
+    (esp / "loader/entries/tidehost-b.conf").write_text("good\n")
+    other = slots.rollback(esp, Slot.A)
+    assert other.name == "tidehost-b.conf"
+    assert entries(esp) == ["tidehost-a+0.conf", "tidehost-b.conf"]
