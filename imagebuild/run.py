@@ -32,10 +32,17 @@ def run(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     timeout: float | None = None,
+    stream: bool = False,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run ``cmd``, logging it at debug level; on failure raise StageError with its stderr."""
+    """Run ``cmd``, logging it at debug level; on failure raise StageError with its stderr.
+
+    ``stream`` shows the command's output as progress lines while keeping it for the error
+    message (and for callers, as ``stderr`` of the result).
+    """
     argv = [str(c) for c in cmd]
     log.debug("$ %s", shlex.join(argv))
+    if stream:
+        return _run_streaming(argv, check=check, env=env, cwd=cwd)
     try:
         proc = subprocess.run(
             argv,
@@ -59,6 +66,35 @@ def run(
             log.error("  %s", line)
         raise StageError(f"{argv[0]} exited {proc.returncode}{tail}")
     return proc
+
+
+def _run_streaming(
+    argv: list[str], *, check: bool, env: Mapping[str, str] | None, cwd: Path | None
+) -> subprocess.CompletedProcess[bytes]:
+    lines: list[bytes] = []
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+        )
+    except FileNotFoundError:
+        raise ToolMissingError(f"missing tool: {argv[0]} (run `make setup`)") from None
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        lines.append(raw)
+        text = raw.decode(errors="replace").rstrip()
+        if text:
+            log.info("    %s", text[-200:])
+    rc = proc.wait()
+    result = subprocess.CompletedProcess(argv, rc, b"", b"".join(lines))
+    if check and rc != 0:
+        log.error("command failed (exit %d): %s", rc, shlex.join(argv))
+        last = next((ln for ln in reversed(lines) if ln.strip()), b"").decode(errors="replace")
+        raise StageError(f"{argv[0]} exited {rc}: {last.strip()}")
+    return result
 
 
 def output(cmd: Sequence[str | Path], **kw: object) -> str:

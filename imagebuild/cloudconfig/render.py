@@ -175,13 +175,13 @@ def etcd_flags(cluster: Cluster, node: Node) -> list[str]:
     e = cluster.etcd
     host = cluster.etcd_host(node)
     peer = f"{e.scheme}://{host}:{e.peer_port}"
+    listen_clients = [f"{e.scheme}://{a}:{e.client_port}" for a in (node.address, "127.0.0.1")]
     flags = [
         f"--name={node.name}",
         f"--data-dir={ETCD_DATA_DIR}",
         f"--listen-peer-urls={e.scheme}://{node.address}:{e.peer_port}",
         f"--initial-advertise-peer-urls={peer}",
-        f"--listen-client-urls={e.scheme}://{node.address}:{e.client_port},"
-        f"{e.scheme}://127.0.0.1:{e.client_port}",
+        "--listen-client-urls=" + ",".join(dict.fromkeys(listen_clients)),
         f"--advertise-client-urls={e.scheme}://{host}:{e.client_port}",
     ]
     if e.bootstrap is Bootstrap.DNS:
