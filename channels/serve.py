@@ -156,7 +156,8 @@ class ChannelServer(ThreadingHTTPServer):
 
     def start(self) -> threading.Thread:
         """Serve in a daemon thread (for tests and benchmarks); stop with ``shutdown()``."""
-        t = threading.Thread(target=self.serve_forever, name="channel-serve", daemon=True)
+        t = threading.Thread(target=self.serve_forever, args=(0.05,), name="channel-serve",
+                             daemon=True)
         t.start()
         return t
 

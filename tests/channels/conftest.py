@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from channels.bundle import FILES, FileInfo, Manifest
+from channels.client import ChannelClient
 from channels.releases import ChannelRepository
 from channels.repository import create, open_repository
 from channels.serve import ChannelServer, StaticHandler
@@ -53,12 +55,76 @@ def repo(tmp_path: Path) -> Path:
     return path
 
 
+class FaultyHandler(StaticHandler):
+    """The real handler, plus faults a test switches on per file-name suffix.
+
+    ``server.faults[suffix] = "endless"``: 200 without a length, then zeros forever;
+    ``"drop:N"``: announce the whole file, send N bytes, cut the connection (once);
+    ``"lie"``: announce a Content-Length far beyond the file.
+    Every GET is recorded in ``server.seen`` as (file name, Range header).
+    """
+
+    def do_GET(self) -> None:  # noqa: N802
+        name = self.path.rsplit("/", 1)[-1]
+        self.server.seen.append((name, self.headers.get("Range")))  # type: ignore[attr-defined]
+        faults: dict[str, str] = self.server.faults  # type: ignore[attr-defined]
+        key = next((k for k in faults if name.endswith(k)), None)
+        fault = faults.get(key, "") if key else ""
+        if fault == "endless":
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            try:
+                for _ in range(100_000):  # ~6 GB: "forever" for any sane client
+                    self.wfile.write(b"\0" * 65536)
+            except OSError:
+                pass
+            return
+        if fault == "lie":
+            self.send_response(200)
+            self.send_header("Content-Length", str(1 << 40))
+            self.end_headers()
+            self.close_connection = True
+            return
+        if fault.startswith("drop:"):
+            del faults[key]  # type: ignore[arg-type]
+            path = self.resolve()
+            assert path is not None
+            data = path.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: int(fault[5:])])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        super().do_GET()
+
+
 @pytest.fixture
 def served(repo: Path) -> Iterator[ChannelServer]:
-    server = ChannelServer(repo / "published", "127.0.0.1", 0, StaticHandler)
+    """``tidehost channel serve``'s server on a free port of 127.0.0.1, with fault hooks."""
+    server = ChannelServer(repo / "published", "127.0.0.1", 0, FaultyHandler)
+    server.faults = {}  # type: ignore[attr-defined]
+    server.seen = []  # type: ignore[attr-defined]
     server.start()
     yield server
     server.stop()
+
+
+ClientMaker = Callable[..., ChannelClient]
+
+
+@pytest.fixture
+def make_client(served: ChannelServer, root_json: Path, tmp_path: Path) -> ClientMaker:
+    """A ChannelClient on ``served``; the same ``host`` keeps the same state directory."""
+
+    def make(channel: str = "alpha", host: str = "host1", **kw: object) -> ChannelClient:
+        return ChannelClient(served.url, channel, tmp_path / "state" / host, root_json,
+                             timeout=5.0, **kw)  # type: ignore[arg-type]
+    return make
 
 
 @pytest.fixture
