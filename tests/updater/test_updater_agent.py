@@ -1,0 +1,322 @@
+"""The agent's flow: real slot writes on loop devices, a simulated bootloader with boot
+counting, and fakes of the channel, the lock and the host's side effects."""
+
+from __future__ import annotations
+
+import errno
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime, time
+from pathlib import Path
+
+import pytest
+
+from channels.bundle import Manifest, Slot, boot_entry, load_bundle
+from channels.errors import ChannelError
+from channels.version import Version
+from updater.agent import IDLE_SLEEP, Agent, Layout
+from updater.config import AgentConfig, Strategy, Window
+from updater.slots import SlotDevices, parse_entry
+from updater.state import Phase, State, StateStore
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Rig:
+    """One host: disk, ESP, bootloader, and a fresh agent per (simulated) process start."""
+
+    tmp: Path
+    disk: object
+    host: object
+    channel: object
+    lock: object
+    clock: object
+    manifests: dict[str, Manifest]
+    config: AgentConfig
+
+    @property
+    def esp(self) -> Path:
+        return self.config.esp
+
+    def agent(self, **changes: object) -> Agent:
+        cfg = AgentConfig(**{**self.config.__dict__, **changes})
+        devices = {s: SlotDevices(self.disk.parts[s.usr_label], self.disk.parts[s.verity_label])
+                   for s in Slot}
+        return Agent(cfg, self.host, self.lock, self.channel, layout=Layout(self.esp, devices),
+                     clock=self.clock, sleep=self.clock.sleep, rand=lambda: 0.5)
+
+    def entries(self) -> list[str]:
+        return sorted(p.name for p in (self.esp / "loader/entries").iterdir())
+
+    def state(self) -> State:
+        return StateStore(self.config.state_dir).load()
+
+    # --- what systemd-boot and systemd-bless-boot do ---------------------------------------
+
+    def boot(self) -> str:
+        """Pick the entry systemd-boot would (not bad first, newest version), count a try."""
+        d = self.esp / "loader/entries"
+        cands = []
+        for p in d.iterdir():
+            e = parse_entry(p.name)
+            ver = re.search(r"^version (\S+)$", p.read_text(), re.M)[1]  # type: ignore[index]
+            cands.append((not e.bad, Version.parse(ver), p, e))
+        _, ver, path, e = max(cands, key=lambda c: (c[0], c[1]))
+        if e.left is not None and e.left > 0:
+            new = path.with_name(f"tidehost-{e.slot.value}+{e.left - 1}-{e.done + 1}.conf")
+            path.rename(new)
+            path = new
+        self.booted_entry = path
+        self.host.boot_into(e.slot.value, self.manifests[str(ver)])
+        return path.name
+
+    def bless(self, good: bool) -> None:
+        self.host.blessed.append(good)
+        e = parse_entry(self.booted_entry.name)
+        if e.left is None:
+            return
+        name = f"tidehost-{e.slot.value}.conf" if good else \
+            f"tidehost-{e.slot.value}+0-{e.done}.conf"
+        self.booted_entry = self.booted_entry.rename(self.booted_entry.with_name(name))
+
+    def steps(self, agent: Agent, until: object, limit: int = 12) -> None:
+        for _ in range(limit):
+            if until():
+                return
+            delay = agent.step()
+            self.clock.sleep(delay)
+        assert until(), f"stuck in {self.state().phase}"
+
+
+@pytest.fixture
+def rig(tmp_path: Path, disk, bundles, host, channel, fake_lock, clock) -> Rig:  # noqa: ANN001
+    manifests = {v: load_bundle(b) for v, b in bundles.items()}
+    esp = tmp_path / "efi"
+    (esp / "loader/entries").mkdir(parents=True)
+    factory = boot_entry(manifests["1.0.0"], Slot.A, None)
+    (esp / "loader/entries" / factory.filename).write_text(factory.text)
+    host.roothash = manifests["1.0.0"].roothash
+    config = AgentConfig(strategy=Strategy.ETCD_LOCK, channel_url="http://channel.invalid/",
+                         state_dir=tmp_path / "state", metrics_file=tmp_path / "tidehost.prom",
+                         esp=esp, health_units=("app.service",), health_deadline=120)
+    host.units["app.service"] = True
+    r = Rig(tmp_path, disk, host, channel, fake_lock, clock, manifests, config)
+    r.booted_entry = esp / "loader/entries" / factory.filename
+    host.bless = r.bless
+    return r
+
+
+def test_update_then_bad_release_rolls_back_and_is_never_retried(rig: Rig, bundles) -> None:  # noqa: ANN001
+    rig.channel.publish(bundles["2.0.0"])
+    a = rig.agent()
+    a.startup()
+    rig.steps(a, lambda: rig.host.reboots == 1)
+    s = rig.state()
+    assert (s.phase, s.target_version, s.target_slot, s.lock_held) == (
+        Phase.REBOOTING, "2.0.0", "b", True)
+    assert rig.lock.holders == {"m-test"}
+    assert rig.entries() == ["tidehost-a.conf", "tidehost-b+3.conf"]
+
+    assert rig.boot() == "tidehost-b+2-1.conf"  # the new slot is preferred
+    a = rig.agent()  # a new process after the reboot
+    assert a.startup().phase is Phase.CONFIRMING
+    a.step()
+    s = rig.state()
+    assert s.phase is Phase.IDLE and s.last_result == "updated to 2.0.0"
+    assert rig.host.blessed == [True] and rig.lock.holders == set() and not s.lock_held
+    assert rig.entries() == ["tidehost-a.conf", "tidehost-b.conf"]
+    st = a.status()
+    assert (st["version"], st["slot"], st["state"]) == ("2.0.0", "b", "idle")
+    prom = (rig.tmp / "tidehost.prom").read_text()
+    assert 'tidehost_update_info{version="2.0.0",slot="b",channel="stable"} 1' in prom
+    assert 'tidehost_update_state{state="idle"} 1' in prom and "lock_held 0" in prom
+
+    # 3.0.0 fails its health check on every boot
+    rig.channel.publish(bundles["3.0.0"])
+    rig.clock.sleep(7200)
+    rig.steps(a, lambda: rig.host.reboots == 2)
+    assert rig.state().target_slot == "a" and rig.lock.holders == {"m-test"}
+    assert rig.boot() == "tidehost-a+2-1.conf"
+    rig.host.units["app.service"] = False
+    a = rig.agent()
+    assert a.startup().phase is Phase.CONFIRMING
+    a.step()  # waits out the deadline, marks the boot bad, reboots
+    assert rig.host.blessed == [True, False] and rig.host.reboots == 3
+    assert rig.state().phase is Phase.REBOOTING and rig.lock.holders == {"m-test"}
+
+    assert rig.boot() == "tidehost-b.conf"  # the bad entry lost: back on 2.0.0
+    rig.host.units["app.service"] = True
+    a = rig.agent()
+    s = a.startup()
+    assert s.phase is Phase.ROLLED_BACK and s.bad_versions == ("3.0.0",)
+    assert s.lock_held and rig.lock.holders == {"m-test"}  # held until healthy
+    a.step()
+    assert rig.lock.holders == set() and not rig.state().lock_held
+    assert rig.state().last_result == "rolled back from 3.0.0 to 2.0.0"
+
+    rig.clock.sleep(7200)
+    downloads = list(rig.channel.downloads)
+    a.step()
+    s = rig.state()
+    assert s.phase is Phase.IDLE and rig.channel.downloads == downloads == ["2.0.0", "3.0.0"]
+    assert rig.host.reboots == 3
+
+
+def test_new_slot_that_never_comes_up_is_a_rollback(rig: Rig, bundles) -> None:  # noqa: ANN001
+    rig.channel.publish(bundles["2.0.0"])
+    a = rig.agent()
+    rig.steps(a, lambda: rig.host.reboots == 1)
+    # the kernel of slot B panics three times; the bootloader falls back to A by itself
+    rig.host.boot_into("a", rig.manifests["1.0.0"])
+    s = rig.agent().startup()
+    assert s.phase is Phase.ROLLED_BACK and "2.0.0" in s.bad_versions
+
+
+def test_window_gates_the_lock(rig: Rig, bundles) -> None:  # noqa: ANN001
+    # clock starts 2027-01-15 08:00 UTC (a Friday); window Sat 02:00 for 2 h
+    rig.channel.publish(bundles["2.0.0"])
+    a = rig.agent(window=Window(days=(5,), start=time(2, 0), length=7200, tz="UTC"))
+    a.startup()
+    a.step()
+    assert rig.state().phase is Phase.STAGED
+    a.step()
+    assert rig.state().phase is Phase.WAITING_FOR_WINDOW
+    delay = a.step()
+    assert rig.state().phase is Phase.WAITING_FOR_WINDOW and rig.lock.holders == set()
+    assert 0 < delay <= IDLE_SLEEP
+    rig.steps(a, lambda: rig.host.reboots == 1, limit=40)
+    asked = datetime.fromtimestamp(rig.state().since, UTC)  # when it entered "rebooting"
+    assert asked.weekday() == 5 and time(2, 0) <= asked.time() < time(4, 0)
+    assert rig.lock.holders == {"m-test"}
+
+
+def test_busy_or_unreachable_lock_never_reboots(rig: Rig, bundles) -> None:  # noqa: ANN001
+    rig.channel.publish(bundles["2.0.0"])
+    rig.lock.holders = {"someone-else"}
+    a = rig.agent()
+    for _ in range(6):
+        rig.clock.sleep(a.step())
+    assert rig.state().phase is Phase.WAITING_FOR_LOCK and rig.host.reboots == 0
+    rig.lock.holders = set()
+    rig.lock.unreachable = True
+    for _ in range(3):
+        rig.clock.sleep(a.step())
+    s = rig.state()
+    assert s.phase is Phase.WAITING_FOR_LOCK and "etcd unreachable" in s.last_error
+    assert rig.host.reboots == 0
+    rig.lock.unreachable = False
+    a.step()
+    assert rig.host.reboots == 1
+
+
+@pytest.mark.parametrize("failure,message", [
+    ("offer", "check failed: channel unreachable"),
+    ("enospc", "No space left on device"),
+    ("corrupt", "sha256 does not match"),
+])
+def test_bad_input_keeps_slot_and_retries(rig: Rig, bundles, failure: str,  # noqa: ANN001
+                                          message: str, tmp_path: Path) -> None:
+    good = bundles["2.0.0"]
+    if failure == "offer":
+        rig.channel.publish(good)
+        rig.channel.error = ChannelError("channel unreachable")
+    elif failure == "enospc":
+        rig.channel.publish(good)
+        rig.channel.download_error = OSError(errno.ENOSPC, "No space left on device")
+    else:
+        bad = tmp_path / "corrupt" / good.name
+        shutil.copytree(good, bad)
+        with open(bad / "usr.img", "r+b") as f:
+            f.seek(100)
+            f.write(b"EVIL")
+        rig.channel.publish(bad)
+    a = rig.agent()
+    a.startup()
+    delay = a.step()
+    s = rig.state()
+    assert s.phase is Phase.ERROR and message in s.last_error and s.failures == 1
+    assert rig.entries() == ["tidehost-a.conf"] and rig.host.reboots == 0
+    assert delay >= 30 and s.next_check > rig.clock.now
+    assert a.step() > 0 and rig.state().failures == 1  # waits for the backoff
+    rig.clock.sleep(delay)
+    rig.channel.error = rig.channel.download_error = None
+    rig.channel.published = {"2.0.0": good}
+    rig.steps(a, lambda: rig.host.reboots == 1)
+    assert rig.state().failures == 0
+
+
+def test_interrupted_write_is_retried_and_never_rebooted(rig: Rig, bundles) -> None:  # noqa: ANN001
+    StateStore(rig.config.state_dir).save(State(phase=Phase.WRITING, target_version="2.0.0"))
+    rig.channel.publish(bundles["2.0.0"])
+    a = rig.agent()
+    s = a.startup()
+    assert s.phase is Phase.ERROR and "interrupted while writing" in s.last_error
+    a.step()
+    assert rig.state().phase is Phase.STAGED
+
+
+def test_no_reboot_into_a_slot_without_entry(rig: Rig, bundles) -> None:  # noqa: ANN001
+    rig.channel.publish(bundles["2.0.0"])
+    a = rig.agent()
+    rig.steps(a, lambda: rig.state().phase is Phase.WAITING_FOR_LOCK)
+    (rig.esp / "loader/entries/tidehost-b+3.conf").unlink()
+    a.step()
+    assert rig.state().phase is Phase.ERROR and rig.host.reboots == 0
+    assert rig.lock.holders == set()
+
+
+def test_lock_held_at_start_is_released_only_when_healthy(rig: Rig) -> None:
+    StateStore(rig.config.state_dir).save(State(lock_held=True))
+    rig.lock.holders = {"m-test"}
+    rig.host.units["app.service"] = False
+    a = rig.agent()
+    a.startup()
+    a.step()
+    assert rig.lock.holders == {"m-test"} and rig.lock.renewals >= 1
+    rig.host.units["app.service"] = True
+    a.step()
+    assert rig.lock.holders == set() and not rig.state().lock_held
+
+
+def test_strategies_off_and_reboot(rig: Rig, bundles) -> None:  # noqa: ANN001
+    rig.channel.publish(bundles["2.0.0"])
+    a = rig.agent(strategy=Strategy.OFF)
+    for _ in range(4):
+        a.step()
+    assert rig.state().phase is Phase.STAGED and rig.host.reboots == 0
+    a = rig.agent(strategy=Strategy.REBOOT)
+    rig.steps(a, lambda: rig.host.reboots == 1)
+    assert not rig.state().lock_held
+
+
+def test_no_channel_idles(rig: Rig) -> None:
+    a = rig.agent()
+    a.channel = None
+    assert a.step() == IDLE_SLEEP and rig.state().phase is Phase.IDLE
+
+
+def test_rollback_verb(rig: Rig, bundles) -> None:  # noqa: ANN001
+    rig.channel.publish(bundles["2.0.0"])
+    a = rig.agent()
+    rig.steps(a, lambda: rig.host.reboots == 1)
+    rig.boot()
+    a = rig.agent()
+    a.startup()
+    a.step()
+    assert rig.host.version == "2.0.0"
+    s = a.rollback()
+    assert (s.phase, s.target_slot, s.target_version) == (Phase.STAGED, "a", "1.0.0")
+    assert "2.0.0" in s.bad_versions
+    assert rig.entries() == ["tidehost-a.conf", "tidehost-b+0.conf"]
+    s = a.apply_now()
+    assert s.phase is Phase.REBOOTING and rig.host.reboots == 2
+    assert rig.boot() == "tidehost-a.conf"
+    a = rig.agent()
+    assert a.startup().phase is Phase.CONFIRMING
+    a.step()
+    s = rig.state()
+    assert s.phase is Phase.IDLE and rig.lock.holders == set()
+    assert json.loads(json.dumps(a.status()))["version"] == "1.0.0"
