@@ -253,7 +253,8 @@ class ChannelClient:
         part = done.with_name(done.name + ".part")
         url = f"{self.base_url}targets/{sha}.{tf.path.rsplit('/', 1)[-1]}"
         try:
-            download_resumable(self.session, url, part, tf.length, self.timeout, progress)
+            download_resumable(self.session, url, part, tf.length, self.timeout, progress,
+                               label=f"target {tf.path} from {url}")
         except OSError as e:
             raise StateError(f"{part}: {e.strerror}") from None
         if not self._verifies(tf, part):

@@ -50,6 +50,12 @@ class RequestsFetcher(FetcherInterface):
             raise tuf_exc.DownloadHTTPError(f"{url}: HTTP {r.status_code}", r.status_code)
         return self._chunks(r, url)
 
+    def download_bytes(self, url: str, max_length: int) -> bytes:
+        try:
+            return super().download_bytes(url, max_length)
+        except tuf_exc.DownloadLengthMismatchError as e:  # name the file in the message
+            raise tuf_exc.DownloadLengthMismatchError(f"{url}: {e}") from None
+
     @staticmethod
     def _chunks(r: requests.Response, url: str) -> Iterator[bytes]:
         with r:
@@ -68,17 +74,21 @@ Progress = Callable[[int], None]
 
 
 def download_resumable(session: requests.Session, url: str, part: Path, length: int,
-                       timeout: float, progress: Progress | None = None) -> None:
+                       timeout: float, progress: Progress | None = None,
+                       label: str | None = None) -> None:
     """Make ``part`` hold the first ``length`` bytes at ``url``, resuming what it has.
 
     Appends with an HTTP Range request when ``part`` already holds a prefix. Never writes
     past ``length``. Does not verify hashes (the caller does, before using the file).
+
+    ``label`` names the file in error messages (default: the URL).
 
     Raises:
         DownloadSizeError: the server sends more than ``length`` bytes (the partial file is
             discarded) or ends short of it (the partial file is kept, to resume).
         HTTPStatusError, TransportError: the request failed; the partial file is kept.
     """
+    label = label or url
     have = part.stat().st_size if part.exists() else 0
     if have > length:
         part.unlink()
@@ -89,12 +99,12 @@ def download_resumable(session: requests.Session, url: str, part: Path, length: 
     try:
         r = session.get(url, headers=headers, stream=True, timeout=timeout)
     except requests.RequestException as e:
-        raise TransportError(f"{url}: {_why(e)}") from None
+        raise TransportError(f"{label}: {_why(e)}") from None
     with r:
         if r.status_code == 206:
             m = _CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
             if not m or int(m[1]) != have:
-                raise TransportError(f"{url}: server answered a range from {have} with "
+                raise TransportError(f"{label}: server answered a range from {have} with "
                                      f"{r.headers.get('Content-Range')!r}")
             mode = "ab"
         elif r.status_code == 200:
@@ -102,15 +112,15 @@ def download_resumable(session: requests.Session, url: str, part: Path, length: 
         elif r.status_code == 416:
             part.unlink(missing_ok=True)
             raise DownloadSizeError(
-                f"{url}: server has only {have} or fewer bytes of the {length} signed "
+                f"{label}: server has only {have} or fewer bytes of the {length} signed "
                 "(truncated); discarded the partial file"
             )
         else:
-            raise HTTPStatusError(f"{url}: HTTP {r.status_code}", r.status_code)
+            raise HTTPStatusError(f"{label}: HTTP {r.status_code}", r.status_code)
         announced = r.headers.get("Content-Length")
         if announced is not None and announced.isdigit() and have + int(announced) > length:
             raise DownloadSizeError(
-                f"{url}: server announces {have + int(announced)} bytes, more than the "
+                f"{label}: server announces {have + int(announced)} bytes, more than the "
                 f"{length} signed"
             )
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "ab" else
@@ -122,7 +132,7 @@ def download_resumable(session: requests.Session, url: str, part: Path, length: 
                         f.close()
                         part.unlink(missing_ok=True)
                         raise DownloadSizeError(
-                            f"{url}: response is longer than the {length} bytes signed "
+                            f"{label}: response is longer than the {length} bytes signed "
                             "(endless data); discarded"
                         )
                     f.write(chunk)
@@ -131,13 +141,13 @@ def download_resumable(session: requests.Session, url: str, part: Path, length: 
                         progress(len(chunk))
             except requests.RequestException as e:
                 raise TransportError(
-                    f"{url}: interrupted after {have} of {length} bytes ({_why(e)}); "
+                    f"{label}: interrupted after {have} of {length} bytes ({_why(e)}); "
                     "the next download resumes"
                 ) from None
             f.flush()
             os.fsync(f.fileno())
     if have < length:
         raise DownloadSizeError(
-            f"{url}: response ended after {have} of {length} bytes (truncated); "
+            f"{label}: response ended after {have} of {length} bytes (truncated); "
             "the next download resumes"
         )
