@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from channels.errors import ChannelError
 from updater import config as cfgmod
 from updater.errors import ChannelUnavailable, LockBusy, LockError, UpdaterError
 
@@ -107,8 +108,8 @@ def cmd_daemon(config: cfgmod.AgentConfig) -> None:
 
     try:
         agent = _agent(config, need_channel=False)
-    except ChannelUnavailable as e:
-        log.error("%s; idling", e)
+    except (ChannelUnavailable, ChannelError) as e:
+        log.error("channel %s: %s; not checking for updates", config.channel_url, e)
         config = cfgmod.AgentConfig(**{**config.__dict__, "channel_url": ""})
         agent = _agent(config, need_channel=False)
     if agent.channel is None:
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     except LockBusy as e:
         print(f"tidehost-update: {e}", file=sys.stderr)
         return 3
-    except UpdaterError as e:
+    except (UpdaterError, ChannelError) as e:
         print(f"tidehost-update: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

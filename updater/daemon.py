@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from updater.agent import Agent
-from updater.errors import UpdaterError
+from updater.errors import StateError, UpdaterError
 from updater.schedule import backoff
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,12 @@ def run_daemon(agent: Agent, stop: threading.Event | None = None) -> None:
             signal.signal(sig, lambda *_: stop.set())
     state_dir = agent.config.state_dir
     with exclusive(state_dir):
-        agent.startup()
+        try:
+            agent.startup()
+        except StateError as e:
+            log.error("%s; starting from a fresh state", e)
+            agent.store.quarantine()
+            agent.startup()
     notify("READY=1")
     failures = 0
     while not stop.is_set():
@@ -62,7 +67,7 @@ def run_daemon(agent: Agent, stop: threading.Event | None = None) -> None:
             with exclusive(state_dir):
                 delay = agent.step()
             failures = 0
-        except UpdaterError as e:
+        except (UpdaterError, OSError) as e:  # e.g. disk full while saving the state
             failures += 1
             delay = backoff(failures, base=30, cap=3600, rand=agent.rand)
             log.error("%s (retrying in %.0fs)", e, delay)

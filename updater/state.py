@@ -159,6 +159,14 @@ class StateStore:
             raise StateError(f"{self.path}: not a JSON object")
         return State.from_dict(d)
 
+    def quarantine(self) -> Path | None:
+        """Move an unreadable state file aside (kept for a human) so the agent can start."""
+        if not self.path.exists():
+            return None
+        dest = self.path.with_name(f"{STATE_FILE}.corrupt")
+        os.replace(self.path, dest)
+        return dest
+
     def save(self, state: State) -> None:
         atomic_write(self.path, json.dumps(state.to_dict(), indent=2, sort_keys=True) + "\n")
 

@@ -1,0 +1,83 @@
+"""The tidehost-update command: daemon without a channel, status, errors as exit codes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from updater.cli import main
+from updater.state import Phase, State, StateStore
+
+REPO = Path(__file__).parents[2]
+DIST = REPO / "updater/dist"
+
+
+def config(tmp_path: Path, extra: str = "") -> list[str]:
+    cfg = tmp_path / "update.yaml"
+    cfg.write_text(f"state_dir: {tmp_path}/state\nmetrics_file: {tmp_path}/m.prom\n"
+                   f"etcd: {{endpoints: [http://127.0.0.1:1]}}\n{extra}")
+    return ["--config", str(cfg), "--defaults", str(DIST / "usr/share/tidehost/update.yaml")]
+
+
+def test_daemon_without_channel_idles_and_stops_cleanly(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "updater.cli", *config(tmp_path), "daemon"],
+                            cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2.5)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert StateStore(tmp_path / "state").load().phase is Phase.IDLE
+        assert 'tidehost_update_state{state="idle"} 1' in (tmp_path / "m.prom").read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("no channel configured") and lines[-1] == "stopped"
+
+
+def test_status_json_and_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = config(tmp_path)
+    StateStore(tmp_path / "state").save(
+        State(phase=Phase.ROLLED_BACK, bad_versions=("3.0.0",), last_result="rolled back",
+              lock_held=True))
+    assert main([*args, "status", "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["state"] == "rolled-back" and st["bad_versions"] == ["3.0.0"]
+    assert st["lock_held"] is True and st["strategy"] == "etcd-lock" and "version" in st
+    assert main([*args, "status"]) == 0
+    out = capsys.readouterr().out
+    assert "state rolled-back" in out and "never again: 3.0.0" in out and "lock held" in out
+
+
+def test_errors_become_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*config(tmp_path, "strategy: maybe\n"), "status"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "update.yaml: field 'strategy'" in err
+    assert main([*config(tmp_path), "check"]) == 1
+    assert "no channel configured" in capsys.readouterr().err
+    assert main([*config(tmp_path), "lock", "status"]) == 1
+    assert "etcd unreachable" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main([*config(tmp_path), "frobnicate"])
+    assert e.value.code == 2
+
+
+def test_dist_tree_units_and_links() -> None:
+    system = DIST / "usr/lib/systemd/system"
+    svc = (system / "tidehost-update.service").read_text()
+    assert "ExecStart=/usr/bin/tidehost-update daemon" in svc and "Restart=on-failure" in svc
+    health = (system / "tidehost-update-health.service").read_text()
+    assert "Before=boot-complete.target" in health and "tidehost-update health" in health
+    wants = system / "multi-user.target.wants/tidehost-update.service"
+    req = system / "boot-complete.target.requires/tidehost-update-health.service"
+    assert wants.is_symlink() and wants.resolve() == (system / "tidehost-update.service").resolve()
+    assert req.is_symlink() and req.resolve() == (system / "tidehost-update-health.service"
+                                                  ).resolve()
+    assert {p.parts[len(DIST.parts)] for p in DIST.rglob("*")} == {"usr"}  # only under usr/
+    assert "d /var/lib/tidehost" in (DIST / "usr/lib/tmpfiles.d/tidehost-update.conf").read_text()
