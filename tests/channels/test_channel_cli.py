@@ -35,7 +35,8 @@ def test_release_workflow(tmp_path: Path, make_bundle, capsys) -> None:  # noqa:
     st = json.loads(out)
     beta = st["channels"]["beta"]["releases"][0]
     assert beta["paused"] and beta["waves"] == "1%@0h,10%@24h,100%@72h"
-    assert st["channels"]["alpha"]["current"] == "1.2.0" and st["channels"]["stable"]["current"] is None
+    assert st["channels"]["alpha"]["current"] == "1.2.0"
+    assert st["channels"]["stable"]["current"] is None
     assert run(capsys, "resume", repo, "1.2.0", "--channel", "beta")[0] == 0
     assert run(capsys, "pull", repo, "1.2.0", "--channel", "alpha")[0] == 0
     code, out, _ = run(capsys, "status", repo)
