@@ -197,26 +197,28 @@ class TufRepository:
     # --- key rotation ------------------------------------------------------------------
 
     def rotate_key(self, role: str) -> str:
-        """Replace ``role``'s key with a fresh one and publish; returns the new keyid."""
+        """Replace ``role``'s key with a fresh one and publish; returns the new keyid.
+
+        The new key is written as ``keys/<role>.pem.new`` and moved into place only once the
+        metadata naming it is published; the old one is kept in ``keys/retired/``.
+        """
         if role not in ROLES:
             raise UnknownChannelError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
         old = self.signer(role)
-        if role in TOP_ROLES:
-            self.signer("root")
-        else:
-            self.signer("targets")
+        self.signer("root" if role in TOP_ROLES else "targets")
+        for r in ("snapshot", "timestamp"):
+            self.signer(r)  # every key the commit needs, before anything changes
         path = self.layout.key(role)
-        self.layout.retired_keys.mkdir(mode=0o700, exist_ok=True)
-        retired = self.layout.retired_keys / f"{role}-{old.public_key.keyid[:16]}.pem"
-        shutil.copy2(path, retired)
-        new_key = keys.generate(path, self.passphrase)
-        del self._signers[role]
+        fresh = path.with_name(path.name + ".new")
+        new_key = keys.generate(fresh, self.passphrase)
         self._replace_key(role, old.public_key, new_key)
-        self.signer(role)
-        if role == "root":
-            self.commit(extra_root_signers=(old,))
-        else:
-            self.commit()
+        self._signers[role] = keys.load(fresh, self.passphrase)
+        self.commit(extra_root_signers=(old,) if role == "root" else ())
+        self.layout.retired_keys.mkdir(mode=0o700, exist_ok=True)
+        shutil.copy2(path, self.layout.retired_keys / f"{role}-{old.public_key.keyid[:16]}.pem")
+        os.replace(fresh, path)
+        log.info("role %s: key %s replaced by %s", role, old.public_key.keyid[:16],
+                 new_key.keyid[:16])
         return new_key.keyid
 
     def _replace_key(self, role: str, old: Key, new: Key) -> None:
