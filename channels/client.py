@@ -175,9 +175,16 @@ class ChannelClient:
         else:
             if tf.length > _INDEX_MAX:
                 raise ChannelIndexError(f"{path}: {tf.length} bytes is too large for an index")
-            index = ChannelIndex.from_bytes(self._fetch_verified(tf).read_bytes(), self.channel)
+            cached = self._fetch_verified(tf)
+            index = ChannelIndex.from_bytes(cached.read_bytes(), self.channel)
+            self._prune("*.index.json", keep={cached.name})
         self._index = index
         return index
+
+    def _prune(self, pattern: str, keep: set[str]) -> None:
+        for p in self.cache.glob(pattern):
+            if p.name not in keep:
+                p.unlink(missing_ok=True)
 
     def _target(self, path: str) -> TargetFile:
         assert self._updater is not None
@@ -298,6 +305,9 @@ class ChannelClient:
             if progress:
                 progress(done, total)
 
+        # partial downloads of any other release (pulled or superseded) are dropped
+        mine = {self._cached(f.sha256, f.target).name for f in offer.files}
+        self._prune("*.part", keep={n + ".part" for n in mine})
         verified: dict[str, Path] = {}
         for f in offer.files:
             tf = self._target(f.target)

@@ -169,6 +169,6 @@ class ChannelIndex:
         for i, r in enumerate(d.get("releases") or []):
             try:
                 releases.append(Release.from_dict(r))
-            except (KeyError, TypeError, ValueError, BundleError) as e:
+            except (KeyError, TypeError, ValueError, AttributeError, BundleError) as e:
                 raise ChannelIndexError(f"{where}: releases[{i}]: {e}") from None
         return cls(channel=channel, releases=tuple(releases))

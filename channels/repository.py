@@ -101,7 +101,13 @@ class TufRepository:
         self.timestamp = self._read("timestamp.json", Timestamp)
         snap_v = self.timestamp.signed.snapshot_meta.version
         self.snapshot = self._read(f"{snap_v}.snapshot.json", Snapshot)
-        self.root = self._read("root.json", Root)
+        # The newest N.root.json, not the root.json copy: clients probe N+1.root.json, so a
+        # root written just before a crash is already published and must never be rewritten.
+        roots = [int(p.name.split(".")[0]) for p in self.layout.metadata.glob("*.root.json")
+                 if p.name.split(".")[0].isdigit()]
+        if not roots:
+            raise NotARepositoryError(f"{self.layout.metadata}: no N.root.json")
+        self.root = self._read(f"{max(roots)}.root.json", Root)
         meta = self.snapshot.signed.meta
         if "targets.json" not in meta:
             raise NotARepositoryError(f"{snap_v}.snapshot.json: does not list targets.json")

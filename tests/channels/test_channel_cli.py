@@ -22,7 +22,11 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 def test_release_workflow(tmp_path: Path, make_bundle, capsys) -> None:  # noqa: ANN001
     repo = str(tmp_path / "r")
-    assert run(capsys, "init", repo)[0] == 0
+    assert run(capsys, "init", repo, "--expiry", "timestamp=0.25", "--expiry", "beta=10")[0] == 0
+    roles = json.loads(run(capsys, "status", repo, "--json")[1])["roles"]
+    assert roles["timestamp"]["expires"] < roles["snapshot"]["expires"]
+    assert roles["beta"]["expires"] < roles["alpha"]["expires"]
+    assert run(capsys, "init", str(tmp_path / "x"), "--expiry", "nightly=3")[0] == 2
     code, out, _ = run(capsys, "publish", repo, str(make_bundle("1.2.0")), "--channel", "alpha")
     assert code == 0 and "published 1.2.0 to alpha" in out
     code, out, _ = run(capsys, "promote", repo, "1.2.0", "--from", "alpha", "--to", "beta")

@@ -249,3 +249,26 @@ def test_refresh_resigns_snapshot_and_timestamp(open_repo, repo: Path) -> None: 
     assert (repo / "published/metadata/2.root.json").is_file()
     assert not [p for p in (repo / "published").rglob(".*")]
     assert os.path.getsize(repo / "published/metadata/timestamp.json") < 600
+
+
+def test_refresh_resigns_roles_past_half_their_life(open_repo, repo: Path) -> None:  # noqa: ANN001
+    from datetime import UTC, datetime, timedelta
+
+    later = datetime.now(UTC) + timedelta(days=20)  # channel roles live 30 days, targets 90
+    with open_repo(clock=lambda: later) as r:
+        assert r.tuf.refresh() == ["alpha", "beta", "stable"]
+        assert r.tuf.channels["alpha"].signed.expires > later + timedelta(days=29)
+    with open_repo(clock=lambda: later) as r:
+        assert r.tuf.refresh() == []
+
+
+def test_newest_numbered_root_wins_over_a_stale_copy(open_repo, repo: Path) -> None:  # noqa: ANN001
+    with open_repo() as r:
+        r.tuf.rotate_key("root")
+    md = repo / "published/metadata"
+    (md / "root.json").write_bytes((md / "1.root.json").read_bytes())  # crash before the copy
+    with open_repo() as r:
+        assert r.tuf.root.signed.version == 2
+        r.tuf.rotate_key("timestamp")
+    assert (md / "3.root.json").is_file()
+    assert (md / "root.json").read_bytes() == (md / "3.root.json").read_bytes()
