@@ -67,7 +67,7 @@ def test_staged_rollout_pause_resume_pull(open_repo, make_bundle, make_client) -
         r.publish(make_bundle("1.1.0"), "stable")
         r.publish(make_bundle("1.2.0"), "stable", waves=parse_waves("10%@0h,50%@24h,100%@48h"))
     client = make_client("stable")
-    hosts = [f"{i:032x}" for i in range(60)]
+    hosts = [f"{i:032x}" for i in range(40)]
     now = datetime.now(UTC) + timedelta(minutes=1)
 
     def offered(at: datetime, current: str = "1.1.0") -> set[str]:
