@@ -208,7 +208,7 @@ class ChannelClient:
         try:
             Version.parse(current_version)
         except ValueError as e:
-            raise ChannelIndexError(f"current version: {e}") from None
+            raise ChannelError(f"current version: {e}") from None
         index = self.refresh()
         decision = decide(index, machine_id, current_version, now or datetime.now(UTC))
         self.last_decision = decision

@@ -22,6 +22,7 @@ from channels.rollout import IMMEDIATE, Wave, parse_time, parse_waves
 from imagebuild.errors import ConfigError
 
 log = logging.getLogger(__name__)
+CHANNEL_HELP = " or ".join(CHANNELS)
 
 
 def _waves(text: str | None) -> tuple[Wave, ...]:
@@ -205,20 +206,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     def version_and_channel(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("version")
-        sp.add_argument("--channel", required=True, choices=CHANNELS)
+        sp.add_argument("--channel", required=True, metavar="CHANNEL", help=CHANNEL_HELP)
 
     sp = cmd("init", cmd_init, "create keys and empty alpha/beta/stable channels")
     sp.add_argument("--expiry", action="append", metavar="ROLE=DAYS",
                     help="role lifetime in days (repeatable)")
     sp = cmd("publish", cmd_publish, "publish a release bundle to a channel")
     sp.add_argument("bundle", type=Path)
-    sp.add_argument("--channel", required=True, choices=CHANNELS)
+    sp.add_argument("--channel", required=True, metavar="CHANNEL", help=CHANNEL_HELP)
     sp.add_argument("--waves", help='rollout waves, e.g. "1%%@0h,10%%@24h,100%%@72h"')
     sp.add_argument("--min-version", help="hosts below this version must update to it first")
     sp = cmd("promote", cmd_promote, "list a release in the next channel (no bytes copied)")
     sp.add_argument("version")
-    sp.add_argument("--from", dest="src", required=True, choices=CHANNELS)
-    sp.add_argument("--to", dest="dst", required=True, choices=CHANNELS)
+    sp.add_argument("--from", dest="src", required=True, metavar="CHANNEL", help=CHANNEL_HELP)
+    sp.add_argument("--to", dest="dst", required=True, metavar="CHANNEL", help=CHANNEL_HELP)
     sp.add_argument("--waves", help="rollout waves in the target channel")
     sp = cmd("rollout", cmd_rollout, "set a release's rollout waves (restarts its clock)")
     version_and_channel(sp)
@@ -233,7 +234,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sp = cmd("refresh", cmd_refresh, "re-sign snapshot and timestamp (for cron)")
     sp.add_argument("--all", action="store_true", help="re-sign every role but root too")
     sp = cmd("rotate-key", cmd_rotate_key, "replace a role's signing key")
-    sp.add_argument("--role", required=True, choices=ROLES)
+    sp.add_argument("--role", required=True, help=", ".join(ROLES))
     sp = cmd("serve", cmd_serve, "serve the published tree over HTTP (Range, for local use)",
              writes=False)
     sp.add_argument("--port", type=int, default=8080)
@@ -241,7 +242,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sp = cmd("check", cmd_check, "a host's view of a channel: what is offered, verified",
              repo=False, writes=False)
     sp.add_argument("url")
-    sp.add_argument("--channel", required=True, choices=CHANNELS)
+    sp.add_argument("--channel", required=True, metavar="CHANNEL", help=CHANNEL_HELP)
     sp.add_argument("--root", required=True, type=Path, help="the trusted root.json")
     sp.add_argument("--state", required=True, type=Path, help="trusted state kept between runs")
     sp.add_argument("--machine-id", help="default: /etc/machine-id")

@@ -61,6 +61,14 @@ def test_release_workflow(tmp_path: Path, make_bundle, capsys) -> None:  # noqa:
     (["publish", "{repo}", "{bundle}", "--channel", "alpha", "--waves", "10%@1h"], 2,
      "--waves: the last wave (10%@1h) must open 100%"),
     (["pause", "{repo}", "9.9.9", "--channel", "stable"], 4, "channel stable has no release 9.9.9"),
+    (["publish", "{repo}", "{bundle}", "--channel", "edge"], 4,
+     "unknown channel 'edge': use one of alpha, beta, stable"),
+    (["promote", "{repo}", "1.0.0", "--from", "alpha", "--to", "lts"], 4, "unknown channel 'lts'"),
+    (["rotate-key", "{repo}", "--role", "mirror"], 4, "unknown role 'mirror'"),
+    (["check", "http://127.0.0.1:9/", "--channel", "edge", "--root", "{repo}/published/metadata/"
+      "root.json", "--state", "{tmp}/st", "--machine-id", "m"], 4, "unknown channel 'edge'"),
+    (["check", "http://127.0.0.1:9/", "--channel", "beta", "--root", "{repo}/published/metadata/"
+      "root.json", "--state", "{tmp}/st", "--machine-id", "m"], 4, "127.0.0.1:9"),
     (["pull", "{repo}", "latest", "--channel", "stable"], 4, "'latest' is not a version"),
     (["publish", "{repo}", "{bundle}", "--channel", "alpha", "--passphrase-file", "{tmp}/nope"],
      4, "cannot read"),
