@@ -173,8 +173,9 @@ def _issue_if_missing(
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                        critical=False)
     )  # fmt: skip
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    # Client certificates name their holder too: strict verifiers require a SAN.
+    sans = sans or [x509.DNSName(common_name)]
+    builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
     stem.parent.mkdir(parents=True, exist_ok=True)
     _write(keyfile, _key_pem(key), 0o600)

@@ -1,0 +1,196 @@
+"""Certificates: they chain to the CA with the right names, and real etcd accepts them.
+
+The etcd test renders a one-member cluster on 127.0.0.1, writes the user-data's files under a
+temporary root, starts Debian's etcd with the flags of the rendered drop-in and the embedded
+certificates, and runs the rendered publish and swarm scripts against it (docker is a stub).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shlex
+import socket
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from cloudconfig_helpers import EXAMPLE, SSH_KEY, write_cluster
+from cryptography import x509
+from cryptography.x509 import verification as v
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from imagebuild.cloudconfig import Provider, generate_certs, parse_cluster_file, render_user_data
+from imagebuild.run import run
+
+
+def _load(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def test_node_certs_verify_against_ca(certs_dir: Path) -> None:
+    ca = _load(certs_dir / "ca.crt")
+    store = v.Store([ca])
+    for name, addr in (("node1", "10.77.0.11"), ("node3", "10.77.0.13")):
+        for kind in ("server", "peer"):
+            cert = _load(certs_dir / name / f"{kind}.crt")
+            for subject in (v.DNSName(name), v.IPAddress(ipaddress.IPv4Address(addr)),
+                            v.IPAddress(ipaddress.IPv4Address("127.0.0.1"))):
+                chain = v.PolicyBuilder().store(store).build_server_verifier(subject).verify(cert, [])
+                assert chain[-1] == ca
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            assert set(san.get_values_for_type(x509.DNSName)) >= {name, f"{name}.tidehost.test"}
+            assert set(map(str, san.get_values_for_type(x509.IPAddress))) == {addr, "127.0.0.1"}
+            eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+        client = _load(certs_dir / name / "client.crt")
+        verified = v.PolicyBuilder().store(store).build_client_verifier().verify(client, [])
+        assert verified.chain[-1] == ca
+    key_mode = stat.S_IMODE((certs_dir / "node1" / "server.key").stat().st_mode)
+    assert key_mode == 0o600
+    assert stat.S_IMODE((certs_dir / "ca.key").stat().st_mode) == 0o600
+
+
+def test_certs_keep_the_ca_and_fill_gaps(tmp_path: Path) -> None:
+    cluster = parse_cluster_file(EXAMPLE)
+    first = generate_certs(cluster, tmp_path)
+    assert len(first) == 2 + 2 + 3 * 6  # CA, admin, 3 nodes x (server, peer, client)
+    ca_before = (tmp_path / "ca.crt").read_bytes()
+    (tmp_path / "node2" / "peer.crt").unlink()
+    again = generate_certs(cluster, tmp_path)
+    assert sorted(p.name for p in again) == ["peer.crt", "peer.key"]
+    assert (tmp_path / "ca.crt").read_bytes() == ca_before
+
+
+# ---- real etcd ----
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _materialise(user_data: str, root: Path) -> dict[str, str]:
+    """Write the user-data's files under ``root``, with /etc/tidehost and /var paths moved."""
+    doc = yaml.safe_load(user_data)
+    moved = {}
+    for f in doc["write_files"]:
+        content = (f["content"].replace("/etc/tidehost/", f"{root}/etc/tidehost/")
+                   .replace("/var/lib/etcd/tidehost", f"{root}/var/lib/etcd/tidehost"))
+        dest = root / f["path"].lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(content)
+        dest.chmod(int(f["permissions"], 8))
+        moved[f["path"]] = content
+    return moved
+
+
+def _env(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    for line in (root / "etc/tidehost/etcdctl.env").read_text().splitlines():
+        if line and not line.startswith("#"):
+            k, _, val = line.partition("=")
+            env[k] = val
+    env |= extra or {}
+    return env
+
+
+FAKE_DOCKER = r"""#!/bin/sh
+echo "$*" >> "$DOCKER_LOG"
+case "$*" in
+  "info") exit 0 ;;
+  "info --format {{.Swarm.LocalNodeState}}") echo inactive ;;
+  "info --format {{.Swarm.NodeID}}") echo "id-$DOCKER_NODE" ;;
+  "swarm join-token -q manager") echo SWMTKN-manager ;;
+  "swarm join-token -q worker") echo SWMTKN-worker ;;
+  "swarm init "*|"swarm join "*) exit 0 ;;
+  *) echo "fake docker: unexpected: $*" >&2; exit 1 ;;
+esac
+"""
+
+
+@pytest.fixture
+def solo_cluster(tmp_path: Path) -> Path:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["nodes"] = [
+        {"name": "solo", "address": "127.0.0.1", "roles": ["etcd", "manager"]},
+        {"name": "joiner", "address": "127.0.0.2", "roles": ["worker"]},
+    ]
+    data["etcd"] = {"client_port": _free_port(), "peer_port": _free_port(),
+                    "cert_dir": str(tmp_path / "certs")}  # fmt: skip
+    data["ssh_authorized_keys"] = [SSH_KEY]
+    path = write_cluster(tmp_path / "solo.yaml", data)
+    run([".venv/bin/tidehost", "cloud-config", "certs", path], cwd=Path(__file__).parents[2])
+    return path
+
+
+def test_real_etcd_with_rendered_flags_and_certs(tmp_path: Path, solo_cluster: Path) -> None:
+    cluster = parse_cluster_file(solo_cluster)
+    solo_root, joiner_root = tmp_path / "solo", tmp_path / "joiner"
+    files = _materialise(render_user_data(cluster, "solo", Provider.NOCLOUD), solo_root)
+    _materialise(render_user_data(cluster, "joiner", Provider.NOCLOUD), joiner_root)
+    dropin = files["/etc/systemd/system/etcd.service.d/10-tidehost.conf"].replace("\\\n", " ")
+    exec_line = [ln for ln in dropin.splitlines() if ln.startswith("ExecStart=/")][-1]
+    argv = shlex.split(exec_line.removeprefix("ExecStart="))
+    assert argv[0] == "/usr/bin/etcd"
+
+    log = (tmp_path / "etcd.log").open("wb")
+    etcd = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        env = _env(solo_root)
+        deadline = time.monotonic() + 30
+        while run(["etcdctl", "endpoint", "health"], check=False, capture=True, env=env).returncode:
+            assert etcd.poll() is None, (tmp_path / "etcd.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "etcd did not become healthy"
+            time.sleep(0.3)
+
+        # A client with the node's client certificate can put and get.
+        run(["etcdctl", "put", "/tidehost/test", "hello"], env=env, capture=True)
+        got = run(["etcdctl", "get", "--print-value-only", "/tidehost/test"], env=env, capture=True)
+        assert got.stdout.decode().strip() == "hello"
+        # Without a client certificate the server refuses.
+        bare = {k: val for k, val in env.items() if k not in ("ETCDCTL_CERT", "ETCDCTL_KEY")}
+        refused = run(["etcdctl", "--dial-timeout=2s", "--command-timeout=3s", "get", "/tidehost/test"],
+                      check=False, capture=True, env=bare)  # fmt: skip
+        assert refused.returncode != 0
+
+        # The rendered publish script registers the node.
+        run([solo_root / "etc/tidehost/bin/tidehost-node-publish"], env=env, capture=True, timeout=30)
+        got = run(["etcdctl", "get", "--print-value-only", "/tidehost/nodes/solo"], env=env,
+                  capture=True)  # fmt: skip
+        entry = json.loads(got.stdout)
+        assert entry["address"] == "127.0.0.1" and entry["roles"] == ["etcd", "manager"]
+        assert entry["metadata_address"] == "127.0.0.1"
+
+        # Swarm through etcd: the first manager initialises and writes the tokens, the worker
+        # (another node's user-data, a client without an etcd role) reads them and joins.
+        bindir = tmp_path / "fakebin"
+        bindir.mkdir()
+        (bindir / "docker").write_text(FAKE_DOCKER)
+        (bindir / "docker").chmod(0o755)
+        dlog = tmp_path / "docker.log"
+        path = f"{bindir}:{os.environ['PATH']}"
+        run([solo_root / "etc/tidehost/bin/tidehost-swarm"], capture=True, timeout=30,
+            env=_env(solo_root, {"PATH": path, "DOCKER_LOG": str(dlog), "DOCKER_NODE": "solo"}))
+        run([joiner_root / "etc/tidehost/bin/tidehost-swarm"], capture=True, timeout=30,
+            env=_env(joiner_root, {"PATH": path, "DOCKER_LOG": str(dlog), "DOCKER_NODE": "joiner"}))
+        calls = dlog.read_text().splitlines()
+        assert ("swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:2377 "
+                "--data-path-addr 127.0.0.1") in calls
+        assert ("swarm join --token SWMTKN-worker --advertise-addr 127.0.0.2 --listen-addr "
+                "127.0.0.2:2377 --data-path-addr 127.0.0.2 127.0.0.1:2377") in calls
+        got = run(["etcdctl", "get", "--prefix", "/tidehost/swarm/"], env=env, capture=True)
+        kv = got.stdout.decode().splitlines()
+        pairs = dict(zip(kv[::2], kv[1::2], strict=True))
+        assert pairs["/tidehost/swarm/worker-token"] == "SWMTKN-worker"
+        assert pairs["/tidehost/swarm/manager-addr"] == "127.0.0.1:2377"
+        assert pairs["/tidehost/swarm/members/joiner"] == "id-joiner"
+    finally:
+        etcd.terminate()
+        etcd.wait(timeout=15)
+        log.close()
