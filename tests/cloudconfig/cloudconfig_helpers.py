@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imagebuild.cloudconfig import generate_certs, parse_cluster_file
-from imagebuild.cloudconfig.model import Cluster
 from imagebuild.run import run
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "cloud-config" / "examples" / "cluster.yaml"
-SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0aWRlaG9zdHRlc3RrZXlmb3J0ZXN0c29ubHkx test@tidehost"
+SSH_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0aWRlaG9zdHRlc3RrZXlmb3J0ZXN0c29ubHkx test@tidehost"
+)
 
 # One node per role combination.
 MATRIX_NODES = [

@@ -38,9 +38,14 @@ def test_node_certs_verify_against_ca(certs_dir: Path) -> None:
     for name, addr in (("node1", "10.77.0.11"), ("node3", "10.77.0.13")):
         for kind in ("server", "peer"):
             cert = _load(certs_dir / name / f"{kind}.crt")
-            for subject in (v.DNSName(name), v.IPAddress(ipaddress.IPv4Address(addr)),
-                            v.IPAddress(ipaddress.IPv4Address("127.0.0.1"))):
-                chain = v.PolicyBuilder().store(store).build_server_verifier(subject).verify(cert, [])
+            for subject in (
+                v.DNSName(name),
+                v.IPAddress(ipaddress.IPv4Address(addr)),
+                v.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
+            ):
+                chain = (
+                    v.PolicyBuilder().store(store).build_server_verifier(subject).verify(cert, [])
+                )
                 assert chain[-1] == ca
             san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             assert set(san.get_values_for_type(x509.DNSName)) >= {name, f"{name}.tidehost.test"}
@@ -80,8 +85,11 @@ def _materialise(user_data: str, root: Path) -> dict[str, str]:
     doc = yaml.safe_load(user_data)
     moved = {}
     for f in doc["write_files"]:
-        content = (f["content"].replace("/etc/tidehost/", f"{root}/etc/tidehost/")
-                   .replace("/var/lib/etcd/tidehost", f"{root}/var/lib/etcd/tidehost"))
+        content = (
+            f["content"]
+            .replace("/etc/tidehost/", f"{root}/etc/tidehost/")
+            .replace("/var/lib/etcd/tidehost", f"{root}/var/lib/etcd/tidehost")
+        )
         dest = root / f["path"].lstrip("/")
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(content)
@@ -155,12 +163,17 @@ def test_real_etcd_with_rendered_flags_and_certs(tmp_path: Path, solo_cluster: P
         assert got.stdout.decode().strip() == "hello"
         # Without a client certificate the server refuses.
         bare = {k: val for k, val in env.items() if k not in ("ETCDCTL_CERT", "ETCDCTL_KEY")}
-        refused = run(["etcdctl", "--dial-timeout=2s", "--command-timeout=3s", "get", "/tidehost/test"],
-                      check=False, capture=True, env=bare)  # fmt: skip
+        cmd = ["etcdctl", "--dial-timeout=2s", "--command-timeout=3s", "get", "/tidehost/test"]
+        refused = run(cmd, check=False, capture=True, env=bare)
         assert refused.returncode != 0
 
         # The rendered publish script registers the node.
-        run([solo_root / "etc/tidehost/bin/tidehost-node-publish"], env=env, capture=True, timeout=30)
+        run(
+            [solo_root / "etc/tidehost/bin/tidehost-node-publish"],
+            env=env,
+            capture=True,
+            timeout=30,
+        )
         got = run(["etcdctl", "get", "--print-value-only", "/tidehost/nodes/solo"], env=env,
                   capture=True)  # fmt: skip
         entry = json.loads(got.stdout)
@@ -175,15 +188,27 @@ def test_real_etcd_with_rendered_flags_and_certs(tmp_path: Path, solo_cluster: P
         (bindir / "docker").chmod(0o755)
         dlog = tmp_path / "docker.log"
         path = f"{bindir}:{os.environ['PATH']}"
-        run([solo_root / "etc/tidehost/bin/tidehost-swarm"], capture=True, timeout=30,
-            env=_env(solo_root, {"PATH": path, "DOCKER_LOG": str(dlog), "DOCKER_NODE": "solo"}))
-        run([joiner_root / "etc/tidehost/bin/tidehost-swarm"], capture=True, timeout=30,
-            env=_env(joiner_root, {"PATH": path, "DOCKER_LOG": str(dlog), "DOCKER_NODE": "joiner"}))
+        run(
+            [solo_root / "etc/tidehost/bin/tidehost-swarm"],
+            capture=True,
+            timeout=30,
+            env=_env(solo_root, {"PATH": path, "DOCKER_LOG": str(dlog), "DOCKER_NODE": "solo"}),
+        )
+        run(
+            [joiner_root / "etc/tidehost/bin/tidehost-swarm"],
+            capture=True,
+            timeout=30,
+            env=_env(joiner_root, {"PATH": path, "DOCKER_LOG": str(dlog), "DOCKER_NODE": "joiner"}),
+        )
         calls = dlog.read_text().splitlines()
-        assert ("swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:2377 "
-                "--data-path-addr 127.0.0.1") in calls
-        assert ("swarm join --token SWMTKN-worker --advertise-addr 127.0.0.2 --listen-addr "
-                "127.0.0.2:2377 --data-path-addr 127.0.0.2 127.0.0.1:2377") in calls
+        assert (
+            "swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:2377 "
+            "--data-path-addr 127.0.0.1"
+        ) in calls
+        assert (
+            "swarm join --token SWMTKN-worker --advertise-addr 127.0.0.2 --listen-addr "
+            "127.0.0.2:2377 --data-path-addr 127.0.0.2 127.0.0.1:2377"
+        ) in calls
         got = run(["etcdctl", "get", "--prefix", "/tidehost/swarm/"], env=env, capture=True)
         kv = got.stdout.decode().splitlines()
         pairs = dict(zip(kv[::2], kv[1::2], strict=True))

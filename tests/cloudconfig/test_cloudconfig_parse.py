@@ -64,6 +64,7 @@ def _all(*edits: Callable[[dict], None]) -> Callable[[dict], None]:
 
     return edit
 
+
 BAD: list[tuple[str, Callable[[dict], None], str]] = [
     ("bad-address", _set("nodes.1.address", "10.0.0.300"),
      "nodes[1].address: '10.0.0.300' is not an IPv4 address"),

@@ -27,7 +27,9 @@ def etcd_exec_flags(dropin: str) -> list[str]:
     return shlex.split(line[-1].removeprefix("ExecStart="))[1:]
 
 
-def render_to(tmp_path: Path, cluster_path: Path, node: str, provider: Provider) -> tuple[Path, dict]:
+def render_to(
+    tmp_path: Path, cluster_path: Path, node: str, provider: Provider
+) -> tuple[Path, dict]:
     text = render_user_data(parse_cluster_file(cluster_path), node, provider)
     out = tmp_path / f"{provider.value}-{node}.yaml"
     out.write_text(text)
@@ -36,7 +38,9 @@ def render_to(tmp_path: Path, cluster_path: Path, node: str, provider: Provider)
 
 
 @pytest.mark.parametrize("provider", list(Provider), ids=[p.value for p in Provider])
-def test_every_role_passes_cloud_init_schema(tmp_path: Path, cluster_file, provider: Provider) -> None:
+def test_every_role_passes_cloud_init_schema(
+    tmp_path: Path, cluster_file, provider: Provider
+) -> None:
     path = cluster_file(matrix_data())
     for node in ROLE_NODES:
         out, doc = render_to(tmp_path, path, node, provider)
@@ -67,7 +71,10 @@ def test_kubeadm_every_role_passes_schema(tmp_path: Path, cluster_file, provider
             docs = list(yaml.safe_load_all(files["/etc/tidehost/kubeadm.yaml"]["content"]))
             etcd = docs[1]["etcd"]["external"]
             assert etcd["endpoints"] == [
-                "https://10.77.0.21:2379", "https://10.77.0.22:2379", "https://10.77.0.25:2379"]
+                "https://10.77.0.21:2379",
+                "https://10.77.0.22:2379",
+                "https://10.77.0.25:2379",
+            ]
             assert etcd["certFile"] == "/etc/tidehost/etcd/client.crt"
 
 
@@ -79,16 +86,21 @@ def test_example_node1_content(tmp_path: Path, cluster_file) -> None:
 
     flags = etcd_exec_flags(files["/etc/systemd/system/etcd.service.d/10-tidehost.conf"]["content"])
     assert "--name=node1" in flags
-    assert "--initial-cluster=node1=https://10.77.0.11:2380,node2=https://10.77.0.12:2380," \
-           "node3=https://10.77.0.13:2380" in flags
+    assert (
+        "--initial-cluster=node1=https://10.77.0.11:2380,node2=https://10.77.0.12:2380,"
+        "node3=https://10.77.0.13:2380" in flags
+    )
     assert "--initial-cluster-state=new" in flags
     assert "--listen-peer-urls=https://10.77.0.11:2380" in flags
     assert "--initial-advertise-peer-urls=https://10.77.0.11:2380" in flags
     assert "--advertise-client-urls=https://10.77.0.11:2379" in flags
     assert "--listen-client-urls=https://10.77.0.11:2379,https://127.0.0.1:2379" in flags
-    for f in ("--client-cert-auth", "--peer-client-cert-auth",
-              "--cert-file=/etc/tidehost/etcd/server.crt",
-              "--peer-key-file=/etc/tidehost/etcd/peer.key"):
+    for f in (
+        "--client-cert-auth",
+        "--peer-client-cert-auth",
+        "--cert-file=/etc/tidehost/etcd/server.crt",
+        "--peer-key-file=/etc/tidehost/etcd/peer.key",
+    ):
         assert f in flags
     assert files["/etc/tidehost/etcd/server.key"]["owner"] == "etcd:etcd"
     assert files["/etc/tidehost/etcd/server.key"]["permissions"] == "0600"
@@ -170,7 +182,9 @@ def test_dns_discovery(tmp_path: Path, cluster_file) -> None:
     assert "--initial-advertise-peer-urls=https://node2.etcd.tidehost.test:2380" in flags
     assert "--listen-peer-urls=https://10.77.0.12:2380" in flags
     assert not any(f.startswith("--initial-cluster=") for f in flags)
-    assert "ETCDCTL_DISCOVERY_SRV=etcd.tidehost.test" in files["/etc/tidehost/etcdctl.env"]["content"]
+    assert (
+        "ETCDCTL_DISCOVERY_SRV=etcd.tidehost.test" in files["/etc/tidehost/etcdctl.env"]["content"]
+    )
 
 
 def test_tls_off_needs_no_certs(tmp_path: Path) -> None:
@@ -189,8 +203,11 @@ def test_tls_off_needs_no_certs(tmp_path: Path) -> None:
 
 def test_fleetlock_and_no_window(tmp_path: Path, cluster_file) -> None:
     data = yaml.safe_load(EXAMPLE.read_text())
-    data["updater"] = {"channel": {"url": "http://10.77.0.1:8080/"}, "strategy": "fleetlock",
-                       "fleetlock_url": "http://10.77.0.1:9090/"}
+    data["updater"] = {
+        "channel": {"url": "http://10.77.0.1:8080/"},
+        "strategy": "fleetlock",
+        "fleetlock_url": "http://10.77.0.1:9090/",
+    }
     _, doc = render_to(tmp_path, cluster_file(data), "node3", Provider.NOCLOUD)
     update = yaml.safe_load(files_of(doc)["/etc/tidehost/update.yaml"]["content"])
     assert update["strategy"] == "fleetlock"
@@ -201,7 +218,9 @@ def test_fleetlock_and_no_window(tmp_path: Path, cluster_file) -> None:
 
 def test_unknown_node(cluster_file) -> None:
     cluster = parse_cluster_file(cluster_file(yaml.safe_load(EXAMPLE.read_text())))
-    with pytest.raises(ConfigError, match=r"--node: no node 'node9' \(known: node1, node2, node3\)"):
+    with pytest.raises(
+        ConfigError, match=r"--node: no node 'node9' \(known: node1, node2, node3\)"
+    ):
         render_user_data(cluster, "node9", Provider.NOCLOUD)
 
 
@@ -231,6 +250,7 @@ def test_strict_templates(tmp_path: Path, cluster_file) -> None:
     with pytest.raises(ConfigError, match="'no_such_thing' is undefined"):
         render_user_data(cluster, "node1", Provider.NOCLOUD, template_dir=tmp_path / "t")
     (tmp_path / "t" / "user-data.yaml.j2").write_text(
-        "#cloud-config\nx: {{ cluster.__class__.__init__.__globals__ }}\n")
+        "#cloud-config\nx: {{ cluster.__class__.__init__.__globals__ }}\n"
+    )
     with pytest.raises(ConfigError, match="unsafe|undefined"):
         render_user_data(cluster, "node1", Provider.NOCLOUD, template_dir=tmp_path / "t")
