@@ -65,9 +65,18 @@ class RequestsFetcher(FetcherInterface):
                 raise tuf_exc.DownloadError(f"{url}: {_why(e)}") from None
 
 
+_ERRNO = re.compile(r"\[Errno -?\d+\] [^'\")]+")
+
+
 def _why(e: BaseException) -> str:
+    """A short reason for a requests failure (its own text nests three exceptions deep)."""
+    if isinstance(e, requests.Timeout) or "timed out" in str(e):
+        return "timed out"
+    m = _ERRNO.search(str(e))
+    if isinstance(e, requests.ConnectionError):
+        return f"cannot connect ({m[0].strip()})" if m else "connection failed"
     text = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return text[:200]
+    return text[:160]
 
 
 Progress = Callable[[int], None]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
@@ -60,6 +61,7 @@ class FaultyHandler(StaticHandler):
 
     ``server.faults[suffix] = "endless"``: 200 without a length, then zeros forever;
     ``"drop:N"``: announce the whole file, send N bytes, cut the connection (once);
+    ``"stall"``: send headers, then nothing for 1.5 s;
     ``"lie"``: announce a Content-Length far beyond the file.
     Every GET is recorded in ``server.seen`` as (file name, Range header).
     """
@@ -80,6 +82,14 @@ class FaultyHandler(StaticHandler):
                     self.wfile.write(b"\0" * 65536)
             except OSError:
                 pass
+            return
+        if fault == "stall":  # headers, then silence
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.flush()
+            time.sleep(1.5)
+            self.close_connection = True
             return
         if fault == "lie":
             self.send_response(200)
@@ -121,9 +131,9 @@ ClientMaker = Callable[..., ChannelClient]
 def make_client(served: ChannelServer, root_json: Path, tmp_path: Path) -> ClientMaker:
     """A ChannelClient on ``served``; the same ``host`` keeps the same state directory."""
 
-    def make(channel: str = "alpha", host: str = "host1", **kw: object) -> ChannelClient:
+    def make(channel: str = "alpha", host: str = "host1", timeout: float = 5.0) -> ChannelClient:
         return ChannelClient(served.url, channel, tmp_path / "state" / host, root_json,
-                             timeout=5.0, **kw)  # type: ignore[arg-type]
+                             timeout=timeout)
     return make
 
 

@@ -93,6 +93,17 @@ def test_endless_timestamp(published: Path, make_client, served: ChannelServer) 
         make_client("alpha").refresh()
 
 
+@pytest.mark.parametrize("name", ["timestamp.json", "tidehost-1.3.0.usr.img"])
+def test_stalled_server_times_out(name: str, published: Path, make_client,  # noqa: ANN001
+                                  served: ChannelServer, tmp_path: Path) -> None:
+    client = make_client("alpha", timeout=0.3)
+    offer = client.offer("m", "1.2.0")
+    served.faults[name] = "stall"  # type: ignore[attr-defined]
+    with pytest.raises(TransportError, match="timed out"):
+        client.download(offer, tmp_path / "dl") if name.endswith("img") else client.refresh()
+    assert nothing_under(tmp_path / "dl")
+
+
 def test_expired_timestamp(published: Path, open_repo, make_client) -> None:  # noqa: ANN001
     stale = datetime.now(UTC) - timedelta(days=3)
     with open_repo(clock=lambda: stale) as r:  # signed 3 days ago, for 1 day
