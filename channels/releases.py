@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tuf.api.exceptions import LengthOrHashMismatchError
 from tuf.api.metadata import TargetFile
 
 from channels.bundle import CHANNELS, MANIFEST, load_bundle
@@ -97,7 +98,7 @@ class ChannelRepository:
                 data = f.read()
         except OSError as e:
             raise NotARepositoryError(f"{path}: channel index unreadable ({e})") from None
-        except Exception as e:  # tuf's LengthOrHashMismatchError
+        except LengthOrHashMismatchError as e:
             raise NotARepositoryError(f"{path}: channel index damaged ({e})") from None
         return ChannelIndex.from_bytes(data, channel)
 

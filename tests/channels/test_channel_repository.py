@@ -272,3 +272,13 @@ def test_newest_numbered_root_wins_over_a_stale_copy(open_repo, repo: Path) -> N
         r.tuf.rotate_key("timestamp")
     assert (md / "3.root.json").is_file()
     assert (md / "root.json").read_bytes() == (md / "3.root.json").read_bytes()
+
+
+def test_damaged_index_at_rest_is_reported(open_repo, make_bundle, repo: Path) -> None:  # noqa: ANN001
+    with open_repo() as r:
+        r.publish(make_bundle("1.0.0"), "alpha")
+    index = next((repo / "published/targets").glob("*.index.json"))
+    index.write_bytes(index.read_bytes().replace(b"1.0.0", b"6.6.6"))
+    with open_repo() as r, pytest.raises(NotARepositoryError, match=r"index\.json: channel "
+                                                                      "index damaged"):
+        r.publish(make_bundle("1.1.0"), "alpha")
