@@ -42,6 +42,7 @@ REQUIRED_PACKAGES = (
     "systemd", "systemd-sysv", "systemd-boot", "systemd-boot-efi", "systemd-cryptsetup",
     "systemd-resolved", "systemd-timesyncd", "udev", "dbus", "dracut", "zstd", "kmod",
     "e2fsprogs", "fdisk", "cryptsetup-bin", "iproute2", "ca-certificates", "sudo",
+    "libnss-myhostname",
     "python3", "python3-requests", "python3-yaml", "python3-cryptography", "python3-tuf",
 )  # fmt: skip
 
@@ -115,7 +116,8 @@ class ImageConfig:
         for key, raw in kw.items():
             if raw is None:
                 continue
-            values[key] = _field_parser(key)(f"{self.source}: --{key.replace('_', '-')}", raw)
+            flag = {"formats": "format"}.get(key, key).replace("_", "-")
+            values[key] = _field_parser(key)(f"{self.source}: --{flag}", raw)
         return replace(self, **values)
 
 
@@ -209,7 +211,9 @@ def _path_in(base: Path) -> Parser:
 def _partitions(where: str, raw: Any) -> Partitions:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected a mapping of sizes in MiB")
-    limits = {"esp": (64, 4096), "usr": (128, 65536), "usr_verity": (4, 4096), "root": (64, 1 << 20)}
+    limits = {
+        "esp": (64, 4096), "usr": (128, 65536), "usr_verity": (4, 4096), "root": (64, 1 << 20),
+    }  # fmt: skip
     values = {}
     for key, val in raw.items():
         if key not in limits:

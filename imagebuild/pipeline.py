@@ -56,7 +56,7 @@ def preflight(config: ImageConfig, output_dir: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".tidehost-probe-"):
             pass
     except OSError as e:
-        raise ConfigError(f"{output_dir}: output directory is not writable ({e.strerror})")
+        raise ConfigError(f"{output_dir}: output directory is not writable ({e.strerror})") from None
 
 
 def build(

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,7 +126,8 @@ class VM:
     """One QEMU guest. Use as a context manager, or call ``start`` and ``stop``."""
 
     disk: Path
-    ssh_key: Path | None = None  # private key; its .pub goes into the seed
+    ssh_key: Path | None = None  # private key for ssh(); its .pub goes into the seed
+    authorized_keys: list[str] = field(default_factory=list)  # more public keys for the seed
     user_data: str | None = None
     network_config: str | None = None
     hostname: str = "tidehost"
@@ -175,7 +175,9 @@ class VM:
                 raise VMError(f"{fw}: UEFI firmware missing (apt-get install ovmf)")
         self.workdir = Path(tempfile.mkdtemp(prefix="tidehost-vm-"))
         shutil.copy(OVMF_VARS, self.workdir / "vars.fd")
-        keys = [self.ssh_key.with_suffix(".pub").read_text().strip()] if self.ssh_key else []
+        keys = list(self.authorized_keys)
+        if self.ssh_key and self.ssh_key.with_suffix(".pub").exists():
+            keys.append(self.ssh_key.with_suffix(".pub").read_text().strip())
         make_seed(self.workdir / "seed.iso", user_data_with_key(self.user_data, keys),
                   self.hostname, self.network_config)  # fmt: skip
         self.ssh_port = self.ssh_port or free_port()
@@ -223,6 +225,20 @@ class VM:
             time.sleep(1)
         raise VMError(f"SSH on 127.0.0.1:{self.ssh_port} did not answer within {timeout:.0f}s "
                       f"(serial log: {self.serial_log})")  # fmt: skip
+
+    def wait_ssh_port(self, timeout: float = 600) -> float:
+        """Wait until the guest's sshd sends its banner (no key needed)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise VMError(f"QEMU exited before SSH answered: {self.qemu_output()}")
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.ssh_port), timeout=5
+            ) as s:
+                if s.recv(4).startswith(b"SSH-"):
+                    return time.monotonic() - self.started
+            time.sleep(1)
+        raise VMError(f"SSH on 127.0.0.1:{self.ssh_port} did not answer within {timeout:.0f}s")
 
     def qemu_output(self) -> str:
         if self.proc and self.proc.stdout and not self.alive():

@@ -114,7 +114,7 @@ def configure_tree(ctx: BuildContext) -> None:
     for unit in DISABLE:
         for link in t.glob(f"etc/systemd/system/*.wants/{unit}"):
             link.unlink()
-    run(["chroot", t, "systemctl", "enable", "--quiet", *ENABLE])
+    run(["systemctl", f"--root={t}", "enable", "--quiet", *ENABLE])
     if c.channel_root:
         _write(t / "usr/share/tidehost/channel-root.json", c.channel_root.read_text())
     for junk in ("var/lib/apt/lists", "var/cache/apt", "var/log"):
@@ -151,8 +151,9 @@ def install_updater(ctx: BuildContext) -> None:
             else:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dest)
+    site_in_tree = "/usr/lib/python3/dist-packages"
     run(["chroot", t, "python3", "-m", "compileall", "-q",
-         "/usr/lib/python3/dist-packages/updater", "/usr/lib/python3/dist-packages/channels"])  # fmt: skip
+         f"{site_in_tree}/updater", f"{site_in_tree}/channels"])  # fmt: skip
 
 
 def apply_overlay(ctx: BuildContext) -> None:

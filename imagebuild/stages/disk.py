@@ -78,7 +78,7 @@ def make_root_fs(ctx: BuildContext) -> None:
     require("mkfs.ext4")
     img = ctx.parts / "root.img"
     run(["mkfs.ext4", "-q", "-F", "-L", "ROOT", "-d", ctx.staging, img,
-         f"{ctx.config.partitions.root}M"])  # fmt: skip
+         f"{ctx.config.partitions.root}M"], capture=True)  # fmt: skip
 
 
 def loader_conf() -> str:

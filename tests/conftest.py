@@ -1,0 +1,36 @@
+"""Shared fixtures: the reference image, built once per test session, and an SSH key.
+
+The image build uses the root-tree cache (~/.cache/tidehost or $TIDEHOST_CACHE), so only the
+first build on a machine bootstraps Debian; every later build is warm.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from imagebuild.config import parse_image_file
+from imagebuild.pipeline import BuildResult, build
+
+TEST_VERSION = "1.0.0"
+
+
+@pytest.fixture(scope="session")
+def ssh_keypair(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh ed25519 key pair; returns the private key's path (``.pub`` beside it)."""
+    key = tmp_path_factory.mktemp("ssh") / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return key
+
+
+@pytest.fixture(scope="session")
+def reference_image(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
+    """The built-in reference image at version 1.0.0 on alpha: raw, qcow2 and its bundle."""
+    if os.geteuid() != 0:
+        pytest.fail("the image build needs root (mmdebstrap --mode=root)")
+    out = tmp_path_factory.mktemp("out")
+    config = parse_image_file(None).with_overrides(version=TEST_VERSION, channel="alpha")
+    return build(config, out)

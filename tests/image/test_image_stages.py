@@ -1,0 +1,133 @@
+"""The build stages' pure logic: disk layout, boot entries, identity, factory /etc, cache key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from channels.bundle import FILES, BootEntry, FileInfo, Manifest, Slot, boot_entry, load_bundle
+from channels.errors import BundleError
+from imagebuild.config import Partitions, parse_image_file
+from imagebuild.errors import VMError
+from imagebuild.stages import configure, disk, rootfs
+from imagebuild.vm import user_data_with_key
+
+HASH = "ab" * 32
+
+
+def manifest(**kw) -> Manifest:
+    fields = dict(
+        name="tidehost", version="1.2.0", channel="alpha", build_id="b1", arch="x86-64",
+        suite="trixie", usr_filesystem="squashfs", roothash=HASH, kernel_cmdline="console=ttyS0",
+        boot_tries=3, files={f: FileInfo(1, "00" * 32) for f in FILES},
+    )  # fmt: skip
+    fields.update(kw)
+    return Manifest(**fields)
+
+
+def test_layout_is_aligned_contiguous_and_root_last() -> None:
+    parts = disk.layout(Partitions(esp=256, usr=768, usr_verity=16, root=1024))
+    assert [p.label for p in parts] == ["ESP", "USR-A", "USR-A-VERITY", "USR-B", "USR-B-VERITY", "ROOT"]
+    assert parts[0].start_mib == 1
+    for a, b in zip(parts, parts[1:]):
+        assert b.start_mib == a.start_mib + a.size_mib
+    assert disk.disk_size(parts) == (1 + 256 + 2 * (768 + 16) + 1024 + 1) << 20
+    types = {p.label: p.type_guid for p in parts}
+    assert types["USR-A"] == types["USR-B"] == disk.USR_TYPE
+    assert types["ROOT"] == disk.ROOT_TYPE and types["ESP"] == disk.ESP_TYPE
+
+
+def test_sfdisk_script_names_every_partition_in_sectors() -> None:
+    script = disk.sfdisk_script(disk.layout(Partitions()))
+    assert script.startswith("label: gpt\n")
+    assert 'start=2048, size=524288, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="ESP"' in script
+    assert script.count('attrs="GUID:60"') == 4  # the /usr slots and their hash trees are read-only
+
+
+def test_boot_entry_names_the_slot_and_counts_tries() -> None:
+    m = manifest()
+    a = boot_entry(m, Slot.A, tries=None)
+    b = boot_entry(m, Slot.B, tries=3)
+    assert isinstance(a, BootEntry)
+    assert (a.filename, b.filename) == ("tidehost-a.conf", "tidehost-b+3.conf")
+    assert "version 1.2.0\n" in b.text and "linux /tidehost/b/vmlinuz\n" in b.text
+    opts = b.text.split("options ", 1)[1]
+    assert f"usrhash={HASH}" in opts and "systemd.verity_usr_data=PARTLABEL=USR-B " in opts
+    assert "systemd.verity_usr_hash=PARTLABEL=USR-B-VERITY" in opts
+    assert "mount.usrfstype=squashfs" in opts and opts.rstrip().endswith("console=ttyS0")
+
+
+def test_manifest_round_trips_and_keeps_unknown_fields() -> None:
+    m = manifest(extra={"kernel_version": "6.12"})
+    again = Manifest.from_json(m.to_json())
+    assert again == m and again.extra["kernel_version"] == "6.12"
+    with pytest.raises(BundleError, match=r"field 'channel': 'edge' is not one of"):
+        manifest(channel="edge")
+    with pytest.raises(BundleError, match=r"field 'roothash'"):
+        manifest(roothash="xyz")
+
+
+def test_load_bundle_refuses_a_file_that_does_not_match(tmp_path: Path) -> None:
+    from channels.bundle import sha256_file
+
+    for name in FILES:
+        (tmp_path / name).write_bytes(name.encode() * 100)
+    files = {n: FileInfo((tmp_path / n).stat().st_size, sha256_file(tmp_path / n)) for n in FILES}
+    (tmp_path / "manifest.json").write_text(manifest(files=files).to_json())
+    assert load_bundle(tmp_path).version == "1.2.0"
+    (tmp_path / "initrd").write_bytes(b"X" + (tmp_path / "initrd").read_bytes()[1:])
+    with pytest.raises(BundleError, match=r"initrd: sha256 does not match the manifest"):
+        load_bundle(tmp_path)
+
+
+def test_os_release_carries_version_channel_and_build_id() -> None:
+    c = parse_image_file(None).with_overrides(version="3.4.5", channel="beta")
+    text = configure.os_release(c, "20261122T000000Z-cafe")
+    assert 'VERSION_ID="3.4.5"\n' in text
+    assert 'TIDEHOST_CHANNEL="beta"\n' in text and 'BUILD_ID="20261122T000000Z-cafe"\n' in text
+
+
+def test_factory_tmpfiles_copy_missing_entries_but_not_host_identity(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    (etc / "ssh").mkdir(parents=True)
+    (etc / "ssh/sshd_config").write_text("x")
+    (etc / "machine-id").write_text("")
+    (etc / "fstab").write_text("x")
+    lines = configure.factory_tmpfiles(etc).splitlines()
+    assert "C /etc/ssh - - - - /usr/share/factory/etc/ssh" in lines
+    assert "C /etc/ssh/sshd_config - - - - /usr/share/factory/etc/ssh/sshd_config" in lines
+    assert "C /etc/fstab - - - - /usr/share/factory/etc/fstab" in lines
+    assert not any("machine-id" in ln for ln in lines)
+    # a directory comes before its contents, so a missing one is copied whole first
+    assert lines.index("C /etc/ssh - - - - /usr/share/factory/etc/ssh") < lines.index(
+        "C /etc/ssh/sshd_config - - - - /usr/share/factory/etc/ssh/sshd_config"
+    )
+
+
+def test_fstab_mounts_the_esp_without_nofail() -> None:
+    text = configure.fstab()
+    esp = next(ln for ln in text.splitlines() if "/efi" in ln)
+    assert esp.startswith("PARTLABEL=ESP") and "nofail" not in esp
+
+
+def test_cache_key_follows_every_input() -> None:
+    base = rootfs.cache_key("trixie", None, ("a", "b"))
+    assert base == rootfs.cache_key("trixie", None, ("b", "a"))  # order does not matter
+    assert base != rootfs.cache_key("bookworm", None, ("a", "b"))
+    assert base != rootfs.cache_key("trixie", "http://mirror.invalid/debian", ("a", "b"))
+    assert base != rootfs.cache_key("trixie", None, ("a", "b", "c"))
+
+
+def test_missing_package_is_found_in_apt_output() -> None:
+    out = "I: running apt-get\nE: Unable to locate package nosuchpkg\nE: failed\n"
+    assert rootfs.missing_package(out) == "nosuchpkg"
+    assert rootfs.missing_package("E: Sub-process returned an error code") is None
+
+
+def test_seed_user_data_adds_the_key_to_given_cloud_config() -> None:
+    text = user_data_with_key("#cloud-config\nhostname: x\n", ["ssh-ed25519 AAAA k"])
+    assert text.startswith("#cloud-config\n")
+    assert "hostname: x" in text and "- ssh-ed25519 AAAA k" in text
+    with pytest.raises(VMError, match="only #cloud-config"):
+        user_data_with_key("#!/bin/sh\necho", ["k"])
