@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -103,18 +104,21 @@ def cmd_status(config: cfgmod.AgentConfig, as_json: bool) -> None:
         print(f"never again: {', '.join(st['bad_versions'])}")
 
 
-def cmd_daemon(config: cfgmod.AgentConfig) -> None:
+def cmd_daemon(config: cfgmod.AgentConfig, *, fork: bool = True) -> None:
+    """Run the service; the agent (and its HTTP/TUF stack) is built inside each step."""
     from updater.daemon import run_daemon
 
-    try:
-        agent = _agent(config, need_channel=False)
-    except (ChannelUnavailable, ChannelError) as e:
-        log.error("channel %s: %s; not checking for updates", config.channel_url, e)
-        config = cfgmod.AgentConfig(**{**config.__dict__, "channel_url": ""})
-        agent = _agent(config, need_channel=False)
-    if agent.channel is None:
+    if not config.channel_configured:
         log.info("no channel configured (channel.url in %s): idling", cfgmod.CONFIG_FILE)
-    run_daemon(agent)
+
+    def make_agent() -> Any:
+        try:
+            return _agent(config, need_channel=False)
+        except (ChannelUnavailable, ChannelError) as e:
+            log.error("channel %s: %s; not checking for updates", config.channel_url, e)
+            return _agent(replace(config, channel_url=""), need_channel=False)
+
+    run_daemon(make_agent, config.state_dir, fork=fork)
 
 
 def cmd_lock(config: cfgmod.AgentConfig, a: argparse.Namespace) -> None:

@@ -3,8 +3,11 @@
 Write order (``write_slot``), so that an interruption at any point boots the current slot:
 
 1. remove the target slot's boot entries (the old contents of that slot become unbootable);
-2. stream usr.img and usr.verity into the target's USR-x and USR-x-VERITY devices, fsync;
-3. drop the page cache and read both back through ``veritysetup verify`` with the root hash;
+2. stream usr.img and usr.verity into the target's USR-x and USR-x-VERITY devices, fsync,
+   drop them from the page cache;
+3. read both back from the devices: they must hash to the release's signed sha256, and the
+   written tree's top block must give the release's root hash (``updater.verity``);
+   ``full_verify`` adds ``veritysetup verify`` over every block.  Meanwhile (a thread):
 4. copy vmlinuz and initrd to ``<esp>/tidehost/<slot>/`` (temp file, fsync, rename);
 5. write ``loader/entries/tidehost-<slot>+<tries>.conf`` (temp file, fsync, rename) last:
    only now can the bootloader pick the new slot, and it prefers it (newer ``version``).
@@ -20,10 +23,12 @@ import os
 import re
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from channels.bundle import BootEntry, Manifest, Slot, boot_entry, entry_stem
+from updater import verity
 from updater.errors import CommandError, SlotError, VerificationError
 from updater.run import run
 from updater.state import atomic_write, fsync_dir
@@ -31,7 +36,7 @@ from updater.state import atomic_write, fsync_dir
 log = logging.getLogger(__name__)
 BY_PARTLABEL = Path("/dev/disk/by-partlabel")
 ENTRIES = "loader/entries"
-CHUNK = 4 << 20
+CHUNK = verity.CHUNK
 _ENTRY = re.compile(r"^(?P<stem>tidehost-[ab])(?:\+(?P<left>\d+)(?:-(?P<done>\d+))?)?\.conf$")
 
 
@@ -97,33 +102,22 @@ def _device_id(path: Path) -> tuple[int, int]:
 
 
 def _stream(src: Path, dest: Path) -> int:
-    """Copy ``src`` onto the start of ``dest`` (a block device or file), fsync; bytes copied."""
-    size = src.stat().st_size
-    try:
-        fd = os.open(dest, os.O_WRONLY)
-    except OSError as e:
-        raise SlotError(f"{dest}: cannot open for writing: {e.strerror}") from None
-    try:
-        room = os.lseek(fd, 0, os.SEEK_END)
-        if os.path.isfile(dest):
-            room = max(room, size)
-        if room < size:
-            raise SlotError(f"{dest}: {room} bytes, too small for {src.name} ({size} bytes)")
-        os.lseek(fd, 0, os.SEEK_SET)
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        with open(src, "rb", buffering=0) as f:
-            while n := f.readinto(buf):
-                off = 0
-                while off < n:
-                    off += os.write(fd, view[off:n])
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # read back from the disk
-    except OSError as e:
-        raise SlotError(f"{dest}: write failed: {e.strerror}") from None
-    finally:
-        os.close(fd)
-    return size
+    """Write ``src`` onto ``dest``, fsync, and drop it from the cache."""
+    return verity.write_through(src, dest)
+
+
+def _read_back(manifest: Manifest, devices: SlotDevices, full_verify: bool,
+               runner: Callable[..., object]) -> None:
+    """The written partitions hold the release's bytes, and its tree gives its root hash."""
+    for name, dev in (("usr.img", devices.usr), ("usr.verity", devices.verity)):
+        info = manifest.files[name]
+        verity.read_back(dev, info.size, info.sha256, name)
+    root = verity.verity_root(verity.read_head(devices.verity))
+    if root != manifest.roothash:
+        raise VerificationError(f"{devices.verity}: hash tree gives root hash {root[:12]}…, "
+                                f"the release says {manifest.roothash[:12]}…")
+    if full_verify:
+        verify_verity(devices.usr, devices.verity, manifest.roothash, runner)
 
 
 def verify_verity(data: Path, hashdev: Path, roothash: str,
@@ -161,6 +155,7 @@ def write_slot(
     active_devices: SlotDevices | None,
     esp: Path,
     tries: int,
+    full_verify: bool = False,
     runner: Callable[..., object] = run,
 ) -> BootEntry:
     """Write ``bundle`` into slot ``target`` and make it the preferred boot entry.
@@ -193,12 +188,13 @@ def write_slot(
     log.info("slot %s: writing %s to %s", target.name, manifest.version, devices.usr)
     _stream(bundle / "usr.img", devices.usr)
     _stream(bundle / "usr.verity", devices.verity)
-    verify_verity(devices.usr, devices.verity, manifest.roothash, runner)
+    with ThreadPoolExecutor(1) as pool:  # the read-back runs while the ESP is written
+        checked = pool.submit(_read_back, manifest, devices, full_verify, runner)
+        for name in ("vmlinuz", "initrd"):
+            _copy_atomic(bundle / name, esp / target.esp_dir / name)
+        checked.result()
     log.info("slot %s: read back and verified (root hash %s…)", target.name,
              manifest.roothash[:12])
-
-    for name in ("vmlinuz", "initrd"):
-        _copy_atomic(bundle / name, esp / target.esp_dir / name)
     entry = boot_entry(manifest, target, tries)
     atomic_write(esp / ENTRIES / entry.filename, entry.text)
     log.info("slot %s: boot entry %s written (%d tries)", target.name, entry.filename, tries)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from channels.bundle import Slot, boot_entry, load_bundle
-from updater import slots
+from updater import slots, verity
 from updater.errors import SlotError, VerificationError
 from updater.slots import SlotDevices, active_slot, parse_entry, write_slot
 
@@ -91,13 +91,14 @@ def test_active_slot_is_never_written(disk, bundles, tmp_path: Path) -> None:  #
 def test_bad_root_hash_leaves_no_entry(disk, bundles, tmp_path: Path) -> None:  # noqa: ANN001
     esp = esp_with_factory_entry(tmp_path, bundles["1.0.0"])
     m = replace(load_bundle(bundles["2.0.0"]), roothash="0" * 64)
-    with pytest.raises(VerificationError, match="read-back does not match"):
+    with pytest.raises(VerificationError, match="hash tree gives root hash"):
         write_slot(bundles["2.0.0"], m, Slot.B, active=Slot.A, devices=devs(disk, Slot.B),
                    active_devices=devs(disk, Slot.A), esp=esp, tries=3)
     assert entries(esp) == ["tidehost-a.conf"]
 
 
-@pytest.mark.parametrize("where", ["_stream", "verify_verity", "_copy_atomic", "atomic_write"])
+@pytest.mark.parametrize("where", ["_stream", "verity.verity_root", "_copy_atomic",
+                                   "atomic_write", "verity.read_back"])
 def test_interruption_anywhere_keeps_current_slot_booting(
         disk, bundles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:  # noqa: ANN001
     esp = esp_with_factory_entry(tmp_path, bundles["1.0.0"])
@@ -108,7 +109,8 @@ def test_interruption_anywhere_keeps_current_slot_booting(
     def crash(*a: object, **k: object) -> None:
         raise KeyboardInterrupt("power cut")
 
-    monkeypatch.setattr(slots, where, crash)
+    owner, _, name = where.rpartition(".")
+    monkeypatch.setattr(slots.verity if owner else slots, name, crash)
     with pytest.raises(KeyboardInterrupt):
         write_slot(bundles["2.0.0"], b, Slot.B, active=Slot.A, devices=devs(disk, Slot.B),
                    active_devices=devs(disk, Slot.A), esp=esp, tries=3)
@@ -143,3 +145,28 @@ def test_rollback_prefers_the_other_slot(tmp_path: Path, bundles) -> None:  # no
     other = slots.rollback(esp, Slot.A)
     assert other.name == "tidehost-b.conf"
     assert entries(esp) == ["tidehost-a+0.conf", "tidehost-b.conf"]
+
+
+def test_full_verify_and_verity_root(disk, bundles, tmp_path: Path) -> None:  # noqa: ANN001
+    esp = esp_with_factory_entry(tmp_path, bundles["1.0.0"])
+    b2 = bundles["2.0.0"]
+    m = load_bundle(b2)
+    assert verity.verity_root((b2 / "usr.verity").read_bytes()) == m.roothash
+    write_slot(b2, m, Slot.B, active=Slot.A, devices=devs(disk, Slot.B),
+               active_devices=devs(disk, Slot.A), esp=esp, tries=2, full_verify=True)
+    assert entries(esp) == ["tidehost-a.conf", "tidehost-b+2.conf"]
+    with pytest.raises(VerificationError, match="no verity superblock"):
+        verity.verity_root((b2 / "usr.img").read_bytes()[:8192])
+
+
+def test_read_back_must_match_the_signed_sha256(disk, bundles) -> None:  # noqa: ANN001
+    src = bundles["2.0.0"] / "usr.img"
+    assert verity.stream_verified(src, disk.parts["USR-B"], sha256(src)) == src.stat().st_size
+    with pytest.raises(VerificationError, match="does not match its sha256"):
+        verity.stream_verified(src, disk.parts["USR-B"], "0" * 64)
+
+
+def sha256(p: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(p.read_bytes()).hexdigest()
