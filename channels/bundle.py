@@ -181,7 +181,8 @@ class Manifest:
             try:
                 files[fname] = FileInfo(size=int(info["size"]), sha256=str(info["sha256"]))
             except (KeyError, TypeError, ValueError):
-                raise BundleError(f"{MANIFEST}: field 'files.{fname}': needs size and sha256")
+                why = "needs size and sha256"
+                raise BundleError(f"{MANIFEST}: field 'files.{fname}': {why}") from None
         extra = {k: v for k, v in d.items() if k not in known and k != "format"}
         return cls(
             **{k: d[k] for k in known if k != "files"},
@@ -232,11 +233,24 @@ def load_bundle(directory: Path, *, verify: bool = True) -> Manifest:
     return manifest
 
 
-def slot_cmdline(manifest: Manifest, slot: Slot) -> str:
+OEM_MOUNT = "/oem"
+OEM_CMDLINE = "cmdline"  # on the OEM partition: the platform's extra kernel arguments
+
+
+def read_oem_cmdline(oem_dir: Path = Path(OEM_MOUNT)) -> str:
+    """The platform's kernel arguments kept on the host's OEM partition ("" if none)."""
+    try:
+        return " ".join((oem_dir / OEM_CMDLINE).read_text().split())
+    except OSError:
+        return ""
+
+
+def slot_cmdline(manifest: Manifest, slot: Slot, extra: str = "") -> str:
     """The kernel command line that boots ``slot`` holding ``manifest``'s /usr.
 
     The initrd (dracut, systemd) opens USR-x with its verity partition under the root hash,
-    mounts it read-only as /usr, and mounts ROOT as /.
+    mounts it read-only as /usr, and mounts ROOT as /. ``extra`` is the platform's (OEM)
+    arguments, appended last so they win.
     """
     args = [
         "root=PARTLABEL=ROOT",
@@ -253,6 +267,8 @@ def slot_cmdline(manifest: Manifest, slot: Slot) -> str:
     ]
     if manifest.kernel_cmdline:
         args.append(manifest.kernel_cmdline)
+    if extra:
+        args.append(extra)
     return " ".join(args)
 
 
@@ -268,13 +284,15 @@ def entry_stem(slot: Slot) -> str:
     return f"tidehost-{slot.value}"
 
 
-def boot_entry(manifest: Manifest, slot: Slot, tries: int | None) -> BootEntry:
+def boot_entry(
+    manifest: Manifest, slot: Slot, tries: int | None, extra_cmdline: str = ""
+) -> BootEntry:
     """The Boot Loader Specification entry for ``slot``.
 
     ``tries`` is the boot-counting budget (``tidehost-b+3.conf``); None gives an entry without
     a counter (the factory slot, or a slot already blessed).  systemd-boot sorts entries by
     ``sort-key`` and then by ``version``, newest first, so the newer slot is preferred while
-    it has tries left.
+    it has tries left. ``extra_cmdline``: see ``slot_cmdline``.
     """
     stem = entry_stem(slot)
     filename = f"{stem}.conf" if tries is None else f"{stem}+{tries}.conf"
@@ -286,6 +304,6 @@ def boot_entry(manifest: Manifest, slot: Slot, tries: int | None) -> BootEntry:
         f"version {manifest.version}\n"
         f"linux {kernel}\n"
         f"initrd {initrd}\n"
-        f"options {slot_cmdline(manifest, slot)}\n"
+        f"options {slot_cmdline(manifest, slot, extra_cmdline)}\n"
     )
     return BootEntry(filename=filename, text=text, kernel=kernel, initrd=initrd)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from imagebuild.cloudconfig.certs import generate_certs, write_atomic
 from imagebuild.cloudconfig.fields import ssh_key
-from imagebuild.cloudconfig.model import Provider
+from imagebuild.cloudconfig.model import Cluster, Provider
 from imagebuild.cloudconfig.parse import parse_cluster_file
 from imagebuild.cloudconfig.render import render_user_data
+from imagebuild.cloudconfig.seed import SEED_PROVIDERS, write_seed
 from imagebuild.cloudconfig.validate import validate_user_data
 from imagebuild.errors import ConfigError
 
@@ -47,6 +49,28 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r.add_argument("--templates", type=Path, help="template folder (default: cloud-config/)")
     r.set_defaults(func=cmd_render)
 
+    s = verbs.add_parser("seed", help="a NoCloud seed folder: user-data, meta-data, network-config")
+    s.add_argument("cluster", type=Path, help="the cluster file")
+    s.add_argument("--node", required=True, help="the node")
+    s.add_argument("--out", type=Path, required=True, help="the seed folder to write")
+    s.add_argument("--provider", default="nocloud", help="nocloud (default) | vagrant")
+    s.add_argument(
+        "--dhcp-mac",
+        action="append",
+        default=[],
+        help="a further NIC (by MAC) that gets DHCP, e.g. QEMU user networking",
+    )
+    s.add_argument("--certs", type=Path, help="certificate folder (default: etcd.cert_dir)")
+    s.add_argument(
+        "--ssh-key",
+        type=Path,
+        action="append",
+        default=[],
+        help="an SSH public key file for the user core (repeatable)",
+    )
+    s.add_argument("--templates", type=Path, help="template folder (default: cloud-config/)")
+    s.set_defaults(func=cmd_seed)
+
     v = verbs.add_parser("validate", help="run the real `cloud-init schema -c FILE`")
     v.add_argument("user_data", type=Path)
     v.set_defaults(func=cmd_validate)
@@ -61,16 +85,7 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    cluster = parse_cluster_file(args.cluster)
-    try:
-        provider = Provider(args.provider)
-    except ValueError:
-        known = ", ".join(p.value for p in Provider)
-        raise ConfigError(f"--provider: {args.provider!r} is not one of {known}") from None
-    if args.certs is not None:
-        cluster = replace(cluster, etcd=replace(cluster.etcd, cert_dir=args.certs))
+    cluster, provider = _cluster_and_provider(args)
     keys = tuple(_read_key(p) for p in args.ssh_key)
     if args.all:
         if args.out_dir is None:
@@ -96,6 +111,32 @@ def cmd_render(args: argparse.Namespace) -> int:
         log.info("wrote %s", dest)
         print(dest)
     return 0
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    cluster, provider = _cluster_and_provider(args)
+    if provider not in SEED_PROVIDERS:
+        raise ConfigError(f"--provider: seeds are for {', '.join(SEED_PROVIDERS)}, not {provider}")
+    keys = tuple(_read_key(p) for p in args.ssh_key)
+    text = render_user_data(
+        cluster, args.node, provider, extra_ssh_keys=keys, template_dir=args.templates
+    )
+    for path in write_seed(args.out, cluster, cluster.node(args.node), text,
+                           tuple(args.dhcp_mac)):  # fmt: skip
+        print(path)
+    return 0
+
+
+def _cluster_and_provider(args: argparse.Namespace) -> tuple[Cluster, Provider]:
+    cluster = parse_cluster_file(args.cluster)
+    try:
+        provider = Provider(args.provider)
+    except ValueError:
+        known = ", ".join(p.value for p in Provider)
+        raise ConfigError(f"--provider: {args.provider!r} is not one of {known}") from None
+    if args.certs is not None:
+        cluster = replace(cluster, etcd=replace(cluster.etcd, cert_dir=args.certs))
+    return cluster, provider
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ An image file is YAML::
     packages: [openssh-server, ...]   # on top of what every Tidehost image needs to boot
     overlay: overlay/              # files copied over the tree (relative to the image file)
     kernel_cmdline: [console=ttyS0,115200]
-    partitions: {esp: 256, usr: 768, usr_verity: 16, root: 1024}   # MiB
+    partitions: {esp: 256, usr: 768, usr_verity: 16, oem: 64, root: 1024}   # MiB
     usr_filesystem: squashfs       # squashfs (zstd) | erofs (lz4hc)
     compression_level: 12          # zstd level for squashfs
     boot_tries: 3                  # tries a newly written slot gets
@@ -66,10 +66,16 @@ class UsrFilesystem(StrEnum):
 class OutputFormat(StrEnum):
     RAW = "raw"
     QCOW2 = "qcow2"
+    VAGRANT_LIBVIRT = "vagrant-libvirt"
+    VAGRANT_VIRTUALBOX = "vagrant-virtualbox"
+    GCE = "gce"
+    EC2 = "ec2"
+    DIGITALOCEAN = "digitalocean"
 
     @property
-    def suffix(self) -> str:
-        return f".{self.value}"
+    def is_platform(self) -> bool:
+        """A cloud or Vagrant artifact, made from the raw disk with that platform's OEM."""
+        return self not in (OutputFormat.RAW, OutputFormat.QCOW2)
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,7 @@ class Partitions:
     esp: int = 256
     usr: int = 768
     usr_verity: int = 16
+    oem: int = 64
     root: int = 1024
 
 
@@ -212,7 +219,8 @@ def _partitions(where: str, raw: Any) -> Partitions:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected a mapping of sizes in MiB")
     limits = {
-        "esp": (64, 4096), "usr": (128, 65536), "usr_verity": (4, 4096), "root": (64, 1 << 20),
+        "esp": (64, 4096), "usr": (128, 65536), "usr_verity": (4, 4096), "oem": (16, 4096),
+        "root": (64, 1 << 20),
     }  # fmt: skip
     values = {}
     for key, val in raw.items():

@@ -56,7 +56,8 @@ def preflight(config: ImageConfig, output_dir: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".tidehost-probe-"):
             pass
     except OSError as e:
-        raise ConfigError(f"{output_dir}: output directory is not writable ({e.strerror})") from None
+        why = e.strerror
+        raise ConfigError(f"{output_dir}: output directory is not writable ({why})") from None
 
 
 def build(
@@ -111,8 +112,9 @@ def build_image(ctx: BuildContext) -> None:
         release.write_manifest(ctx)
     with complete_step("ESP with systemd-boot and slot A's entry"):
         disk.make_esp(ctx)
-    with complete_step("ROOT filesystem (ext4)"):
+    with complete_step("ROOT and OEM filesystems (ext4)"):
         disk.make_root_fs(ctx)
+        disk.make_oem_fs(ctx)
     with complete_step("GPT disk"):
         disk.assemble_disk(ctx)
     with complete_step(f"Output formats ({', '.join(f.value for f in ctx.config.formats)})"):

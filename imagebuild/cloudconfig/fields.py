@@ -23,6 +23,7 @@ _SSH_KEY = re.compile(
     r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-[a-z0-9@.-]+)"
     r" [A-Za-z0-9+/]+=*( .*)?$"
 )
+_MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 _HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?$")
 
@@ -189,3 +190,10 @@ def str_map(where: str, raw: Any) -> tuple[tuple[str, str], ...]:
             raise ConfigError(f"{where}.{k}: expected a string value, got {v!r}")
         out.append((k, str(v).lower() if isinstance(v, bool) else str(v)))
     return tuple(out)
+
+
+def mac(where: str, raw: Any) -> str:
+    s = string(where, raw).lower()
+    if not _MAC.match(s) or int(s[:2], 16) & 1:
+        raise ConfigError(f"{where}: {raw!r} is not a unicast MAC address like 52:54:00:4d:00:0b")
+    return s

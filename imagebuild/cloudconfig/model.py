@@ -71,6 +71,15 @@ class Node:
     name: str
     address: str
     roles: frozenset[Role]
+    mac: str | None = None  # the cluster NIC's MAC for a static network-config (nocloud)
+
+    @property
+    def cluster_mac(self) -> str:
+        """``mac``, or one derived from the address: 52:54:00 + its last three octets."""
+        if self.mac:
+            return self.mac
+        octets = [int(o) for o in self.address.split(".")[1:]]
+        return "52:54:00:" + ":".join(f"{o:02x}" for o in octets)
 
     def has(self, role: Role) -> bool:
         return role in self.roles
@@ -139,11 +148,21 @@ class Updater:
 
 
 @dataclass(frozen=True)
+class Network:
+    """The cluster network, for static network-config (nocloud, vagrant)."""
+
+    prefix: int = 24
+    gateway: str | None = None
+    nameservers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Cluster:
     source: str  # the cluster file's path, for messages
     name: str
     nodes: tuple[Node, ...]
     domain: str | None = None
+    network: Network = Network()
     etcd: Etcd = Etcd()
     docker: Docker = Docker()
     scheduler: Scheduler = Scheduler()

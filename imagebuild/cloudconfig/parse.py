@@ -4,8 +4,10 @@ The format (every field, with its default; see cloud-config/examples/cluster.yam
 
     cluster: demo                      # [a-z0-9-]
     domain: null                       # optional DNS domain: fqdn = NAME.DOMAIN
-    nodes:                             # at least one; names and addresses unique
+    network: {prefix: 24, gateway: null, nameservers: []}   # for seeds' static network-config
+    nodes:                             # at least one; names, addresses and MACs unique
       - {name: node1, address: 10.77.0.11, roles: [etcd, manager]}   # roles: etcd manager worker
+        # mac: optional cluster NIC MAC (default 52:54:00 + the address's last three octets)
     etcd:
       bootstrap: static                # static | dns
       members: null                    # node names; default: every node with the etcd role
@@ -51,6 +53,7 @@ from imagebuild.cloudconfig.model import (
     Docker,
     Etcd,
     Kubeadm,
+    Network,
     Node,
     Role,
     Scheduler,
@@ -62,7 +65,7 @@ from imagebuild.cloudconfig.model import (
 )
 from imagebuild.errors import ConfigError
 
-TOP = ("cluster", "domain", "nodes", "etcd", "docker", "scheduler", "updater",
+TOP = ("cluster", "domain", "network", "nodes", "etcd", "docker", "scheduler", "updater",
        "ssh_authorized_keys")  # fmt: skip
 
 
@@ -94,6 +97,7 @@ def parse_cluster_text(text: str, source: str, base: Path) -> Cluster:
     name = f.name(f"{w}cluster", top["cluster"])
     domain = f.domain(f"{w}domain", top["domain"]) if top.get("domain") is not None else None
     nodes = _nodes(w, top.get("nodes"))
+    network = _network(w, top.get("network"))
     etcd = _etcd(w, top.get("etcd"), nodes, name, base)
     scheduler = _scheduler(w, top.get("scheduler"))
     _check_scheduler_roles(w, nodes)
@@ -101,6 +105,7 @@ def parse_cluster_text(text: str, source: str, base: Path) -> Cluster:
         source=source,
         name=name,
         domain=domain,
+        network=network,
         nodes=nodes,
         etcd=etcd,
         docker=_docker(w, top.get("docker")),
@@ -118,7 +123,7 @@ def _nodes(w: str, raw: Any) -> tuple[Node, ...]:
     nodes: list[Node] = []
     for i, item in enumerate(raw):
         where = f"{w}nodes[{i}]"
-        m = f.mapping(where, item, ("name", "address", "roles"))
+        m = f.mapping(where, item, ("name", "address", "roles", "mac"))
         for key in ("name", "address", "roles"):
             if key not in m:
                 raise ConfigError(f"{where}.{key}: missing")
@@ -126,6 +131,7 @@ def _nodes(w: str, raw: Any) -> tuple[Node, ...]:
             name=f.name(f"{where}.name", m["name"]),
             address=f.ipv4(f"{where}.address", m["address"]),
             roles=frozenset(f.listof(f.enum(Role))(f"{where}.roles", m["roles"])),
+            mac=f.mac(f"{where}.mac", m["mac"]) if m.get("mac") is not None else None,
         )
         if not node.roles:
             raise ConfigError(f"{where}.roles: name at least one of etcd, manager, worker")
@@ -138,8 +144,21 @@ def _nodes(w: str, raw: Any) -> tuple[Node, ...]:
                 raise ConfigError(
                     f"{where}.address: {node.address} is already nodes[{j}]'s address"
                 )
+            if other.cluster_mac == node.cluster_mac:
+                raise ConfigError(f"{where}.mac: {node.cluster_mac} is already nodes[{j}]'s MAC")
         nodes.append(node)
     return tuple(nodes)
+
+
+def _network(w: str, raw: Any) -> Network:
+    where = f"{w}network"
+    m = f.mapping(where, raw, ("prefix", "gateway", "nameservers"))
+    gw = m.get("gateway")
+    return Network(
+        prefix=f.int_range(8, 30)(f"{where}.prefix", m.get("prefix", 24)),
+        gateway=f.ipv4(f"{where}.gateway", gw) if gw is not None else None,
+        nameservers=f.listof(f.ipv4)(f"{where}.nameservers", m.get("nameservers")),
+    )
 
 
 def _etcd(w: str, raw: Any, nodes: tuple[Node, ...], cluster: str, base: Path) -> Etcd:

@@ -54,6 +54,7 @@ def fstab() -> str:
         "# Tidehost: / is ROOT; /usr is the booted slot, verity-checked, from mount.usr=\n"
         "PARTLABEL=ROOT  /     ext4  defaults,errors=remount-ro  0  1\n"
         "PARTLABEL=ESP   /efi  vfat  umask=0077,shortname=winnt  0  2\n"
+        "PARTLABEL=OEM   /oem  ext4  ro,nofail  0  0\n"
     )
 
 
@@ -104,6 +105,7 @@ def configure_tree(ctx: BuildContext) -> None:
     for key in t.glob("etc/ssh/ssh_host_*"):
         key.unlink()  # every host makes its own (sshd-keygen.service, cloud-init)
     (t / "efi").mkdir(exist_ok=True)
+    (t / "oem").mkdir(exist_ok=True)
     _write(t / "etc/cloud/cloud.cfg.d/10-tidehost.cfg", _data("cloud-tidehost.cfg"))
     _write(t / "usr/lib/systemd/network/89-tidehost-dhcp.network", _data("dhcp.network"))
     _write(
@@ -175,7 +177,7 @@ def split_etc(ctx: BuildContext) -> None:
     for name in ("etc", "var", "root", "home", "srv", "opt"):
         if (t / name).exists():
             run(["cp", "-a", t / name, s / name])
-    for name in ("usr", "efi", "boot", "dev", "proc", "sys", "run", "mnt", "media", "tmp"):
+    for name in ("usr", "efi", "oem", "boot", "dev", "proc", "sys", "run", "mnt", "media", "tmp"):
         (s / name).mkdir(exist_ok=True)
     (s / "tmp").chmod(0o1777)
     for name in ("bin", "sbin", "lib", "lib64"):

@@ -24,6 +24,7 @@ ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 USR_TYPE = "8484680C-9521-48C6-9C11-B0720656F69E"
 USR_VERITY_TYPE = "77FF5F63-E7B6-4633-ACF4-1565B864C0E6"
 ROOT_TYPE = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
+LINUX_DATA_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"  # OEM: plain Linux data
 READ_ONLY_ATTR = "GUID:60"  # DPS: mount read-only
 
 
@@ -48,6 +49,7 @@ def layout(p: Partitions) -> list[Part]:
         (Slot.A.verity_label, USR_VERITY_TYPE, p.usr_verity, READ_ONLY_ATTR),
         (Slot.B.usr_label, USR_TYPE, p.usr, READ_ONLY_ATTR),
         (Slot.B.verity_label, USR_VERITY_TYPE, p.usr_verity, READ_ONLY_ATTR),
+        ("OEM", LINUX_DATA_TYPE, p.oem, ""),
         ("ROOT", ROOT_TYPE, p.root, ""),
     ]
     parts, start = [], 1
@@ -79,6 +81,20 @@ def make_root_fs(ctx: BuildContext) -> None:
     img = ctx.parts / "root.img"
     run(["mkfs.ext4", "-q", "-F", "-L", "ROOT", "-d", ctx.staging, img,
          f"{ctx.config.partitions.root}M"], capture=True)  # fmt: skip
+
+
+def make_oem_fs(ctx: BuildContext) -> None:
+    """The generic OEM partition (ext4, mounted read-only at /oem): empty but for a note.
+
+    Platform outputs (``imagebuild.platforms``) replace it with their own settings: kernel
+    arguments in ``cmdline`` (kept by the updater in every boot entry it writes), cloud-init
+    configuration, and so on.
+    """
+    staging = ctx.work / "oem-staging"
+    staging.mkdir()
+    (staging / "README").write_text("Tidehost OEM partition: generic image, no platform.\n")
+    run(["mkfs.ext4", "-q", "-F", "-L", "OEM", "-d", staging, ctx.parts / "oem.img",
+         f"{ctx.config.partitions.oem}M"], capture=True)  # fmt: skip
 
 
 def loader_conf() -> str:
@@ -128,7 +144,7 @@ def assemble_disk(ctx: BuildContext) -> None:
     run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", disk],
         input=sfdisk_script(parts).encode(), capture=True)  # fmt: skip
     contents = {"ESP": "esp.img", "USR-A": "usr.img", "USR-A-VERITY": "usr.verity",
-                "ROOT": "root.img"}  # fmt: skip
+                "OEM": "oem.img", "ROOT": "root.img"}  # fmt: skip
     for part in parts:
         if part.label not in contents:
             continue  # slot B stays empty until the first update
@@ -145,6 +161,12 @@ def convert_formats(ctx: BuildContext) -> None:
         qcow = raw.with_suffix(".qcow2")
         run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow])
         ctx.artifacts[OutputFormat.QCOW2.value] = qcow
+    platforms = [f for f in ctx.config.formats if f.is_platform]
+    if platforms:
+        from imagebuild import platforms as plat  # the cloud and Vagrant artifacts
+
+        for fmt in platforms:
+            ctx.artifacts.update(plat.make(ctx, fmt, raw))
     if OutputFormat.RAW not in ctx.config.formats:
         del ctx.artifacts[OutputFormat.RAW.value]
         os.unlink(raw)

@@ -68,7 +68,7 @@ formats: qcow2
         ("version: 1.2", r"^my\.yaml: version: '1\.2' is not a version"),
         ("name: My Image", r"^my\.yaml: name: 'My Image' is not a lowercase name"),
         ("packages: [ok, 'bad pkg!']", r"^my\.yaml: packages\[1\]: 'bad pkg!' is not a Debian"),
-        ("formats: [raw, iso]", r"^my\.yaml: formats\[1\]: 'iso' is not one of raw, qcow2$"),
+        ("formats: [raw, iso]", r"^my\.yaml: formats\[1\]: 'iso' is not one of raw, qcow2, vagrant-libvirt"),
         ("formats: []", r"^my\.yaml: formats: name at least one output format$"),
         ("partitions: {usr: 10}", r"^my\.yaml: partitions\.usr: 10 is not a whole number"),
         ("partitions: {swap: 10}", r"^my\.yaml: partitions\.swap: unknown partition"),

@@ -27,12 +27,12 @@ def manifest(**kw) -> Manifest:
 
 
 def test_layout_is_aligned_contiguous_and_root_last() -> None:
-    parts = disk.layout(Partitions(esp=256, usr=768, usr_verity=16, root=1024))
-    assert [p.label for p in parts] == ["ESP", "USR-A", "USR-A-VERITY", "USR-B", "USR-B-VERITY", "ROOT"]
+    parts = disk.layout(Partitions(esp=256, usr=768, usr_verity=16, oem=64, root=1024))
+    assert [p.label for p in parts] == ["ESP", "USR-A", "USR-A-VERITY", "USR-B", "USR-B-VERITY", "OEM", "ROOT"]
     assert parts[0].start_mib == 1
     for a, b in zip(parts, parts[1:]):
         assert b.start_mib == a.start_mib + a.size_mib
-    assert disk.disk_size(parts) == (1 + 256 + 2 * (768 + 16) + 1024 + 1) << 20
+    assert disk.disk_size(parts) == (1 + 256 + 2 * (768 + 16) + 64 + 1024 + 1) << 20
     types = {p.label: p.type_guid for p in parts}
     assert types["USR-A"] == types["USR-B"] == disk.USR_TYPE
     assert types["ROOT"] == disk.ROOT_TYPE and types["ESP"] == disk.ESP_TYPE
