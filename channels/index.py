@@ -25,7 +25,7 @@ from typing import Any
 
 from channels.bundle import CHANNELS, FILES, MANIFEST, Manifest
 from channels.errors import BundleError, ChannelIndexError, UnknownChannelError
-from channels.rollout import RolloutPlan, _iso, parse_time
+from channels.rollout import RolloutPlan, iso_time, parse_time
 from channels.version import Version
 
 FORMAT = 1
@@ -74,7 +74,7 @@ class Release:
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": self.version,
-            "published": _iso(self.published),
+            "published": iso_time(self.published),
             "manifest": self.manifest.to_dict(),
             "files": dict(sorted(self.files.items())),
             "rollout": self.rollout.to_dict(),

@@ -32,7 +32,7 @@ from channels.index import (
 )
 from channels.layout import atomic_write, fsync_dir
 from channels.repository import TufRepository
-from channels.rollout import IMMEDIATE, RolloutPlan, Wave
+from channels.rollout import IMMEDIATE, RolloutPlan, Wave, iso_time
 from channels.version import Version
 
 log = logging.getLogger(__name__)
@@ -264,16 +264,16 @@ class ChannelRepository:
 
     def status(self) -> dict[str, Any]:
         now = self.now
-        out: dict[str, Any] = {"repository": str(self.tuf.layout.root), "now": _iso(now),
+        out: dict[str, Any] = {"repository": str(self.tuf.layout.root), "now": iso_time(now),
                                "roles": self.tuf.describe(), "channels": {}}
         for chan in CHANNELS:
             rels = []
             for r in self.index(chan).releases:
                 d = {
                     "version": r.version, "pulled": r.pulled, "paused": r.rollout.paused,
-                    "min_version": r.min_version, "published": _iso(r.published),
+                    "min_version": r.min_version, "published": iso_time(r.published),
                     "waves": ",".join(str(w) for w in r.rollout.waves),
-                    "rollout_start": _iso(r.rollout.start),
+                    "rollout_start": iso_time(r.rollout.start),
                     "open_percent": r.rollout.open_percent(now),
                     "size": sum(i.size for i in r.manifest.files.values()),
                 }
@@ -281,10 +281,6 @@ class ChannelRepository:
             cur = self.index(chan).current
             out["channels"][chan] = {"current": cur.version if cur else None, "releases": rels}
         return out
-
-
-def _iso(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _check_version(text: str) -> None:

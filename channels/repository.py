@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from securesystemslib.signer import CryptoSigner, Key
-from tuf.api.exceptions import RepositoryError as TufRepositoryError
 from tuf.api.metadata import (
     DelegatedRole,
     Delegations,
@@ -356,7 +355,5 @@ def open_repository(path: Path, passphrase: bytes | None = None,
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield TufRepository(layout.root, passphrase, clock)
-    except TufRepositoryError as e:  # pragma: no cover - tuf rejects our own edit
-        raise NotARepositoryError(f"{layout.root}: {e}") from None
     finally:
         os.close(fd)

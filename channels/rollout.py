@@ -70,7 +70,7 @@ def check_waves(waves: Sequence[Wave]) -> None:
 IMMEDIATE = (Wave(100.0, timedelta(0)),)
 
 
-def _iso(t: datetime) -> str:
+def iso_time(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -125,9 +125,9 @@ class RolloutPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "start": _iso(self.start),
+            "start": iso_time(self.start),
             "waves": [[w.percent, int(w.offset.total_seconds())] for w in self.waves],
-            "paused_at": _iso(self.paused_at) if self.paused_at else None,
+            "paused_at": iso_time(self.paused_at) if self.paused_at else None,
             "paused_seconds": self.paused_seconds,
         }
 
