@@ -311,7 +311,8 @@ class Agent:
         left = cfg.health_deadline - (self.clock() - s.since)
         bad = health.wait_healthy(self.host, cfg.health_units, cfg.health_commands,
                                   max(left, 0.0), clock=self.clock, sleep=self.sleep,
-                                  tick=self._renew if s.lock_held else None)
+                                  tick=self._renew if s.lock_held else None,
+                                  fatal=(health.HEALTH_UNIT,))
         now = self.clock()
         if bad:
             log.error("health gate failed for %s: %s; marking the boot bad and rebooting",

@@ -10,6 +10,7 @@ from updater.host import Host
 
 log = logging.getLogger(__name__)
 BOOT_COMPLETE = "boot-complete.target"
+HEALTH_UNIT = "tidehost-update-health.service"  # the gate ordered before boot-complete.target
 
 
 def failures(host: Host, units: Sequence[str], commands: Sequence[Sequence[str]],
@@ -34,14 +35,20 @@ def wait_healthy(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     tick: Callable[[], None] | None = None,
+    fatal: Sequence[str] = (),
 ) -> list[str]:
     """Poll until healthy or ``deadline`` seconds passed; the last failures (empty: healthy).
 
-    ``tick`` runs between polls (the agent renews its lock there).
+    ``tick`` runs between polls (the agent renews its lock there); a unit of ``fatal`` that
+    has failed ends the wait at once (the boot cannot become complete any more).
     """
     end = clock() + deadline
     while True:
         bad = failures(host, units, commands, boot_complete=boot_complete)
+        dead = [f"{u} failed" for u in fatal if bad and host.unit_failed(u)]
+        if dead:
+            log.warning("health: %s", ", ".join(dead))
+            return dead + bad
         if not bad or clock() >= end:
             if bad:
                 log.warning("health: still failing after %ds: %s", deadline, ", ".join(bad))

@@ -266,6 +266,7 @@ class FakeHost:
     boot: int = 1
     units: dict[str, bool] = field(default_factory=lambda: {"boot-complete.target": True})
     commands_ok: bool = True
+    failed: set[str] = field(default_factory=set)
     blessed: list[bool] = field(default_factory=list)
     reboots: int = 0
 
@@ -283,6 +284,9 @@ class FakeHost:
 
     def unit_active(self, unit: str) -> bool:
         return self.units.get(unit, False)
+
+    def unit_failed(self, unit: str) -> bool:
+        return unit in self.failed
 
     def check_command(self, argv: object) -> bool:
         return self.commands_ok

@@ -320,3 +320,40 @@ def test_rollback_verb(rig: Rig, bundles) -> None:  # noqa: ANN001
     s = rig.state()
     assert s.phase is Phase.IDLE and rig.lock.holders == set()
     assert json.loads(json.dumps(a.status()))["version"] == "1.0.0"
+
+
+def test_failed_health_unit_ends_the_gate_early(rig: Rig, bundles) -> None:  # noqa: ANN001
+    rig.channel.publish(bundles["2.0.0"])
+    a = rig.agent()
+    rig.steps(a, lambda: rig.host.reboots == 1)
+    rig.boot()
+    rig.host.units["boot-complete.target"] = False  # its required health unit failed
+    rig.host.failed = {"tidehost-update-health.service"}
+    a = rig.agent()
+    a.startup()
+    t0 = rig.clock.now
+    a.step()
+    assert rig.clock.now - t0 < 10 and rig.host.blessed == [False] and rig.host.reboots == 2
+    assert "tidehost-update-health.service failed" in rig.state().last_error
+
+
+def test_health_gate_waits_for_late_units(rig: Rig, bundles) -> None:  # noqa: ANN001
+    rig.channel.publish(bundles["2.0.0"])
+    a = rig.agent()
+    rig.steps(a, lambda: rig.host.reboots == 1)
+    rig.boot()
+    rig.host.units["app.service"] = False
+    a = rig.agent()
+    a.startup()
+    t0 = rig.clock.now
+    real_sleep = rig.clock.sleep
+
+    def sleep(seconds: float) -> None:  # the unit comes up 30 s into the gate
+        real_sleep(seconds)
+        if rig.clock.now - t0 >= 30:
+            rig.host.units["app.service"] = True
+
+    a.sleep = sleep
+    a.step()
+    assert rig.host.blessed == [True] and rig.state().phase is Phase.IDLE
+    assert 30 <= rig.clock.now - t0 <= 35 and rig.lock.holders == set()
