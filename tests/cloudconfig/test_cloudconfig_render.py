@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from cloudconfig_helpers import EXAMPLE, MATRIX_NODES, SSH_KEY, cloud_init_schem
 
 from imagebuild.cloudconfig import Provider, parse_cluster_file, render_user_data
 from imagebuild.errors import ConfigError
+from imagebuild.run import run
 
 ROLE_NODES = [n["name"] for n in MATRIX_NODES]
 
@@ -254,3 +256,54 @@ def test_strict_templates(tmp_path: Path, cluster_file) -> None:
     )
     with pytest.raises(ConfigError, match="unsafe|undefined"):
         render_user_data(cluster, "node1", Provider.NOCLOUD, template_dir=tmp_path / "t")
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_units_pass_systemd_analyze_verify(tmp_path: Path, cluster_file) -> None:
+    """systemd parses every rendered unit and the etcd drop-in without a complaint."""
+    for scheduler in ("swarm", "kubeadm"):
+        data = yaml.safe_load(EXAMPLE.read_text())
+        data["scheduler"] = {"kind": scheduler}
+        _, doc = render_to(tmp_path, cluster_file(data), "node1", Provider.NOCLOUD)
+        unitdir = tmp_path / scheduler
+        (unitdir / "etcd.service.d").mkdir(parents=True)
+        (unitdir / "etcd.service").write_text(ETCD_UNIT)
+        units = []
+        for path, f in files_of(doc).items():
+            if not path.startswith("/etc/systemd/system/"):
+                continue
+            # Our scripts are not installed here: any existing executable will do.
+            text = f["content"].replace("/etc/tidehost/bin/", "/bin/true ")
+            dest = unitdir / path.removeprefix("/etc/systemd/system/")
+            dest.write_text(text)
+            units.append(unitdir / ("etcd.service" if dest.suffix == ".conf" else dest.name))
+        assert len(units) == 3
+        proc = run(["systemd-analyze", "verify", *units], check=False, capture=True,
+                   env={"SYSTEMD_UNIT_PATH": f"{unitdir}:", "PATH": "/usr/bin:/bin"})  # fmt: skip
+        out = (proc.stdout + proc.stderr).decode()
+        assert proc.returncode == 0 and "Unknown" not in out and "rror" not in out, out
+
+
+# Debian's etcd.service (etcd-server), which the drop-in amends.
+ETCD_UNIT = """\
+[Unit]
+Description=etcd - highly-available key value store
+After=network.target
+Wants=network-online.target
+
+[Service]
+Environment=DAEMON_ARGS=
+Environment=ETCD_NAME=%H
+Environment=ETCD_DATA_DIR=/var/lib/etcd/default
+EnvironmentFile=-/etc/default/%p
+Type=notify
+User=etcd
+PermissionsStartOnly=true
+ExecStart=/usr/bin/etcd $DAEMON_ARGS
+Restart=on-abnormal
+LimitNOFILE=65536
+
+[Install]
+WantedBy=multi-user.target
+Alias=etcd2.service
+"""
