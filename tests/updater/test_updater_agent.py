@@ -357,3 +357,32 @@ def test_health_gate_waits_for_late_units(rig: Rig, bundles) -> None:  # noqa: A
     a.step()
     assert rig.host.blessed == [True] and rig.state().phase is Phase.IDLE
     assert 30 <= rig.clock.now - t0 <= 35 and rig.lock.holders == set()
+
+
+def test_daemon_runs_steps_in_forked_children(rig: Rig, bundles) -> None:  # noqa: ANN001
+    import threading
+
+    from updater.daemon import run_daemon
+
+    rig.channel.publish(bundles["2.0.0"])
+    stop = threading.Event()
+    made: list[int] = []
+
+    def make_agent() -> Agent:
+        import os
+
+        made.append(os.getpid())
+        a = rig.agent(strategy=Strategy.OFF)
+        a.clock = __import__("time").time  # real time: the parent really sleeps
+        return a
+
+    timer = threading.Timer(4.0, stop.set)
+    timer.start()
+    try:
+        run_daemon(make_agent, rig.config.state_dir, stop=stop)
+    finally:
+        timer.cancel()
+    s = rig.state()
+    assert s.phase is Phase.STAGED and s.target_version == "2.0.0"
+    assert rig.entries() == ["tidehost-a.conf", "tidehost-b+3.conf"]
+    assert made == []  # every agent was built in a child, never in the daemon itself
