@@ -307,3 +307,22 @@ LimitNOFILE=65536
 WantedBy=multi-user.target
 Alias=etcd2.service
 """
+
+
+def test_scripts_parse(tmp_path: Path, cluster_file) -> None:
+    """Every rendered script is valid sh (dash) or Python, for every role and scheduler."""
+    for scheduler in ("swarm", "kubeadm"):
+        path = cluster_file(matrix_data(scheduler={"kind": scheduler}))
+        for node in ROLE_NODES:
+            for provider in (Provider.NOCLOUD, Provider.EC2):
+                _, doc = render_to(tmp_path, path, node, provider)
+                for p, f in files_of(doc).items():
+                    if not p.startswith("/etc/tidehost/bin/"):
+                        continue
+                    script = tmp_path / "script"
+                    script.write_text(f["content"])
+                    if f["content"].startswith("#!/usr/bin/python3"):
+                        compile(f["content"], p, "exec")
+                    else:
+                        assert f["content"].startswith("#!/bin/sh\n")
+                        run(["sh", "-n", script], capture=True)
