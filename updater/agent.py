@@ -386,6 +386,7 @@ class Agent:
         cfg = self.config
         return {
             "version": self.version, "slot": slot, "channel": cfg.channel_name,
+            "build_id": self.host.os_release().get("TIDEHOST_BUILD_ID", ""),
             "channel_url": cfg.channel_url, "strategy": cfg.strategy.value, "group": cfg.group,
             "state": s.phase.value, "since": s.since, "target_version": s.target_version,
             "target_slot": s.target_slot, "last_check": s.last_check,
