@@ -67,16 +67,16 @@ def test_staged_rollout_pause_resume_pull(open_repo, make_bundle, make_client) -
         r.publish(make_bundle("1.1.0"), "stable")
         r.publish(make_bundle("1.2.0"), "stable", waves=parse_waves("10%@0h,50%@24h,100%@48h"))
     client = make_client("stable")
-    hosts = [f"{i:032x}" for i in range(40)]
+    hosts = [f"{i:032x}" for i in range(24)]  # 2 of them < 10%, 9 < 50% for 1.2.0
     now = datetime.now(UTC) + timedelta(minutes=1)
 
     def offered(at: datetime, current: str = "1.1.0") -> set[str]:
         return {h for h in hosts if (o := client.offer(h, current, at)) and o.version == "1.2.0"}
 
     first = offered(now)
-    assert first == {h for h in hosts if host_position(h, "1.2.0") < 10}
+    assert first == {h for h in hosts if host_position(h, "1.2.0") < 10} and first
     day = offered(now + timedelta(hours=25))
-    assert first <= day and day == {h for h in hosts if host_position(h, "1.2.0") < 50}
+    assert first < day == {h for h in hosts if host_position(h, "1.2.0") < 50} != set(hosts)
     assert offered(now + timedelta(hours=49)) == set(hosts)
     late = next(h for h in hosts if h not in day)
     o = client.offer(late, "1.0.0", now)  # not in 1.2.0's wave: gets 1.1.0, fully open
