@@ -244,9 +244,13 @@ class TufRepository:
     def refresh(self, *, all_roles: bool = False) -> list[str]:
         """Re-sign snapshot and timestamp; also any role past half its lifetime.
 
-        Returns the roles re-signed besides snapshot and timestamp.
+        A role whose key is not in ``keys/`` (an offline root key, say) is skipped with a
+        warning unless ``all_roles`` asks for every role. Returns the roles re-signed besides
+        snapshot and timestamp.
         """
         now = self.clock()
+        self.signer("snapshot")
+        self.signer("timestamp")
         for role in ("root", "targets", *CHANNELS):
             md: Metadata[Any] = (
                 self.root if role == "root" else
@@ -254,6 +258,10 @@ class TufRepository:
             )
             life = self.expiry(role) - now
             if all_roles or md.signed.expires - now < life / 2:
+                if not all_roles and not self.layout.key(role).exists():
+                    log.warning("role %s expires %s but its key is not in %s: not re-signed",
+                                role, md.signed.expires.strftime("%Y-%m-%d"), self.layout.keys)
+                    continue
                 self.mark(role)
         extra = sorted(self._dirty)
         self.commit()

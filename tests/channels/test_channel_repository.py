@@ -16,6 +16,7 @@ from channels.errors import (
     NotARepositoryError,
     PassphraseError,
     ReleaseError,
+    SigningKeyError,
     UnknownChannelError,
 )
 from channels.repository import create, open_repository
@@ -282,3 +283,20 @@ def test_damaged_index_at_rest_is_reported(open_repo, make_bundle, repo: Path) -
     with open_repo() as r, pytest.raises(NotARepositoryError, match=r"index\.json: channel "
                                                                       "index damaged"):
         r.publish(make_bundle("1.1.0"), "alpha")
+
+
+def test_refresh_works_with_the_root_key_offline(open_repo, repo: Path,  # noqa: ANN001
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    offline = repo.parent / "root.pem"
+    (repo / "keys/root.pem").rename(offline)
+    later = datetime.now(UTC) + timedelta(days=200)  # root (365 days) is past half its life
+    with open_repo(clock=lambda: later) as r:
+        assert r.tuf.refresh() == ["alpha", "beta", "stable", "targets"]
+    assert "role root expires" in caplog.text and "not re-signed" in caplog.text
+    with open_repo(clock=lambda: later) as r, pytest.raises(SigningKeyError, match="root.pem"):
+        r.tuf.refresh(all_roles=True)
+    offline.rename(repo / "keys/root.pem")
+    with open_repo(clock=lambda: later) as r:
+        assert r.tuf.refresh() == ["root"]
