@@ -88,7 +88,7 @@ class Agent:
 
     @property
     def holder_id(self) -> str:
-        return self.host.machine_id() or "unknown-machine"
+        return self.config.node or self.host.machine_id() or "unknown-machine"
 
     @property
     def version(self) -> str:

@@ -128,8 +128,9 @@ def cmd_lock(config: cfgmod.AgentConfig, a: argparse.Namespace) -> None:
 
     endpoints = tuple(a.etcd.split(",")) if a.etcd else config.etcd_endpoints
     gw = EtcdGateway(endpoints, ca=config.etcd_ca, cert=config.etcd_cert, key=config.etcd_key)
-    client = EtcdLockClient(gw, a.group or config.group, getattr(a, "lease", None) or config.lease)
-    holder = getattr(a, "id", None) or SystemdHost().machine_id()
+    client = EtcdLockClient(gw, a.group or config.group, getattr(a, "lease", None) or config.lease,
+                            init_max=config.lock_max)
+    holder = getattr(a, "id", None) or config.node or SystemdHost().machine_id()
     if a.lock_verb == "status":
         sem = client.status()
         if a.json:

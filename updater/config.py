@@ -4,10 +4,12 @@ Every setting is described once in ``SETTINGS`` (dotted YAML key, parser, defaul
 two files are merged key by key (the /etc file wins) and parsed once into the frozen
 ``AgentConfig``.  Errors are one line naming the file and the dotted field, unknown keys too.
 
-Example /etc/tidehost/update.yaml::
+Example /etc/tidehost/update.yaml (cloud-config writes one like it)::
 
+    node: node1                    # lock holder id (default: /etc/machine-id)
     strategy: etcd-lock            # etcd-lock | fleetlock | reboot | off
     group: web
+    max: 1                         # slots of the group, when this host creates it
     channel:
       url: https://updates.example.com/
       name: stable
@@ -43,8 +45,9 @@ DEFAULTS_FILE = Path("/usr/share/tidehost/update.yaml")
 CONFIG_FILE = Path("/etc/tidehost/update.yaml")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _GROUP = re.compile(r"^[a-zA-Z0-9.-]+$")
-_DURATION = re.compile(r"^(\d+)\s*(s|m|h|d)?$")
-_UNITS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^(?:\d+[smhd])+$")
+_PART = re.compile(r"(\d+)([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class Strategy(StrEnum):
@@ -77,16 +80,19 @@ class Window:
 @dataclass(frozen=True)
 class AgentConfig:
     strategy: Strategy = Strategy.ETCD_LOCK
+    node: str = ""  # the lock holder id; empty: /etc/machine-id
     group: str = "default"
+    lock_max: int = 1  # slots of a group's semaphore when this host creates it
     channel_url: str = ""
     channel_name: str = "stable"
-    channel_root: Path = Path("/usr/share/tidehost/root.json")
+    channel_root: Path = Path("/usr/share/tidehost/channel-root.json")
     interval: int = 3600
     jitter: int = 600
     etcd_endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
     etcd_ca: Path | None = None
     etcd_cert: Path | None = None
     etcd_key: Path | None = None
+    etcd_discovery_srv: str = ""
     lease: int = 900
     fleetlock_url: str = ""
     window: Window | None = None
@@ -130,17 +136,19 @@ def _path(v: Any) -> Path:
 
 
 def _duration(v: Any) -> int:
-    """Seconds: an integer, or ``30s``, ``15m``, ``2h``, ``1d``."""
+    """Seconds: an integer, or ``30s``, ``15m``, ``2h``, ``1d``, ``1h30m`` (locksmith's)."""
     if isinstance(v, bool):
         raise ValueError(f"{v!r} is not a duration")
     if isinstance(v, int):
         if v < 0:
             raise ValueError(f"{v} is negative")
         return v
-    m = _DURATION.match(str(v).strip())
-    if not m:
-        raise ValueError(f"{v!r} is not a duration (seconds, or like 30s, 15m, 2h, 1d)")
-    return int(m[1]) * _UNITS[m[2]]
+    text = str(v).strip().replace(" ", "")
+    if text.isdigit():
+        return int(text)
+    if not _DURATION.match(text):
+        raise ValueError(f"{v!r} is not a duration (seconds, or like 30s, 15m, 1h30m, 1d)")
+    return sum(int(n) * _UNITS[u] for n, u in _PART.findall(text))
 
 
 def _positive(parse: Callable[[Any], int]) -> Callable[[Any], int]:
@@ -151,6 +159,12 @@ def _positive(parse: Callable[[Any], int]) -> Callable[[Any], int]:
         return n
 
     return inner
+
+
+def _count(v: Any) -> int:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ValueError(f"{v!r} is not a whole number")
+    return v
 
 
 def _tries(v: Any) -> int:
@@ -254,7 +268,9 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("strategy", "strategy", _strategy, "etcd-lock, fleetlock, reboot or off"),
+    Setting("node", "node", _str, "this host's lock holder id (default: machine id)"),
     Setting("group", "group", _group, "reboot-lock group"),
+    Setting("max", "lock_max", _positive(_count), "slots of the group when it is created"),
     Setting("channel.url", "channel_url", _url, "base URL of the channel repository"),
     Setting("channel.name", "channel_name", _str, "alpha, beta or stable"),
     Setting("channel.root", "channel_root", _path, "trusted root.json of the repository"),
@@ -262,8 +278,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("check.jitter", "jitter", _duration, "random extra delay of each check"),
     Setting("etcd.endpoints", "etcd_endpoints", _urls, "etcd client URLs"),
     Setting("etcd.ca", "etcd_ca", _path_or_none, "CA bundle for etcd TLS"),
+    Setting("etcd.cacert", "etcd_ca", _path_or_none, "the same as etcd.ca"),
     Setting("etcd.cert", "etcd_cert", _path_or_none, "client certificate for etcd"),
     Setting("etcd.key", "etcd_key", _path_or_none, "client key for etcd"),
+    Setting("etcd.discovery_srv", "etcd_discovery_srv", _str,
+            "DNS SRV domain of the cluster (informational: the endpoints are used)"),
     Setting("etcd.lease", "lease", _positive(_duration), "lifetime of a holder's liveness key"),
     Setting("fleetlock.url", "fleetlock_url", _url, "FleetLock server base URL"),
     Setting("window.days", "window.days", _days, "days of the maintenance window"),

@@ -88,3 +88,44 @@ def test_error_in_defaults_names_the_defaults_file(tmp_path: Path) -> None:
 def test_yaml_sexagesimal_time_is_understood(tmp_path: Path) -> None:
     cfg = load(write(tmp_path, "window: {start: 02:30, length: 60}\n"), tmp_path / "x")
     assert cfg.window is not None and cfg.window.start == time(2, 30)
+
+
+def test_cloud_config_contract(tmp_path: Path) -> None:
+    """What cloud-config writes to /etc/tidehost/update.yaml parses (imagebuild renders it)."""
+    import yaml
+
+    cc = pytest.importorskip("imagebuild.cloudconfig")
+    example = yaml.safe_load(
+        (Path(__file__).parents[2] / "cloud-config/examples/cluster.yaml").read_text())
+    example["etcd"]["tls"] = False  # no certificates needed for this contract
+    example["etcd"].pop("cert_dir", None)
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(example))
+    cluster = cc.parse_cluster_file(tmp_path / "cluster.yaml")
+    doc = yaml.safe_load(cc.render_user_data(cluster, "node1", cc.Provider.NOCLOUD))
+    text = next(f["content"] for f in doc["write_files"]
+                if f["path"] == "/etc/tidehost/update.yaml")
+    cfg = load(write(tmp_path, text), DIST_DEFAULTS)
+    assert cfg.node == "node1" and cfg.strategy is Strategy.ETCD_LOCK
+    assert cfg.channel_name == "alpha" and cfg.channel_url.startswith("http://")
+    assert cfg.lock_max == 1 and cfg.window is not None and cfg.window.length == 86400
+    assert cfg.channel_root == Path("/usr/share/tidehost/channel-root.json")
+
+
+def test_cloud_config_readme_shape(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, """
+node: node1
+channel: {url: "http://10.77.0.1:8080/", name: alpha}
+strategy: etcd-lock
+etcd:
+  endpoints: [https://10.77.0.11:2379]
+  cacert: /etc/tidehost/etcd/ca.crt
+  cert: /etc/tidehost/etcd/client.crt
+  key: /etc/tidehost/etcd/client.key
+  discovery_srv: example.com
+group: default
+max: 2
+window: {days: [mon], start: "02:00", length: 1h30m, tz: UTC}
+"""), DIST_DEFAULTS)
+    assert cfg.etcd_ca == Path("/etc/tidehost/etcd/ca.crt") and cfg.lock_max == 2
+    assert cfg.window is not None and cfg.window.length == 5400
+    assert load(write(tmp_path, "window: null\n"), DIST_DEFAULTS).window is None

@@ -206,3 +206,11 @@ def test_cli_lock_commands(etcd, capsys: pytest.CaptureFixture[str],  # noqa: AN
     assert main([*base, "status"]) == 0
     out = capsys.readouterr().out
     assert "Available: 1" in out and "Max: 2" in out and "m2" in out
+
+
+def test_group_created_with_configured_max(etcd) -> None:  # noqa: ANN001
+    g = group()
+    c = EtcdLockClient(EtcdGateway([etcd.url]), g, init_max=3)
+    assert (c.status().max, c.status().semaphore) == (3, 3)
+    other = EtcdLockClient(EtcdGateway([etcd.url]), g, init_max=1)
+    assert other.status().max == 3  # only the creator's max counts; set-max changes it

@@ -46,7 +46,7 @@ def make_lock(config: AgentConfig) -> RebootLock:
 
         gw = EtcdGateway(config.etcd_endpoints, ca=config.etcd_ca, cert=config.etcd_cert,
                          key=config.etcd_key)
-        return EtcdLockClient(gw, config.group, config.lease)
+        return EtcdLockClient(gw, config.group, config.lease, init_max=config.lock_max)
     if config.strategy is Strategy.FLEETLOCK:
         from updater.lock.fleetlock import FleetLockClient
 

@@ -27,8 +27,10 @@ CAS_TRIES = 50
 
 
 class EtcdLockClient:
-    def __init__(self, gateway: EtcdGateway, group: str = "default", lease: int = 900) -> None:
+    def __init__(self, gateway: EtcdGateway, group: str = "default", lease: int = 900,
+                 *, init_max: int = 1) -> None:
         self.gw = gateway
+        self.init_max = init_max
         self.group = group
         self.lease = lease
         base = f"{ROOT}/groups/{quote(group, safe='')}"
@@ -41,13 +43,13 @@ class EtcdLockClient:
     # --- reading -------------------------------------------------------------------------
 
     def _read(self) -> tuple[Semaphore, int]:
-        """The semaphore and its mod_revision, creating it (max 1) if absent."""
+        """The semaphore and its mod_revision, creating it (``init_max`` slots) if absent."""
         for _ in range(CAS_TRIES):
             kv = self.gw.get(self.key)
             if kv is not None:
                 return Semaphore.from_json(kv.value), kv.mod_revision
-            self.gw.txn([self.gw.cmp_absent(self.key)],
-                        [self.gw.op_put(self.key, Semaphore().to_json())])
+            new = Semaphore().set_max(self.init_max)
+            self.gw.txn([self.gw.cmp_absent(self.key)], [self.gw.op_put(self.key, new.to_json())])
         raise LockError(f"{self.key}: cannot create the semaphore")
 
     def _alive(self) -> dict[str, KeyValue]:
