@@ -219,3 +219,64 @@ def test_real_etcd_with_rendered_flags_and_certs(tmp_path: Path, solo_cluster: P
         etcd.terminate()
         etcd.wait(timeout=15)
         log.close()
+
+
+def _etcd_argv(files: dict[str, str]) -> list[str]:
+    dropin = files["/etc/systemd/system/etcd.service.d/10-tidehost.conf"].replace("\\\n", " ")
+    exec_line = [ln for ln in dropin.splitlines() if ln.startswith("ExecStart=/")][-1]
+    return shlex.split(exec_line.removeprefix("ExecStart="))
+
+
+def test_real_three_member_cluster(tmp_path: Path) -> None:
+    """Three members on 127.0.0.1-3 bootstrap from the rendered static member list over TLS."""
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["nodes"] = [
+        {
+            "name": f"m{i}",
+            "address": f"127.0.0.{i}",
+            "roles": ["etcd", "manager" if i == 1 else "worker"],
+        }
+        for i in (1, 2, 3)
+    ]
+    client_port = _free_port()
+    data["etcd"] = {"client_port": client_port, "peer_port": _free_port(),
+                    "cert_dir": str(tmp_path / "certs")}  # fmt: skip
+    cluster_path = write_cluster(tmp_path / "three.yaml", data)
+    cluster = parse_cluster_file(cluster_path)
+    generate_certs(cluster, tmp_path / "certs")
+    procs, roots = [], []
+    try:
+        for node in cluster.nodes:
+            root = tmp_path / node.name
+            files = _materialise(render_user_data(cluster, node.name, Provider.NOCLOUD), root)
+            argv = _etcd_argv(files)
+            if node.address != "127.0.0.1":
+                # On real hosts each member also listens on its own 127.0.0.1; here the three
+                # share one loopback, so only m1 may.
+                argv = [a.replace(f",https://127.0.0.1:{client_port}", "") for a in argv]
+            log = (tmp_path / f"{node.name}.log").open("wb")
+            procs.append((subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), log))
+            roots.append(root)
+        env = _env(roots[2])
+        deadline = time.monotonic() + 60
+        health = ["etcdctl", "endpoint", "health", "--cluster"]
+        while run(health, check=False, capture=True, env=env).returncode:
+            for (p, _), n in zip(procs, cluster.nodes, strict=True):
+                assert p.poll() is None, (tmp_path / f"{n.name}.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the etcd cluster did not become healthy"
+            time.sleep(0.5)
+        members = run(["etcdctl", "member", "list"], env=env, capture=True).stdout.decode()
+        assert sorted(ln.split(", ")[2] for ln in members.splitlines()) == ["m1", "m2", "m3"]
+        for root in roots:
+            run([root / "etc/tidehost/bin/tidehost-node-publish"], env=_env(root), capture=True,
+                timeout=30)  # fmt: skip
+        got = run(["etcdctl", "get", "--prefix", "--keys-only", "/tidehost/nodes/"], env=env,
+                  capture=True)  # fmt: skip
+        keys = [k for k in got.stdout.decode().splitlines() if k]
+        assert keys == ["/tidehost/nodes/m1", "/tidehost/nodes/m2", "/tidehost/nodes/m3"]
+    finally:
+        for p, _ in procs:
+            p.terminate()
+        for p, log in procs:
+            p.wait(timeout=15)
+            log.close()
