@@ -5,8 +5,9 @@ Write order (``write_slot``), so that an interruption at any point boots the cur
 1. remove the target slot's boot entries (the old contents of that slot become unbootable);
 2. stream usr.img and usr.verity into the target's USR-x and USR-x-VERITY devices, fsync,
    drop them from the page cache;
-3. read both back from the devices: they must hash to the release's signed sha256, and the
-   written tree's top block must give the release's root hash (``updater.verity``);
+3. read both back from the devices: they must equal the release's files (whose signed
+   sha256 the agent checked just before), and the written tree's top block must give the
+   release's root hash (``updater.verity``);
    ``full_verify`` adds ``veritysetup verify`` over every block.  Meanwhile (a thread):
 4. copy vmlinuz and initrd to ``<esp>/tidehost/<slot>/`` (temp file, fsync, rename);
 5. write ``loader/entries/tidehost-<slot>+<tries>.conf`` (temp file, fsync, rename) last:
@@ -106,12 +107,11 @@ def _stream(src: Path, dest: Path) -> int:
     return verity.write_through(src, dest)
 
 
-def _read_back(manifest: Manifest, devices: SlotDevices, full_verify: bool,
+def _read_back(bundle: Path, manifest: Manifest, devices: SlotDevices, full_verify: bool,
                runner: Callable[..., object]) -> None:
     """The written partitions hold the release's bytes, and its tree gives its root hash."""
     for name, dev in (("usr.img", devices.usr), ("usr.verity", devices.verity)):
-        info = manifest.files[name]
-        verity.read_back(dev, info.size, info.sha256, name)
+        verity.read_back(dev, bundle / name)
     root = verity.verity_root(verity.read_head(devices.verity))
     if root != manifest.roothash:
         raise VerificationError(f"{devices.verity}: hash tree gives root hash {root[:12]}…, "
@@ -189,7 +189,7 @@ def write_slot(
     _stream(bundle / "usr.img", devices.usr)
     _stream(bundle / "usr.verity", devices.verity)
     with ThreadPoolExecutor(1) as pool:  # the read-back runs while the ESP is written
-        checked = pool.submit(_read_back, manifest, devices, full_verify, runner)
+        checked = pool.submit(_read_back, bundle, manifest, devices, full_verify, runner)
         for name in ("vmlinuz", "initrd"):
             _copy_atomic(bundle / name, esp / target.esp_dir / name)
         checked.result()

@@ -1,8 +1,8 @@
 """Writing a payload onto a partition, reading it back, and dm-verity's root block.
 
 ``write_through`` writes a file onto a device, fsyncs it and drops it from the page cache;
-``read_back`` then reads it from the device and hashes it: the sha256 must equal the signed
-sha256 of the file, so the bytes on the partition are the bytes of the release.
+``read_back`` then reads it from the device and compares it with the file (whose signed
+sha256 was checked just before): the bytes on the partition are the bytes of the release.
 ``verity_root`` recomputes the root hash from the hash device's superblock and top-level
 block, so the signed root hash is checked against the written tree too; ``veritysetup
 verify`` (every block) stays available for a full check.
@@ -89,30 +89,35 @@ def write_through(src: Path, dest: Path) -> int:
     return size
 
 
-def read_back(dev: Path, size: int, sha256: str, what: str) -> None:
-    """Read the first ``size`` bytes of ``dev`` and check their sha256.
+def read_back(dev: Path, src: Path) -> None:
+    """Read ``src``'s length back from ``dev`` and compare it with ``src``, byte for byte.
+
+    ``src`` is the release file whose sha256 was checked just before it was written, so equal
+    bytes on the device are the release's bytes.
 
     Raises:
-        VerificationError: unreadable, short, or a different hash.
+        VerificationError: unreadable, short, or different.
     """
-    digest = hashlib.sha256()
+    size = src.stat().st_size
+    pos = 0
     try:
-        with open(dev, "rb", buffering=0) as f:
-            left = size
-            while left > 0:
-                data = f.read(min(CHUNK, left))
-                if not data:
-                    raise VerificationError(f"{dev}: read-back of {what} ended early")
-                digest.update(data)
-                left -= len(data)
+        with open(dev, "rb", buffering=0) as d, open(src, "rb", buffering=0) as s:
+            while pos < size:
+                want = min(CHUNK, size - pos)
+                got, ref = d.read(want), s.read(want)
+                if len(got) != want:
+                    raise VerificationError(f"{dev}: read-back of {src.name} ended at {pos}")
+                if got != ref:
+                    at = pos + next(i for i in range(want) if got[i] != ref[i])
+                    raise VerificationError(f"{dev}: read-back of {src.name} differs from the "
+                                            f"release at byte {at}")
+                pos += want
     except OSError as e:
-        raise VerificationError(f"{dev}: read-back of {what} failed: {e.strerror}") from None
-    if digest.hexdigest() != sha256:
-        raise VerificationError(f"{dev}: read-back of {what} does not match its sha256")
+        raise VerificationError(f"{dev}: read-back of {src.name} failed: {e.strerror}") from None
 
 
-def stream_verified(src: Path, dest: Path, sha256: str) -> int:
+def stream_verified(src: Path, dest: Path) -> int:
     """``write_through`` then ``read_back``: the bytes on ``dest`` are those of ``src``."""
     size = write_through(src, dest)
-    read_back(dest, size, sha256, src.name)
+    read_back(dest, src)
     return size
