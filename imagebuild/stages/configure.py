@@ -113,9 +113,9 @@ def configure_tree(ctx: BuildContext) -> None:
         "[Service]\nExecStart=\nExecStart=/usr/lib/systemd/systemd-networkd-wait-online"
         " --any --timeout=30\n",
     )
-    for unit in DISABLE:
-        for link in t.glob(f"etc/systemd/system/*.wants/{unit}"):
-            link.unlink()
+    present = [u for u in DISABLE if (t / "usr/lib/systemd/system" / u).exists()]
+    if present:  # also drops aliases such as etcd2.service
+        run(["systemctl", f"--root={t}", "disable", "--quiet", *present])
     run(["systemctl", f"--root={t}", "enable", "--quiet", *ENABLE])
     if c.channel_root:
         _write(t / "usr/share/tidehost/channel-root.json", c.channel_root.read_text())
