@@ -138,7 +138,23 @@ class Agent:
             s = s.to(Phase.WAITING_FOR_LOCK, now)
         elif s.phase in (Phase.REBOOTING, Phase.CONFIRMING):
             s = self._after_reboot(s, now)
+        elif (s.phase in (Phase.STAGED, Phase.WAITING_FOR_WINDOW, Phase.WAITING_FOR_LOCK)
+              and s.reboot_boot_id and self.host.boot_id() != s.reboot_boot_id):
+            s = self._rebooted_while_staged(s, now)
         return self.save(s)
+
+    def _rebooted_while_staged(self, s: State, now: float) -> State:
+        """The host rebooted without the agent (strategy off, an operator, a crash)."""
+        if self.booted.value == s.target_slot:
+            log.info("rebooted into the staged %s outside the agent", s.target_version)
+            return self._after_reboot(s, now)
+        tried = [e for p in slots.slot_entries(self.layout.esp, Slot(s.target_slot))
+                 if (e := slots.parse_entry(p.name)) and (e.bad or e.done)]
+        if tried:
+            return self._after_reboot(s, now)
+        log.info("rebooted, but the staged slot %s was not tried: still staged",
+                 s.target_slot.upper())
+        return replace(s, reboot_boot_id=self.host.boot_id())
 
     def _after_reboot(self, s: State, now: float) -> State:
         booted = self.booted
@@ -246,7 +262,8 @@ class Agent:
             return self._failed(s, f"staging {offer.version} failed: {e}")
         shutil.rmtree(bundle, ignore_errors=True)
         log.info("staged %s on slot %s", offer.version, target.name)
-        return self.save(s.to(Phase.STAGED, self.clock(), failures=0)), 0.0
+        return self.save(s.to(Phase.STAGED, self.clock(), failures=0,
+                               reboot_boot_id=self.host.boot_id())), 0.0
 
     # --- lock and reboot -------------------------------------------------------------------
 
@@ -374,7 +391,8 @@ class Agent:
         now = self.clock()
         s = s.mark_bad(self.version).to(
             Phase.STAGED, now, target_slot=booted.other.value, target_version=version,
-            target_roothash=roothash, last_result=f"rollback from {self.version} requested")
+            target_roothash=roothash, reboot_boot_id=self.host.boot_id(),
+            last_result=f"rollback from {self.version} requested")
         return self.save(s)
 
     def status(self) -> dict[str, Any]:

@@ -59,9 +59,13 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     _P.DOWNLOADING: frozenset({_P.VERIFYING, _P.ERROR}),
     _P.VERIFYING: frozenset({_P.WRITING, _P.ERROR}),
     _P.WRITING: frozenset({_P.STAGED, _P.ERROR}),
-    _P.STAGED: frozenset({_P.WAITING_FOR_WINDOW, _P.CHECKING, _P.IDLE}),
-    _P.WAITING_FOR_WINDOW: frozenset({_P.WAITING_FOR_LOCK, _P.IDLE, _P.ERROR}),
-    _P.WAITING_FOR_LOCK: frozenset({_P.REBOOTING, _P.WAITING_FOR_WINDOW, _P.IDLE, _P.ERROR}),
+    # staged → confirming/rolled-back: someone else rebooted the host (strategy off)
+    _P.STAGED: frozenset({_P.WAITING_FOR_WINDOW, _P.CHECKING, _P.IDLE, _P.CONFIRMING,
+                          _P.ROLLED_BACK}),
+    _P.WAITING_FOR_WINDOW: frozenset({_P.WAITING_FOR_LOCK, _P.IDLE, _P.ERROR, _P.CONFIRMING,
+                                      _P.ROLLED_BACK}),
+    _P.WAITING_FOR_LOCK: frozenset({_P.REBOOTING, _P.WAITING_FOR_WINDOW, _P.IDLE, _P.ERROR,
+                                    _P.CONFIRMING, _P.ROLLED_BACK}),
     _P.REBOOTING: frozenset({_P.CONFIRMING, _P.ROLLED_BACK, _P.WAITING_FOR_LOCK, _P.ERROR}),
     _P.CONFIRMING: frozenset({_P.IDLE, _P.REBOOTING, _P.ROLLED_BACK}),
     _P.ROLLED_BACK: frozenset({_P.CHECKING, _P.IDLE, _P.STAGED}),
@@ -76,7 +80,7 @@ class State:
     target_version: str = ""  # the version being staged/applied
     target_slot: str = ""  # "a" or "b"
     target_roothash: str = ""
-    reboot_boot_id: str = ""  # boot id when the reboot was requested
+    reboot_boot_id: str = ""  # boot id when the slot was staged / the reboot was requested
     lock_held: bool = False
     last_check: float = 0.0
     next_check: float = 0.0

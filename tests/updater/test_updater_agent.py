@@ -386,3 +386,29 @@ def test_daemon_runs_steps_in_forked_children(rig: Rig, bundles) -> None:  # noq
     assert s.phase is Phase.STAGED and s.target_version == "2.0.0"
     assert rig.entries() == ["tidehost-a.conf", "tidehost-b+3.conf"]
     assert made == []  # every agent was built in a child, never in the daemon itself
+
+
+def test_reboot_outside_the_agent_is_confirmed(rig: Rig, bundles) -> None:  # noqa: ANN001
+    rig.channel.publish(bundles["2.0.0"])
+    a = rig.agent(strategy=Strategy.OFF)
+    a.step()
+    assert rig.state().phase is Phase.STAGED and rig.host.reboots == 0
+    rig.host.boot += 1  # an operator rebooted, but the bootloader did not try B (say)
+    a = rig.agent(strategy=Strategy.OFF)
+    assert a.startup().phase is Phase.STAGED
+    assert rig.boot() == "tidehost-b+2-1.conf"  # the next reboot tries B
+    a = rig.agent(strategy=Strategy.OFF)
+    assert a.startup().phase is Phase.CONFIRMING
+    a.step()
+    assert rig.state().phase is Phase.IDLE and rig.host.blessed == [True]
+    assert rig.entries() == ["tidehost-a.conf", "tidehost-b.conf"]
+
+
+def test_staged_slot_tried_and_failed_outside_the_agent(rig: Rig, bundles) -> None:  # noqa: ANN001
+    rig.channel.publish(bundles["2.0.0"])
+    a = rig.agent(strategy=Strategy.OFF)
+    a.step()
+    rig.boot()  # B tried (and, say, panicked) ...
+    rig.host.boot_into("a", rig.manifests["1.0.0"])  # ... back on A
+    s = rig.agent(strategy=Strategy.OFF).startup()
+    assert s.phase is Phase.ROLLED_BACK and s.bad_versions == ("2.0.0",)
