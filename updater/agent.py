@@ -18,11 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from channels.bundle import Manifest, Slot, load_bundle
+from channels.bundle import Slot, load_bundle
 from channels.errors import ChannelError
 from updater import health, metrics, slots
+from updater.channel import Channel
 from updater.config import AgentConfig
 from updater.decide import Decision, decide
 from updater.errors import ChannelUnavailable, UpdaterError, VerificationError
@@ -34,19 +35,6 @@ from updater.state import Phase, State, StateStore
 log = logging.getLogger(__name__)
 LOCK_POLL = 30.0  # seconds between tries of a busy lock (jittered)
 IDLE_SLEEP = 3600.0
-
-
-class Offer(Protocol):
-    version: str
-    manifest: Manifest
-
-
-class Channel(Protocol):
-    def offer(self, machine_id: str, current_version: str,
-              now: datetime | None = None) -> Offer | None: ...
-
-    def download(self, offer: Any, dest_dir: Path,
-                 progress: Callable[[int, int], None] | None = None) -> Path: ...
 
 
 @dataclass(frozen=True)

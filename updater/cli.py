@@ -58,23 +58,13 @@ def _setup_logging(debug: bool) -> None:
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
-def _make_channel(config: cfgmod.AgentConfig) -> Any:
-    if not config.channel_configured:
-        return None
-    try:
-        from channels.client import ChannelClient
-    except ImportError as e:
-        raise ChannelUnavailable(f"the channel client is not installed ({e})") from None
-    return ChannelClient(config.channel_url, config.channel_name, config.state_dir / "channel",
-                         config.channel_root)
-
-
 def _agent(config: cfgmod.AgentConfig, *, need_channel: bool) -> Any:
     from updater.agent import Agent
+    from updater.channel import make_channel
     from updater.host import SystemdHost
     from updater.lock import make_lock
 
-    channel = _make_channel(config)
+    channel = make_channel(config)
     if need_channel and channel is None:
         raise ChannelUnavailable(f"no channel configured (set channel.url in {cfgmod.CONFIG_FILE})")
     return Agent(config, SystemdHost(), make_lock(config), channel)
