@@ -129,6 +129,8 @@ class Agent:
         elif (s.phase in (Phase.STAGED, Phase.WAITING_FOR_WINDOW, Phase.WAITING_FOR_LOCK)
               and s.reboot_boot_id and self.host.boot_id() != s.reboot_boot_id):
             s = self._rebooted_while_staged(s, now)
+        if s.phase.is_resting() and self.config.strategy.needs_lock():
+            s = replace(s, release_pending=True)  # like locksmith: never keep a stale hold
         return self.save(s)
 
     def _rebooted_while_staged(self, s: State, now: float) -> State:
@@ -175,8 +177,11 @@ class Agent:
                 return 0
             return 30
         if p.is_resting():
-            if s.lock_held:
-                return self._release_when_healthy(s)
+            if s.lock_held or s.release_pending:
+                delay = self._release_when_healthy(s)
+                s = self.load()
+                if s.lock_held or s.release_pending:
+                    return delay
             if self.channel is None:
                 return IDLE_SLEEP
             if now < s.next_check:
@@ -295,7 +300,7 @@ class Agent:
         except UpdaterError as e:
             log.error("reboot lock: release failed, will retry: %s", e)
             return replace(s, last_error=f"release failed: {e}", last_error_time=self.clock())
-        return replace(s, lock_held=False)
+        return replace(s, lock_held=False, release_pending=False)
 
     def _release_when_healthy(self, s: State) -> float:
         cfg = self.config
@@ -305,7 +310,7 @@ class Agent:
             self._renew()
             return 10.0
         s = self.save(self._release(s))
-        return 0.0 if not s.lock_held else backoff(2, base=30, rand=self.rand)
+        return 0.0 if not s.release_pending else backoff(2, base=30, rand=self.rand)
 
     # --- after the reboot ------------------------------------------------------------------
 

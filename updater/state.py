@@ -82,6 +82,7 @@ class State:
     target_roothash: str = ""
     reboot_boot_id: str = ""  # boot id when the slot was staged / the reboot was requested
     lock_held: bool = False
+    release_pending: bool = False  # at start: give back a lock we may hold, once healthy
     last_check: float = 0.0
     next_check: float = 0.0
     last_error: str = ""

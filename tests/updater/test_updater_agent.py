@@ -412,3 +412,20 @@ def test_staged_slot_tried_and_failed_outside_the_agent(rig: Rig, bundles) -> No
     rig.host.boot_into("a", rig.manifests["1.0.0"])  # ... back on A
     s = rig.agent(strategy=Strategy.OFF).startup()
     assert s.phase is Phase.ROLLED_BACK and s.bad_versions == ("2.0.0",)
+
+
+def test_stale_hold_is_released_at_start_when_healthy(rig: Rig) -> None:
+    rig.lock.holders = {"m-test"}  # the state file was lost, etcd still lists this host
+    rig.host.units["app.service"] = False
+    a = rig.agent()
+    assert a.startup().release_pending
+    a.step()
+    assert rig.lock.holders == {"m-test"}
+    rig.host.units["app.service"] = True
+    a.step()
+    s = rig.state()
+    assert rig.lock.holders == set() and not s.release_pending and not s.lock_held
+    rig.lock.unreachable = True  # a lock service that is down at start: retried later
+    a = rig.agent()
+    a.startup()
+    assert a.step() > 0 and rig.state().release_pending
