@@ -15,7 +15,7 @@ from typing import Any
 
 from channels.errors import ChannelError
 from updater import config as cfgmod
-from updater.errors import ChannelUnavailable, LockBusy, LockError, UpdaterError
+from updater.errors import ChannelUnavailable, ConfigError, LockBusy, LockError, UpdaterError
 
 log = logging.getLogger("updater")
 
@@ -161,13 +161,41 @@ def cmd_health(config: cfgmod.AgentConfig) -> None:
     log.info("healthy")
 
 
+def _config_for_daemon(path: Path, defaults: Path) -> cfgmod.AgentConfig:
+    """The config, waiting (the service stays up, ready) until the files are valid."""
+    from updater.daemon import notify
+
+    failures = 0
+    last = ""
+    while True:
+        try:
+            return cfgmod.load(path, defaults)
+        except ConfigError as e:
+            failures += 1
+            if str(e) != last:
+                log.error("%s (the agent waits for a valid configuration)", e)
+                last = str(e)
+            notify("READY=1")
+            notify(f"STATUS=invalid configuration: {e}")
+            time.sleep(min(5.0 * 2 ** min(failures, 6), 300.0))
+
+
 def run(argv: list[str] | None = None) -> None:
     a = _parser().parse_args(argv)
     _setup_logging(a.debug)
-    config = cfgmod.load(a.config, a.defaults)
     if a.verb == "daemon":
-        cmd_daemon(config)
-    elif a.verb == "status":
+        cmd_daemon(_config_for_daemon(a.config, a.defaults))
+        return
+    if a.verb == "health":
+        try:
+            config = cfgmod.load(a.config, a.defaults)
+        except ConfigError as e:  # the gate still runs the image's own checks
+            log.error("%s; checking with the defaults of %s only", e, a.defaults)
+            config = cfgmod.load(Path("/nonexistent"), a.defaults)
+        cmd_health(config)
+        return
+    config = cfgmod.load(a.config, a.defaults)
+    if a.verb == "status":
         cmd_status(config, a.json)
     elif a.verb == "health":
         cmd_health(config)

@@ -81,3 +81,24 @@ def test_dist_tree_units_and_links() -> None:
                                                   ).resolve()
     assert {p.parts[len(DIST.parts)] for p in DIST.rglob("*")} == {"usr"}  # only under usr/
     assert "d /var/lib/tidehost" in (DIST / "usr/lib/tmpfiles.d/tidehost-update.conf").read_text()
+
+
+def test_daemon_with_bad_config_stays_up_and_says_why(tmp_path: Path) -> None:
+    args = config(tmp_path, "boot_tries: lots\n")
+    proc = subprocess.Popen([sys.executable, "-m", "updater.cli", *args, "daemon"],
+                            cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2.0)
+        assert proc.poll() is None  # no crash loop, no failed unit
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "field 'boot_tries'" in lines[0] and "waits" in lines[0]
+
+
+def test_health_with_bad_config_uses_the_defaults(tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO")
+    assert main([*config(tmp_path, "health: {units: 3}\n"), "health"]) == 0
+    assert "field 'health.units'" in caplog.text and "healthy" in caplog.text
