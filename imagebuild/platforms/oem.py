@@ -68,10 +68,15 @@ class OemSpec:
         return {
             "cmdline": self.cmdline + "\n",
             "platform.json": json.dumps(
-                {"oem": self.oem.value, "title": self.title,
-                 "datasource_list": list(self.datasources), "cmdline": self.cmdline},
+                {
+                    "oem": self.oem.value,
+                    "title": self.title,
+                    "datasource_list": list(self.datasources),
+                    "cmdline": self.cmdline,
+                },
                 indent=2,
-            ) + "\n",  # fmt: skip
+            )
+            + "\n",  # fmt: skip
             "cloud.cfg.d/90-tidehost-platform.cfg": (
                 f"# Tidehost OEM ({self.title}); the kernel command line carries the same.\n"
                 f"datasource_list: {ds}\n"

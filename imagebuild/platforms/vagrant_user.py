@@ -39,6 +39,7 @@ def free_id(lines: list[str], start: int = 1000) -> int:
 
 def add_lines(etc: Path) -> tuple[int, int]:
     """Add the user and its group to passwd, group, shadow and gshadow; return (uid, gid)."""
+
     def read(name: str) -> list[str]:
         p = etc / name
         return p.read_text().splitlines() if p.exists() else []
