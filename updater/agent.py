@@ -188,10 +188,10 @@ class Agent:
                 return s.next_check - now
             return self.check_and_stage(s)[1]
         if p is Phase.STAGED:
-            if not self.config.strategy.reboots():
-                log.info("staged %s on slot %s; strategy off: reboot when you like",
-                         s.target_version, s.target_slot.upper())
-                return IDLE_SLEEP
+            if not self.config.strategy.reboots():  # stage only; a newer release restages
+                if self.channel is not None and now >= s.next_check:
+                    return self.check_and_stage(s)[1]
+                return min(max(s.next_check - now, 1.0), IDLE_SLEEP)
             self.save(s.to(Phase.WAITING_FOR_WINDOW, now))
             return 0
         if p is Phase.WAITING_FOR_WINDOW:
@@ -254,7 +254,8 @@ class Agent:
         except (ChannelError, UpdaterError) as e:
             return self._failed(s, f"staging {offer.version} failed: {e}")
         shutil.rmtree(bundle, ignore_errors=True)
-        log.info("staged %s on slot %s", offer.version, target.name)
+        log.info("staged %s on slot %s%s", offer.version, target.name,
+                 "" if self.config.strategy.reboots() else "; strategy off: reboot when you like")
         return self.save(s.to(Phase.STAGED, self.clock(), failures=0,
                                reboot_boot_id=self.host.boot_id())), 0.0
 

@@ -429,3 +429,18 @@ def test_stale_hold_is_released_at_start_when_healthy(rig: Rig) -> None:
     a = rig.agent()
     a.startup()
     assert a.step() > 0 and rig.state().release_pending
+
+
+def test_strategy_off_restages_a_newer_release(rig: Rig, bundles) -> None:  # noqa: ANN001
+    rig.channel.publish(bundles["2.0.0"])
+    a = rig.agent(strategy=Strategy.OFF)
+    a.step()
+    rig.clock.sleep(a.step())  # staged: sleeps until the next check
+    assert rig.state().target_version == "2.0.0" and rig.channel.downloads == ["2.0.0"]
+    rig.channel.publish(bundles["3.0.0"])
+    rig.clock.sleep(a.step())
+    a.step()
+    s = rig.state()
+    assert (s.phase, s.target_version, s.target_slot) == (Phase.STAGED, "3.0.0", "b")
+    assert "version 3.0.0" in (rig.esp / "loader/entries/tidehost-b+3.conf").read_text()
+    assert rig.host.reboots == 0
