@@ -444,3 +444,26 @@ def test_strategy_off_restages_a_newer_release(rig: Rig, bundles) -> None:  # no
     assert (s.phase, s.target_version, s.target_slot) == (Phase.STAGED, "3.0.0", "b")
     assert "version 3.0.0" in (rig.esp / "loader/entries/tidehost-b+3.conf").read_text()
     assert rig.host.reboots == 0
+
+
+def test_flow_with_fleetlock_server(rig: Rig, bundles, fleetlock_server) -> None:  # noqa: ANN001
+    from updater.lock.fleetlock import FleetLockClient
+
+    rig.lock = FleetLockClient(fleetlock_server.url, "default")
+    fleetlock_server.holders["default"] = ["other-node"]  # the only slot is taken
+    rig.channel.publish(bundles["2.0.0"])
+    a = rig.agent(strategy=Strategy.FLEETLOCK, fleetlock_url=fleetlock_server.url)
+    a.startup()
+    for _ in range(8):
+        rig.clock.sleep(a.step())
+    assert rig.state().phase is Phase.WAITING_FOR_LOCK and rig.host.reboots == 0
+    fleetlock_server.holders["default"] = []
+    rig.steps(a, lambda: rig.host.reboots == 1)
+    assert fleetlock_server.holders["default"] == ["m-test"]
+    rig.boot()
+    a = rig.agent(strategy=Strategy.FLEETLOCK, fleetlock_url=fleetlock_server.url)
+    a.startup()
+    a.step()
+    assert rig.state().phase is Phase.IDLE and fleetlock_server.holders["default"] == []
+    paths = [p for p, _ in fleetlock_server.requests]
+    assert paths[-1] == "/v1/steady-state" and "/v1/pre-reboot" in paths
