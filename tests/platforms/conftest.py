@@ -1,0 +1,38 @@
+"""One image built with every output format, shared by the platform tests of a session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from imagebuild.config import OutputFormat, parse_image_file
+from imagebuild.pipeline import BuildResult, build
+
+PLATFORM_VERSION = "1.0.0"
+ALL_FORMATS = ",".join(f.value for f in OutputFormat)
+
+
+@pytest.fixture(scope="session")
+def platform_image(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
+    """raw, qcow2 and every platform artifact of the reference image (version 1.0.0, alpha)."""
+    if os.geteuid() != 0:
+        pytest.fail("the image build needs root (mmdebstrap --mode=root)")
+    out = tmp_path_factory.mktemp("platforms")
+    config = parse_image_file(None).with_overrides(
+        version=PLATFORM_VERSION, channel="alpha", formats=ALL_FORMATS
+    )
+    return build(config, out)
+
+
+@pytest.fixture
+def vagrant_env(tmp_path: Path) -> dict[str, str]:
+    """An environment for the real ``vagrant`` with a private, temporary VAGRANT_HOME."""
+    if shutil.which("vagrant") is None:
+        pytest.fail("vagrant is not installed (apt-get install vagrant vagrant-libvirt)")
+    home = tmp_path / "vagrant-home"
+    home.mkdir()
+    return {**os.environ, "VAGRANT_HOME": str(home), "VAGRANT_CHECKPOINT_DISABLE": "1",
+            "VAGRANT_DEFAULT_PROVIDER": "libvirt"}  # fmt: skip
