@@ -84,16 +84,17 @@ class EtcdGateway:
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self.timeout = timeout
         self.session = requests.Session()
-        if ca:
-            self.session.verify = str(ca)
+        # per request, not on the session: requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE
+        # override a session's verify (psf/requests#3829)
+        self.tls: dict[str, Any] = {"verify": str(ca) if ca else True}
         if cert:
-            self.session.cert = (str(cert), str(key)) if key else str(cert)
+            self.tls["cert"] = (str(cert), str(key)) if key else str(cert)
         self._prefix: dict[str, str] = {}
         self._good = 0  # index of the endpoint that answered last
 
     def _api(self, endpoint: str) -> str:
         if endpoint not in self._prefix:
-            r = self.session.get(f"{endpoint}/version", timeout=self.timeout)
+            r = self.session.get(f"{endpoint}/version", timeout=self.timeout, **self.tls)
             r.raise_for_status()
             self._prefix[endpoint] = api_prefix(str(r.json().get("etcdserver", "")))
         return self._prefix[endpoint]
@@ -107,7 +108,7 @@ class EtcdGateway:
             ep = self.endpoints[idx]
             try:
                 r = self.session.post(f"{ep}{self._api(ep)}/{path}", json=body,
-                                      timeout=self.timeout)
+                                      timeout=self.timeout, **self.tls)
             except (requests.ConnectionError, requests.Timeout) as e:
                 errors.append(f"{ep}: {type(e).__name__}")
                 continue
