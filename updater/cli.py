@@ -37,16 +37,19 @@ def _parser() -> argparse.ArgumentParser:
     lk = sub.add_parser("lock", help="the reboot lock (like locksmithctl)")
     lk.add_argument("--etcd", help="etcd endpoints URL[,URL…] (default: config)")
     lk.add_argument("--group", help="lock group (default: config)")
+    where = argparse.ArgumentParser(add_help=False)  # also accepted after the lock verb
+    where.add_argument("--etcd", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    where.add_argument("--group", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     lsub = lk.add_subparsers(dest="lock_verb", required=True)
-    ls = lsub.add_parser("status")
+    ls = lsub.add_parser("status", parents=[where])
     ls.add_argument("--json", action="store_true")
-    ll = lsub.add_parser("lock")
+    ll = lsub.add_parser("lock", parents=[where])
     ll.add_argument("id", nargs="?")
     ll.add_argument("--wait", action="store_true", help="retry until a slot is free")
     ll.add_argument("--lease", type=int, help="seconds the hold lives without renewal")
-    lu = lsub.add_parser("unlock")
+    lu = lsub.add_parser("unlock", parents=[where])
     lu.add_argument("id", nargs="?")
-    lm = lsub.add_parser("set-max")
+    lm = lsub.add_parser("set-max", parents=[where])
     lm.add_argument("max", type=int)
     return p
 

@@ -206,6 +206,9 @@ def test_cli_lock_commands(etcd, capsys: pytest.CaptureFixture[str],  # noqa: AN
     assert main([*base, "status"]) == 0
     out = capsys.readouterr().out
     assert "Available: 1" in out and "Max: 2" in out and "m2" in out
+    after = [*base[:5], "status", "--json", "--etcd", etcd.url, "--group", g]  # verb first
+    assert main(after) == 0
+    assert json.loads(capsys.readouterr().out)["holders"] == ["m2"]
 
 
 def test_group_created_with_configured_max(etcd) -> None:  # noqa: ANN001
