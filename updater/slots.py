@@ -184,6 +184,8 @@ def write_slot(
         log.info("slot %s: removing old boot entry %s", target.name, old.name)
         old.unlink()
     fsync_dir(esp / ENTRIES)
+    for name in ("vmlinuz", "initrd"):  # unused now: room on a small ESP for the new ones
+        (esp / target.esp_dir / name).unlink(missing_ok=True)
 
     log.info("slot %s: writing %s to %s", target.name, manifest.version, devices.usr)
     _stream(bundle / "usr.img", devices.usr)

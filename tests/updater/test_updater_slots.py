@@ -57,6 +57,9 @@ def test_write_inactive_slot(disk, bundles, tmp_path: Path) -> None:  # noqa: AN
     b2 = bundles["2.0.0"]
     m = load_bundle(b2)
     (esp / "loader/entries/tidehost-b+0-3.conf").write_text("stale bad entry of slot B\n")
+    for d in ("a", "b"):
+        (esp / "tidehost" / d).mkdir(parents=True)
+        (esp / "tidehost" / d / "vmlinuz").write_bytes(b"old kernel " + d.encode())
     entry = write_slot(b2, m, Slot.B, active=Slot.A, devices=devs(disk, Slot.B),
                        active_devices=devs(disk, Slot.A), esp=esp, tries=3)
     assert entry.filename == "tidehost-b+3.conf"
@@ -66,6 +69,7 @@ def test_write_inactive_slot(disk, bundles, tmp_path: Path) -> None:  # noqa: AN
     assert "version 2.0.0" in text and "linux /tidehost/b/vmlinuz" in text
     assert (esp / "tidehost/b/vmlinuz").read_bytes() == (b2 / "vmlinuz").read_bytes()
     assert (esp / "tidehost/b/initrd").read_bytes() == (b2 / "initrd").read_bytes()
+    assert (esp / "tidehost/a/vmlinuz").read_bytes() == b"old kernel a"  # the running slot's
     img, ver = (b2 / "usr.img").read_bytes(), (b2 / "usr.verity").read_bytes()
     # the bytes landed in the USR-B and USR-B-VERITY partitions of the image file
     assert read_part(disk, "USR-B", len(img)) == img
