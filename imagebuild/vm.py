@@ -121,6 +121,18 @@ def make_seed(dest: Path, user_data: str, hostname: str, network_config: str | N
     return dest
 
 
+def make_seed_iso(seed_dir: Path, dest: Path) -> Path:
+    """Pack a prepared NoCloud folder (user-data, meta-data[, network-config]) as an ISO."""
+    require("genisoimage")
+    names = ("user-data", "meta-data", "network-config", "vendor-data")
+    files = [seed_dir / n for n in names if (seed_dir / n).is_file()]
+    if not any(f.name == "user-data" for f in files):
+        raise VMError(f"{seed_dir}: no user-data in the seed folder")
+    run(["genisoimage", "-quiet", "-output", dest, "-volid", "cidata", "-joliet", "-rock",
+         *files])  # fmt: skip
+    return dest
+
+
 @dataclass
 class VM:
     """One QEMU guest. Use as a context manager, or call ``start`` and ``stop``."""
@@ -139,6 +151,11 @@ class VM:
     snapshot: bool = False
     extra_args: list[str] = field(default_factory=list)
     netns: str | None = None  # run QEMU inside this network namespace
+    seed_dir: Path | None = None  # a prepared NoCloud folder instead of user_data/hostname
+    tap: str | None = None  # a second NIC on this tap device (in netns), e.g. a cluster bridge
+    tap_mac: str | None = None
+    user_mac: str | None = None  # MAC of the user-networking (SSH) NIC; default QEMU's
+    detach: bool = False  # QEMU in its own session, output to WORKDIR/qemu.log: outlives us
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     workdir: Path | None = None
@@ -155,10 +172,15 @@ class VM:
                "-drive", drive,
                "-drive", f"file={self.workdir / 'seed.iso'},if=virtio,format=raw,readonly=on",
                "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
-               "-device", "virtio-net-pci,netdev=n0",
+               "-device", "virtio-net-pci,netdev=n0" + (f",mac={self.user_mac}"
+                                                        if self.user_mac else ""),
                "-device", "virtio-rng-pci",
                "-serial", f"file:{self.serial_log}",
                "-qmp", f"unix:{self.workdir / 'qmp.sock'},server=on,wait=off"]  # fmt: skip
+        if self.tap:
+            mac = f",mac={self.tap_mac}" if self.tap_mac else ""
+            cmd += ["-netdev", f"tap,id=n1,ifname={self.tap},script=no,downscript=no",
+                    "-device", f"virtio-net-pci,netdev=n1{mac}"]  # fmt: skip
         if self.snapshot:
             cmd.append("-snapshot")
         cmd += self.extra_args
@@ -173,13 +195,18 @@ class VM:
         for fw in (OVMF_CODE, OVMF_VARS):
             if not fw.exists():
                 raise VMError(f"{fw}: UEFI firmware missing (apt-get install ovmf)")
-        self.workdir = Path(tempfile.mkdtemp(prefix="tidehost-vm-"))
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="tidehost-vm-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         shutil.copy(OVMF_VARS, self.workdir / "vars.fd")
-        keys = list(self.authorized_keys)
-        if self.ssh_key and self.ssh_key.with_suffix(".pub").exists():
-            keys.append(self.ssh_key.with_suffix(".pub").read_text().strip())
-        make_seed(self.workdir / "seed.iso", user_data_with_key(self.user_data, keys),
-                  self.hostname, self.network_config)  # fmt: skip
+        if self.seed_dir is not None:
+            make_seed_iso(self.seed_dir, self.workdir / "seed.iso")
+        else:
+            keys = list(self.authorized_keys)
+            if self.ssh_key and self.ssh_key.with_suffix(".pub").exists():
+                keys.append(self.ssh_key.with_suffix(".pub").read_text().strip())
+            make_seed(self.workdir / "seed.iso", user_data_with_key(self.user_data, keys),
+                      self.hostname, self.network_config)  # fmt: skip
         self.ssh_port = self.ssh_port or free_port()
         self.serial_log = self.serial_log or self.workdir / "serial.log"
         cmd = self.command()
@@ -187,8 +214,14 @@ class VM:
                  self.serial_log)  # fmt: skip
         log.debug("$ %s", " ".join(cmd))
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT)  # fmt: skip
+        if self.detach:
+            with open(self.workdir / "qemu.log", "wb") as out:
+                self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                             stderr=subprocess.STDOUT,
+                                             start_new_session=True)  # fmt: skip
+        else:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT)  # fmt: skip
         return self
 
     def alive(self) -> bool:
@@ -200,6 +233,9 @@ class VM:
                 "-o", "ConnectTimeout=5", "-o", "BatchMode=yes"]  # fmt: skip
         if self.ssh_key:
             args += ["-i", str(self.ssh_key)]
+        if self.netns:
+            # User-net forwards listen on the namespace's loopback (BOOT-NOTES).
+            args += ["-o", f"ProxyCommand=ip netns exec {self.netns} nc 127.0.0.1 {self.ssh_port}"]
         return [*args, f"{SSH_USER}@127.0.0.1"]
 
     def ssh(self, command: str, *, check: bool = True, timeout: float = 120) -> str:
@@ -241,6 +277,9 @@ class VM:
         raise VMError(f"SSH on 127.0.0.1:{self.ssh_port} did not answer within {timeout:.0f}s")
 
     def qemu_output(self) -> str:
+        if self.detach and self.workdir and not self.alive():
+            with contextlib.suppress(OSError):
+                return (self.workdir / "qemu.log").read_text(errors="replace").strip()[-500:]
         if self.proc and self.proc.stdout and not self.alive():
             return self.proc.stdout.read().decode(errors="replace").strip()[-500:]
         return ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def fstab() -> str:
 
 
 def factory_tmpfiles(etc: Path) -> str:
-    """tmpfiles.d lines that copy each /etc entry from /usr/share/factory/etc when missing.
+    """tmpfiles lines that copy each /etc entry from /usr/share/factory/etc when missing.
 
     A directory that is missing is copied whole; one that exists gets only the entries it
     lacks. So a new /usr brings new defaults and never overwrites what the operator changed.
@@ -172,7 +173,13 @@ def split_etc(ctx: BuildContext) -> None:
     shutil.copytree(t / "etc", factory, symlinks=True,
                     ignore=lambda d, names: [n for n in names if Path(d) == t / "etc"
                                              and n in FACTORY_SKIP])  # fmt: skip
-    _write(t / "usr/lib/tmpfiles.d/tidehost-factory-etc.conf", factory_tmpfiles(factory))
+    _write(t / "usr/lib/tidehost/factory-etc.conf", factory_tmpfiles(factory))
+    unit = "tidehost-factory-etc.service"
+    _write(t / "usr/lib/systemd/system" / unit, _data(unit))
+    wants = t / "usr/lib/systemd/system/sysinit.target.wants" / unit
+    wants.parent.mkdir(parents=True, exist_ok=True)
+    wants.unlink(missing_ok=True)
+    wants.symlink_to(f"../{unit}")
     s.mkdir(parents=True)
     for name in ("etc", "var", "root", "home", "srv", "opt"):
         if (t / name).exists():
@@ -183,6 +190,26 @@ def split_etc(ctx: BuildContext) -> None:
     for name in ("bin", "sbin", "lib", "lib64"):
         if (t / name).is_symlink():
             (s / name).symlink_to(os.readlink(t / name))
+    mark_updated(t, s)
+
+
+def mark_updated(tree: Path, staging: Path) -> None:
+    """Stamp /usr with the build time and ROOT's /etc and /var as up to date with it.
+
+    ConditionNeedsUpdate= units (ldconfig, the factory /etc copy, ...) then skip the factory
+    boot and run on the first boot of every newer /usr an update brings.
+    """
+    now = time.time_ns()
+    os.utime(tree / "usr", ns=(now, now))
+    for d in ("etc", "var"):
+        stamp = staging / d / ".updated"
+        stamp.write_text(
+            "# This file was created by systemd-update-done. Its only\n"
+            "# purpose is to hold a timestamp of the time this directory\n"
+            "# was updated. See man:systemd-update-done.service(8).\n"
+            f"TIMESTAMP_NSEC={now}\n"
+        )
+        os.utime(stamp, ns=(now, now))
 
 
 def take_kernel(ctx: BuildContext) -> None:
