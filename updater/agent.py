@@ -248,7 +248,8 @@ class Agent:
             self.write_slot(bundle, manifest, target, active=self.booted,
                             devices=self.layout.devices[target],
                             active_devices=self.layout.devices[target.other],
-                            esp=self.layout.esp, tries=self.config.boot_tries)
+                            esp=self.layout.esp,
+                            tries=self.config.boot_tries or manifest.boot_tries)
         except OSError as e:
             return self._failed(s, f"staging {offer.version} failed: {e.strerror or e}")
         except (ChannelError, UpdaterError) as e:

@@ -99,7 +99,7 @@ class AgentConfig:
     health_units: tuple[str, ...] = ()
     health_commands: tuple[tuple[str, ...], ...] = ()
     health_deadline: int = 300
-    boot_tries: int = 3
+    boot_tries: int | None = None  # None: the release's manifest decides
     state_dir: Path = Path("/var/lib/tidehost")
     metrics_file: Path | None = Path("/var/lib/prometheus/node-exporter/tidehost.prom")
     esp: Path = Path("/efi")
@@ -167,7 +167,9 @@ def _count(v: Any) -> int:
     return v
 
 
-def _tries(v: Any) -> int:
+def _tries(v: Any) -> int | None:
+    if v is None or v == "":
+        return None
     if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 9:
         raise ValueError(f"{v!r} is not a whole number from 1 to 9")
     return v
@@ -292,7 +294,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("health.units", "health_units", _units, "units that must be active"),
     Setting("health.commands", "health_commands", _commands, "commands that must succeed"),
     Setting("health.deadline", "health_deadline", _positive(_duration), "time allowed"),
-    Setting("boot_tries", "boot_tries", _tries, "tries a new slot gets"),
+    Setting("boot_tries", "boot_tries", _tries, "tries a new slot gets (default: manifest's)"),
     Setting("state_dir", "state_dir", _path, "where the agent keeps its state"),
     Setting("metrics_file", "metrics_file", _path_or_none, "Prometheus textfile ('' = off)"),
     Setting("esp", "esp", _path, "mount point of the ESP"),

@@ -467,3 +467,9 @@ def test_flow_with_fleetlock_server(rig: Rig, bundles, fleetlock_server) -> None
     assert rig.state().phase is Phase.IDLE and fleetlock_server.holders["default"] == []
     paths = [p for p, _ in fleetlock_server.requests]
     assert paths[-1] == "/v1/steady-state" and "/v1/pre-reboot" in paths
+
+
+def test_boot_tries_from_config_over_manifest(rig: Rig, bundles) -> None:  # noqa: ANN001
+    rig.channel.publish(bundles["2.0.0"])
+    rig.agent(strategy=Strategy.OFF, boot_tries=1).step()
+    assert rig.entries() == ["tidehost-a.conf", "tidehost-b+1.conf"]

@@ -22,7 +22,7 @@ def write(tmp_path: Path, text: str, name: str = "update.yaml") -> Path:
 def test_shipped_defaults_parse_and_idle_without_channel(tmp_path: Path) -> None:
     cfg = load(tmp_path / "absent.yaml", DIST_DEFAULTS)
     assert cfg.strategy is Strategy.ETCD_LOCK and not cfg.channel_configured
-    assert cfg.lease == 900 and cfg.boot_tries == 3 and cfg.window is None
+    assert cfg.lease == 900 and cfg.boot_tries is None and cfg.window is None
 
 
 def test_operator_file_over_defaults(tmp_path: Path) -> None:
