@@ -134,6 +134,8 @@ def run_daemon(make_agent: Callable[[], Agent], state_dir: Path, *, fork: bool =
             res = _forked(make_agent, state_dir, first, child)
         else:
             res = one_step(make_agent, state_dir, first)
+        if "error" in res and stop.is_set():
+            break  # the step was stopped with the service
         if "error" in res:
             failures += 1
             delay = backoff(failures, base=30, cap=3600, rand=rand)
