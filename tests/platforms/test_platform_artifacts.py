@@ -9,12 +9,16 @@ import json
 import os
 import subprocess
 import tarfile
+import threading
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from channels.serve import ChannelServer
 from imagebuild.pipeline import BuildResult
 from imagebuild.platforms.catalog import BoxProvider
 from imagebuild.platforms.catalog_io import promote_box_catalog, write_box_catalog
@@ -176,6 +180,25 @@ def test_vagrant_boxes_layout(platform_image: BuildResult, tmp_path: Path) -> No
     assert "NOPASSWD" in sh("debugfs", "-R", "cat /etc/sudoers.d/vagrant", root)
 
 
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+@contextmanager
+def http_server(root: Path) -> Iterator[str]:
+    """Serve ``root`` on 127.0.0.1; yield its URL. Vagrant tells a catalog from a box by
+    the Content-Type application/json, which http.server sends for .json files."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def _box_list(env: dict[str, str]) -> str:
     return sh("vagrant", "box", "list", env=env)
 
@@ -197,15 +220,13 @@ def test_vagrant_box_add_and_update_from_served_catalog(
     a = platform_image.artifacts
     served = tmp_path / "published"
     served.mkdir()
-    server = ChannelServer(served)
-    server.start()
-    try:
+    with http_server(served) as base:
         boxes = {BoxProvider.LIBVIRT: a["vagrant-libvirt"],
                  BoxProvider.VIRTUALBOX: a["vagrant-virtualbox"]}  # fmt: skip
         write_box_catalog(served, channel="alpha", version="1.0.0", boxes=boxes,
-                          box_url_base=server.url)  # fmt: skip
+                          box_url_base=base)  # fmt: skip
         promote_box_catalog(served, version="1.0.0", src="alpha", dst="stable")
-        url = f"{server.url}vagrant/stable.json"
+        url = f"{base}vagrant/stable.json"
         sh("vagrant", "box", "add", url, "--provider", "libvirt", env=vagrant_env)
         assert "tidehost-stable (libvirt, 1.0.0" in _box_list(vagrant_env)
         sh("vagrant", "box", "add", url, "--provider", "virtualbox", env=vagrant_env)
@@ -213,10 +234,8 @@ def test_vagrant_box_add_and_update_from_served_catalog(
         # A new release reaches stable: `vagrant box update` follows the channel.
         write_box_catalog(served, channel="alpha", version="1.0.1",
                           boxes={BoxProvider.LIBVIRT: a["vagrant-libvirt"]},
-                          box_url_base=server.url)  # fmt: skip
+                          box_url_base=base)  # fmt: skip
         promote_box_catalog(served, version="1.0.1", src="alpha", dst="stable")
         sh("vagrant", "box", "update", "--box", "tidehost-stable", "--provider", "libvirt",
            env=vagrant_env)  # fmt: skip
         assert "tidehost-stable (libvirt, 1.0.1" in _box_list(vagrant_env)
-    finally:
-        server.stop()
