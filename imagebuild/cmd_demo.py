@@ -1,58 +1,87 @@
 """``tidehost demo``: the main job, end to end, on this machine.
 
-Builds the reference image (the root tree comes from the cache after the first run), boots
-it under QEMU and shows, over SSH, what the host runs: its os-release and its read-only,
-verity-checked /usr.
+1. build the reference image as v1.0.0 and its successor v1.1.0 (the Debian root tree comes
+   from the cache after the first run);
+2. create a signed channel repository, publish v1.0.0 to alpha, serve it on 127.0.0.1 and
+   start a local etcd for the reboot lock;
+3. boot a v1.0.0 host under QEMU and show its os-release and its verity-checked /usr;
+4. publish v1.1.0 and watch the host's agent find it, stage it in slot B, take the etcd
+   lock, reboot, pass its health gate, bless the boot and release the lock.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import time
 from pathlib import Path
 
 from imagebuild.config import parse_image_file
 from imagebuild.log import complete_step
 from imagebuild.pipeline import build
 from imagebuild.run import run
+from imagebuild.updatelab import UpdateLab, print_status, wait_for
 from imagebuild.vm import VM
 
 log = logging.getLogger(__name__)
+V1, V2 = "1.0.0", "1.1.0"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="build the reference image, boot it, show it",
+    p = sub.add_parser("demo", help="build, publish, boot and update a host",
                        description=__doc__)  # fmt: skip
     p.add_argument("-o", "--output", type=Path, default=Path("out/demo"))
     p.set_defaults(func=run_demo)
 
 
 def show(vm: VM, command: str) -> None:
-    print(f"\n[core@tidehost ~]$ {command}", flush=True)
+    print(f"\n[core@{vm.hostname} ~]$ {command}", flush=True)
     print(vm.ssh(command).rstrip(), flush=True)
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    out: Path = args.output
+    out: Path = args.output.resolve()
     out.mkdir(parents=True, exist_ok=True)
     key = out / "id_ed25519"
     if not key.exists():
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key])
-    config = parse_image_file(None).with_overrides(version="1.0.0", channel="alpha")
-    result = build(config, out)
+    base = parse_image_file(None)
+    v1 = build(base.with_overrides(version=V1, channel="alpha"), out)
+    v2 = build(base.with_overrides(version=V2, channel="alpha", formats="raw"), out)
     disk = out / "demo-host.qcow2"
     disk.unlink(missing_ok=True)
-    run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", result.artifacts["qcow2"].resolve(),
-         "-F", "qcow2", disk, "8G"])  # fmt: skip
-    with VM(disk=disk, ssh_key=key, serial_log=out / "serial.log") as vm:
-        with complete_step("Booting the host (QEMU; TCG where KVM cannot run guests)"):
-            seconds = vm.wait_ssh()
-        log.info("SSH answered %.0fs after QEMU started", seconds)
-        show(vm, "cat /etc/os-release")
-        show(vm, "findmnt /usr")
-        show(vm, "sudo veritysetup status usr | head -3")
-        show(vm, "cat /proc/cmdline")
-        show(vm, "df -h /")
-        with complete_step("Powering the host off"):
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", v1.artifacts["qcow2"], "-F", "qcow2",
+         disk, "8G"])  # fmt: skip
+    lab = UpdateLab(out / "lab")
+    # A fresh repository every run: versions in a channel only go forward.
+    run(["rm", "-rf", lab.repo])
+    lab.start()
+    try:
+        print(f"\n== channel served at {lab.server.url if lab.server else ''}, "
+              f"etcd at {lab.etcd.url}", flush=True)  # fmt: skip
+        lab.publish(v1.artifacts["release"])
+        vm = lab.boot(disk, key, "demo-host")
+        try:
+            with complete_step("Booting the v1.0.0 host (QEMU; TCG where KVM cannot run guests)"):
+                seconds = vm.wait_ssh(timeout=900)
+            log.info("SSH answered %.0fs after QEMU started", seconds)
+            show(vm, "cat /etc/os-release")
+            show(vm, "findmnt /usr")
+            show(vm, "sudo veritysetup status usr | head -3")
+            show(vm, "tidehost-update status")
+            print(f"\n== publishing {V2} to alpha", flush=True)
+            lab.publish(v2.artifacts["release"])
+            start = time.monotonic()
+            wait_for(vm, lambda s: s["version"] == V2 and s["state"] == "idle", timeout=2400,
+                     on_change=print_status)  # fmt: skip
+            print(f"\n== updated to {V2} in {time.monotonic() - start:.0f}s", flush=True)
+            show(vm, "tidehost-update status")
+            show(vm, "findmnt /usr")
+            show(vm, "sudo /usr/lib/systemd/systemd-bless-boot status")
+            show(vm, "sudo ls /efi/loader/entries")
+            print(f"\nreboot lock holders now: {lab.lock_holders() or 'none'}", flush=True)
+        finally:
             vm.stop()
+    finally:
+        lab.stop()
     return 0
