@@ -17,7 +17,7 @@ from pathlib import Path
 
 from imagebuild.errors import ConfigError
 from imagebuild.platforms.catalog import BoxProvider
-from imagebuild.platforms.catalog_io import promote_box_catalog, write_box_catalog
+from imagebuild.platforms.catalog_io import find_boxes, promote_box_catalog, write_box_catalog
 from imagebuild.platforms.vagrant_init import InitOptions, VagrantProvider, init_cluster
 
 CHANNEL_HELP = "alpha, beta or stable"
@@ -51,6 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     pub.add_argument("--version", required=True)
     pub.add_argument("--box", action="append", default=[], metavar="PROVIDER=FILE",
                      help="a box file: libvirt=... or virtualbox=... (repeatable)")  # fmt: skip
+    pub.add_argument("--build-dir", type=Path,
+                     help="take every box of VERSION that `tidehost build` left here")  # fmt: skip
     pub.add_argument("--box-url-base", required=True,
                      help="URL the repository's published tree is served at")  # fmt: skip
     pub.add_argument("--image", default="tidehost")
@@ -122,8 +124,11 @@ def _boxes(raw: list[str]) -> dict[BoxProvider, Path]:
 
 
 def cmd_catalog_publish(args: argparse.Namespace) -> int:
+    boxes = _boxes(args.box)
+    if args.build_dir is not None:
+        boxes = {**find_boxes(args.build_dir, args.image, args.version), **boxes}
     dest = write_box_catalog(args.repo, channel=args.channel, version=args.version,
-                             boxes=_boxes(args.box), box_url_base=args.box_url_base,
+                             boxes=boxes, box_url_base=args.box_url_base,
                              image=args.image, copy=not args.no_copy)  # fmt: skip
     print(dest)
     return 0

@@ -74,6 +74,17 @@ def _copy_box(src: Path, dest: Path, sha: str) -> None:
     os.replace(tmp, dest)
 
 
+def find_boxes(build_dir: Path, image: str, version: str) -> dict[BoxProvider, Path]:
+    """The boxes ``tidehost build`` left in ``build_dir`` for ``image`` ``version``
+    (``<image>-<version>-vagrant-<provider>.box``); a bundle's folder is its build dir."""
+    found = {}
+    for provider in BoxProvider:
+        path = Path(build_dir) / f"{image}-{version}-vagrant-{provider.value}.box"
+        if path.is_file():
+            found[provider] = path
+    return found
+
+
 def write_box_catalog(
     repo: Path,
     *,

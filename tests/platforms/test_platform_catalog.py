@@ -146,3 +146,22 @@ def test_catalog_cli_publish(tmp_path: Path, capsys: pytest.CaptureFixture[str])
                "--box-url-base", "http://127.0.0.1:1/"])  # fmt: skip
     assert rc == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "vagrant/beta.json")
+
+
+def test_catalog_cli_publish_from_build_dir(tmp_path: Path) -> None:
+    build = tmp_path / "out"
+    build.mkdir()
+    _box(build, "tidehost-1.2.0-vagrant-libvirt.box", b"lv")
+    _box(build, "tidehost-1.2.0-vagrant-virtualbox.box", b"vb")
+    _box(build, "tidehost-1.1.0-vagrant-libvirt.box", b"old")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    rc = main(["vagrant", "catalog", "publish", str(repo), "--channel", "alpha",
+               "--version", "1.2.0", "--build-dir", str(build),
+               "--box-url-base", "http://127.0.0.1:1/"])  # fmt: skip
+    assert rc == 0
+    doc = json.loads((repo / "vagrant/alpha.json").read_text())
+    assert [p["name"] for p in doc["versions"][0]["providers"]] == ["libvirt", "virtualbox"]
+    assert main(["vagrant", "catalog", "publish", str(repo), "--channel", "alpha",
+                 "--version", "1.3.0", "--build-dir", str(build),
+                 "--box-url-base", "http://127.0.0.1:1/"]) == 2  # fmt: skip

@@ -97,3 +97,13 @@ def test_sizes_and_register_image_are_pure() -> None:
     doc = ec2_register_image(parse_image_file(None), 3 << 30)
     assert doc["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] == 3
     assert doc["BootMode"] == "uefi" and doc["EnaSupport"] is True
+
+
+def test_build_with_an_unknown_format_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from imagebuild.cli import main
+
+    assert main(["build", "--format", "raw,azure", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'azure' is not one of" in err and "vagrant-libvirt" in err and "\n" not in err
