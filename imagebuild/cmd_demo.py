@@ -20,7 +20,7 @@ from imagebuild.config import parse_image_file
 from imagebuild.log import complete_step
 from imagebuild.pipeline import build
 from imagebuild.run import run
-from imagebuild.updatelab import UpdateLab, print_status, wait_for
+from imagebuild.updatelab import UpdateLab, bless_latency, print_status, wait_for
 from imagebuild.vm import VM
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ def run_demo(args: argparse.Namespace) -> int:
             start = time.monotonic()
             wait_for(vm, lambda s: s["version"] == V2 and s["state"] == "idle", timeout=2400,
                      on_change=print_status)  # fmt: skip
-            print(f"\n== updated to {V2} in {time.monotonic() - start:.0f}s", flush=True)
+            print(f"\n== updated to {V2} in {time.monotonic() - start:.0f}s; boot-complete.target "
+                  f"to blessed and lock released: {bless_latency(vm)} s", flush=True)
             show(vm, "tidehost-update status")
             show(vm, "findmnt /usr")
             show(vm, "sudo /usr/lib/systemd/systemd-bless-boot status")

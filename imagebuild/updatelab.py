@@ -169,3 +169,20 @@ def print_status(st: dict[str, Any]) -> None:
     error = f", error: {st['last_error']}" if st.get("last_error") else ""
     print(f"  [{time.strftime('%H:%M:%S')}] version {st.get('version')} on slot "
           f"{st.get('slot')}, state {st.get('state')}{target}{error}", flush=True)  # fmt: skip
+
+
+def bless_latency(vm: VM) -> float | None:
+    """Seconds from boot-complete.target to the agent's "healthy, blessed" on this boot."""
+    out = vm.ssh("sudo journalctl -b -o short-unix --no-pager | grep -E "
+                 "'Reached target boot-complete.target|healthy, blessed'", check=False)  # fmt: skip
+    times: dict[str, float] = {}
+    for line in out.splitlines():
+        stamp = line.split(" ", 1)[0]
+        key = "complete" if "boot-complete.target" in line else "blessed"
+        try:
+            times.setdefault(key, float(stamp))
+        except ValueError:
+            continue
+    if "complete" in times and "blessed" in times:
+        return times["blessed"] - times["complete"]
+    return None

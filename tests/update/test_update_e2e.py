@@ -19,7 +19,7 @@ import pytest
 
 from imagebuild.config import parse_image_file
 from imagebuild.pipeline import BuildResult, build
-from imagebuild.updatelab import UpdateLab, print_status, status, wait_for
+from imagebuild.updatelab import UpdateLab, bless_latency, print_status, status, wait_for
 from imagebuild.vm import VM
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
@@ -103,6 +103,8 @@ def test_two_hosts_update_one_at_a_time_under_the_etcd_lock(lab: UpdateLab, rele
         bless = vm.ssh("sudo /usr/lib/systemd/systemd-bless-boot status").strip()
         assert bless == "good", bless  # slot B's boot counter was removed: blessed
         assert "VERSION_ID=\"1.1.0\"" in vm.ssh("cat /etc/os-release")
+        print(f"{vm.hostname}: boot-complete.target to blessed + lock released: "
+              f"{bless_latency(vm)} s")
 
 
 def test_a_release_that_fails_health_rolls_back_by_itself(lab: UpdateLab, releases,
