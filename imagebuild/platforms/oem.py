@@ -65,18 +65,15 @@ class OemSpec:
     def files(self) -> dict[str, str]:
         """The OEM partition's files (relative path -> text)."""
         ds = json.dumps(list(self.datasources))
+        platform = {
+            "oem": self.oem.value,
+            "title": self.title,
+            "datasource_list": list(self.datasources),
+            "cmdline": self.cmdline,
+        }
         return {
             "cmdline": self.cmdline + "\n",
-            "platform.json": json.dumps(
-                {
-                    "oem": self.oem.value,
-                    "title": self.title,
-                    "datasource_list": list(self.datasources),
-                    "cmdline": self.cmdline,
-                },
-                indent=2,
-            )
-            + "\n",  # fmt: skip
+            "platform.json": json.dumps(platform, indent=2) + "\n",
             "cloud.cfg.d/90-tidehost-platform.cfg": (
                 f"# Tidehost OEM ({self.title}); the kernel command line carries the same.\n"
                 f"datasource_list: {ds}\n"
