@@ -319,7 +319,7 @@ def down(cluster: Cluster, state_root: Path = DEFAULT_STATE_ROOT, *,
 
 
 ETCDCTL = "sudo /etc/tidehost/bin/tidehost-etcdctl"
-NODE_CHECKS = ("cloud-init status 2>/dev/null | sed 's/^status: //';"
+NODE_CHECKS = ("if test -e /run/cloud-init/result.json; then echo done; else echo running; fi;"
                " systemctl is-active etcd docker tidehost-swarm tidehost-node-publish"
                " | paste -sd' '")  # fmt: skip
 
