@@ -1,0 +1,158 @@
+"""`tidehost vm cluster` without booting: addresses, QEMU and SSH arguments, state, and the
+real namespace + bridge + taps that `up` creates and `down` removes (no VM, a second)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from imagebuild.cli import main
+from imagebuild.cloudconfig.parse import parse_cluster_file, parse_cluster_text
+from imagebuild.errors import VMError
+from imagebuild.vm import VM
+from imagebuild.vmcluster import (
+    BRIDGE,
+    ClusterState,
+    NodeState,
+    UpOptions,
+    bridge_address,
+    create_network,
+    down,
+    netns_exists,
+    netns_name,
+    status,
+    up,
+    user_mac,
+)
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "cloud-config" / "examples" / "cluster.yaml"
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("ip") is None, reason="network namespaces need root"
+)
+
+
+def _cluster(name: str, tmp_path: Path, extra: str = ""):  # type: ignore[no-untyped-def]
+    text = EXAMPLE.read_text().replace("cluster: demo", f"cluster: {name}") + extra
+    return parse_cluster_text(text, str(tmp_path / "cluster.yaml"), tmp_path)
+
+
+def test_bridge_is_the_gateway_or_the_subnets_first_host(tmp_path: Path) -> None:
+    assert bridge_address(parse_cluster_file(EXAMPLE)) == "10.77.0.1/24"
+    c = _cluster("gw", tmp_path, "network: {prefix: 16, gateway: 10.77.9.9}\n")
+    assert bridge_address(c) == "10.77.9.9/16"
+    c = _cluster("clash", tmp_path, "network: {gateway: 10.77.0.12}\n")
+    with pytest.raises(VMError, match="10.77.0.12 is also a node's address"):
+        bridge_address(c)
+
+
+def test_ssh_nic_macs_never_collide_with_cluster_macs() -> None:
+    cluster = parse_cluster_file(EXAMPLE)
+    cluster_macs = {n.cluster_mac for n in cluster.nodes}
+    ssh_macs = {user_mac(i) for i in range(len(cluster.nodes))}
+    assert len(ssh_macs) == 3 and not ssh_macs & cluster_macs
+
+
+def test_vm_in_a_namespace_gets_a_tap_nic_and_an_ssh_proxy(tmp_path: Path) -> None:
+    vm = VM(disk=tmp_path / "d.qcow2", ssh_key=tmp_path / "k", netns="th-x", ssh_port=22001,
+            tap="tap1", tap_mac="52:54:00:4d:00:0c", user_mac="02:74:68:00:00:02",
+            accel="tcg", cpus=1, workdir=tmp_path, serial_log=tmp_path / "s.log")  # fmt: skip
+    cmd = vm.command()
+    assert cmd[:4] == ["ip", "netns", "exec", "th-x"]
+    assert "tap,id=n1,ifname=tap1,script=no,downscript=no" in cmd
+    assert "virtio-net-pci,netdev=n1,mac=52:54:00:4d:00:0c" in cmd
+    assert "virtio-net-pci,netdev=n0,mac=02:74:68:00:00:02" in cmd
+    assert "user,id=n0,hostfwd=tcp:127.0.0.1:22001-:22" in cmd
+    assert not any("socket" in a or "mcast" in a for a in cmd)  # never multicast networking
+    assert "ProxyCommand=ip netns exec th-x nc 127.0.0.1 22001" in vm.ssh_args()
+
+
+def test_a_plain_vm_keeps_its_old_command(tmp_path: Path) -> None:
+    vm = VM(disk=tmp_path / "d.raw", accel="tcg", workdir=tmp_path, ssh_port=2222,
+            serial_log=tmp_path / "s.log")  # fmt: skip
+    cmd = vm.command()
+    assert cmd[0] == "qemu-system-x86_64" and "-netdev" in cmd
+    assert not any(a.startswith("tap,") for a in cmd)
+    assert "virtio-net-pci,netdev=n0" in cmd
+    assert not any("ProxyCommand" in a for a in vm.ssh_args())
+
+
+def test_state_round_trips(tmp_path: Path) -> None:
+    state = ClusterState(cluster="c", netns="th-c", bridge=BRIDGE, gateway="10.77.0.1/24",
+                         image="/i.qcow2", ssh_key="/k", state_dir=str(tmp_path),
+                         nodes=(NodeState("n1", "10.77.0.11", "tap0", "52:54:00:4d:00:0b",
+                                          22000, str(tmp_path / "n1"), pid=42),))  # fmt: skip
+    state.save()
+    assert ClusterState.load(tmp_path) == state
+    assert state.vm("n1").ssh_port == 22000
+    with pytest.raises(VMError, match="no node 'n9'"):
+        state.node("n9")
+
+
+def test_status_and_down_of_a_cluster_that_is_not_up(tmp_path: Path) -> None:
+    cluster = _cluster("t-notup", tmp_path)
+    assert status(cluster, tmp_path) == "cluster t-notup: not up"
+    if os.geteuid() == 0:
+        assert down(cluster, tmp_path) == []
+
+
+def test_up_refuses_a_missing_image_before_doing_anything(tmp_path: Path) -> None:
+    cluster = _cluster("t-noimg", tmp_path)
+    with pytest.raises(VMError, match="no such disk image"):
+        up(cluster, UpOptions(image=tmp_path / "nope.qcow2", state_root=tmp_path / "state"))
+    assert not (tmp_path / "state").exists()
+
+
+@needs_root
+def test_network_is_created_inside_its_namespace_and_removed(tmp_path: Path) -> None:
+    cluster = _cluster(f"t-net{os.getpid() % 10000}", tmp_path)
+    ns = netns_name(cluster.name)
+    sdir = tmp_path / cluster.name
+    sdir.mkdir()
+    nodes = tuple(NodeState(n.name, n.address, f"tap{i}", n.cluster_mac, 22000 + i,
+                            str(sdir / n.name)) for i, n in enumerate(cluster.nodes))  # fmt: skip
+    state = ClusterState(cluster=cluster.name, netns=ns, bridge=BRIDGE,
+                         gateway=bridge_address(cluster), image="/i", ssh_key="/k",
+                         state_dir=str(sdir), nodes=nodes)  # fmt: skip
+    state.save()
+    try:
+        create_network(state)
+        assert netns_exists(ns)
+        links = subprocess.run(["ip", "-n", ns, "-br", "link"], capture_output=True, text=True,
+                               check=True).stdout  # fmt: skip
+        for tap in ("tap0", "tap1", "tap2"):
+            assert tap in links
+        brif = subprocess.run(["ip", "-n", ns, "link", "show", "master", BRIDGE],
+                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert all(t in brif for t in ("tap0", "tap1", "tap2"))
+        addr = subprocess.run(["ip", "-n", ns, "-br", "addr", "show", BRIDGE],
+                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert "10.77.0.1/24" in addr
+        # Nothing of it outside the namespace.
+        host = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+        assert BRIDGE not in host
+        image = tmp_path / "i.qcow2"
+        image.touch()
+        with pytest.raises(VMError, match="already up"):
+            up(cluster, UpOptions(image=image, state_root=tmp_path))
+    finally:
+        removed = down(cluster, tmp_path)
+    assert not netns_exists(ns)
+    assert f"netns {ns}" in removed and "tap tap2" in removed and f"bridge {BRIDGE}" in removed
+    assert not sdir.exists()
+
+
+def test_cli_status_of_a_cluster_that_is_not_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "cluster.yaml"
+    cfg.write_text(EXAMPLE.read_text().replace("cluster: demo", "cluster: t-cli"))
+    assert main(["vm", "cluster", "status", str(cfg), "--state-dir", str(tmp_path)]) == 0
+    assert "cluster t-cli: not up" in capsys.readouterr().out
+    assert main(["vm", "cluster", "up", str(cfg), "--image", str(tmp_path / "x.qcow2"),
+                 "--state-dir", str(tmp_path)]) == 1  # fmt: skip
+    assert "no such disk image" in capsys.readouterr().err
+
