@@ -112,6 +112,7 @@ def test_host_stack_is_installed(booted) -> None:
     assert host.run("etcd --version").rc == 0
     assert host.run("etcdctl version").rc == 0
     assert host.service("docker").is_running
+    assert host.run("sudo docker info --format '{{.ServerVersion}}'").rc == 0
     assert host.service("etcd").is_enabled is False  # until cloud-config makes it a member
     assert host.service("tidehost-update").is_enabled
     assert host.run("tidehost-update --help").rc == 0
