@@ -12,7 +12,8 @@ PYTHON ?= python3
 # tests, ssh for pytest-testinfra.
 APT_PACKAGES := mmdebstrap uidmap arch-test squashfs-tools erofs-utils cryptsetup-bin fdisk \
 	mtools dosfstools e2fsprogs zstd qemu-system-x86 qemu-utils ovmf genisoimage \
-	openssh-client netcat-openbsd etcd-server etcd-client cloud-init iproute2 python3-venv
+	openssh-client netcat-openbsd etcd-server etcd-client cloud-init iproute2 python3-venv \
+	vagrant vagrant-libvirt systemd util-linux tar gzip
 
 .PHONY: setup apt venv demo test test-fast bench clean
 
@@ -25,7 +26,7 @@ apt:
 	if [ -n "$$missing" ]; then \
 		echo "apt-get: installing$$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+		apt-get update -q && apt-get install -y -q $$missing; \
 	else echo "apt-get: all $(words $(APT_PACKAGES)) system packages present"; fi
 	@# Debian starts etcd and cloud-init services on install where it can; the tests start their own.
 	@systemctl disable --now etcd >/dev/null 2>&1 || true
