@@ -165,3 +165,17 @@ def test_catalog_cli_publish_from_build_dir(tmp_path: Path) -> None:
     assert main(["vagrant", "catalog", "publish", str(repo), "--channel", "alpha",
                  "--version", "1.3.0", "--build-dir", str(build),
                  "--box-url-base", "http://127.0.0.1:1/"]) == 2  # fmt: skip
+
+
+def test_catalog_lands_in_a_channel_repositorys_published_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TIDEHOST_KEY_PASSPHRASE", "test")
+    repo = tmp_path / "repo"
+    assert main(["channel", "init", str(repo)]) == 0
+    box = _box(tmp_path, "b.box", b"x")
+    write_box_catalog(repo, channel="alpha", version="1.0.0",
+                      boxes={BoxProvider.LIBVIRT: box}, box_url_base="http://h/")  # fmt: skip
+    assert (repo / "published/vagrant/alpha.json").is_file()
+    assert (repo / "published/vagrant/boxes/tidehost-1.0.0-libvirt.box").is_file()
+    assert not (repo / "vagrant").exists()
