@@ -263,7 +263,7 @@ def wait_ssh(state: ClusterState, timeout: float) -> dict[str, float]:
 
 def _ssh_ok(vm: VM) -> bool:
     try:
-        return vm.ssh("echo ok", check=False, timeout=30).strip() == "ok"
+        return vm.ssh("echo ok", check=False, timeout=120).strip() == "ok"
     except Exception:  # noqa: BLE001 - a timeout while booting is just "not yet"
         return False
 
@@ -341,7 +341,7 @@ def status(cluster: Cluster, state_root: Path = DEFAULT_STATE_ROOT) -> str:
             lines.append(f"  {n.name:<10} {n.address:<15} QEMU not running")
             continue
         try:
-            out = vm.ssh(NODE_CHECKS, check=False, timeout=30).split()
+            out = vm.ssh(NODE_CHECKS, check=False, timeout=120).split()
         except Exception:  # noqa: BLE001 - unreachable is a status, not an error
             out = []
         if not out:
