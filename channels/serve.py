@@ -119,6 +119,9 @@ class StaticHandler(BaseHTTPRequestHandler):
         length = end - start + 1 if size else 0
         self.send_response(status)
         self.send_header("Content-Length", str(length))
+        # Vagrant takes a URL for a box catalog only when it is served as JSON.
+        kind = "application/json" if path.suffix == ".json" else "application/octet-stream"
+        self.send_header("Content-Type", kind)
         self.send_header("Accept-Ranges", "bytes")
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")

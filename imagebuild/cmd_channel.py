@@ -19,6 +19,7 @@ from channels import keys
 from channels.bundle import CHANNELS
 from channels.repository import ROLES, create, open_repository
 from channels.rollout import IMMEDIATE, Wave, parse_time, parse_waves
+from channels.serve import published_root
 from imagebuild.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,15 @@ def cmd_publish(args: argparse.Namespace) -> int:
         args.bundle, args.channel, waves=_waves(args.waves), min_version=args.min_version))
     print(f"published {rel.version} to {args.channel} "
           f"({stats.bytes_copied} bytes copied, {stats.bytes_reused} already stored)")
+    if args.box_url_base:
+        from imagebuild.platforms.catalog_io import find_boxes, write_box_catalog
+
+        boxes = find_boxes(Path(args.bundle).resolve().parent, rel.manifest.name, rel.version)
+        if boxes:
+            path = write_box_catalog(args.repo, channel=args.channel, version=rel.version,
+                                     boxes=boxes, box_url_base=args.box_url_base,
+                                     image=rel.manifest.name)
+            print(f"vagrant box catalog: {path}")
     return 0
 
 
@@ -74,6 +84,13 @@ def cmd_promote(args: argparse.Namespace) -> int:
         args.version, args.src, args.dst, waves=_waves(args.waves)))
     print(f"promoted {rel.version} from {args.src} to {args.dst} "
           f"({stats.bytes_copied} bytes copied, {stats.bytes_reused} re-listed)")
+    from imagebuild.platforms.catalog_io import promote_box_catalog, read_catalog
+
+    published = published_root(args.repo)
+    if read_catalog(published, args.src, rel.manifest.name).version(rel.version) is not None:
+        path = promote_box_catalog(args.repo, version=rel.version, src=args.src, dst=args.dst,
+                                   image=rel.manifest.name)
+        print(f"vagrant box catalog: {path}")
     return 0
 
 
@@ -216,6 +233,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sp.add_argument("--channel", required=True, metavar="CHANNEL", help=CHANNEL_HELP)
     sp.add_argument("--waves", help='rollout waves, e.g. "1%%@0h,10%%@24h,100%%@72h"')
     sp.add_argument("--min-version", help="hosts below this version must update to it first")
+    sp.add_argument("--box-url-base", metavar="URL",
+                    help="where published/ is served: also list the bundle's Vagrant boxes "
+                         "(built beside it) in the channel's box catalog")
     sp = cmd("promote", cmd_promote, "list a release in the next channel (no bytes copied)")
     sp.add_argument("version")
     sp.add_argument("--from", dest="src", required=True, metavar="CHANNEL", help=CHANNEL_HELP)
