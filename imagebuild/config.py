@@ -35,6 +35,7 @@ import yaml
 
 from channels.bundle import CHANNELS
 from channels.version import Version
+from imagebuild.cloudconfig.fields import enum, int_range, string
 from imagebuild.errors import ConfigError
 
 # What every Tidehost image needs to boot its A/B, verity-checked /usr and run the updater.
@@ -135,14 +136,8 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 
 
-def _str(where: str, raw: Any) -> str:
-    if not isinstance(raw, str) or not raw.strip():
-        raise ConfigError(f"{where}: expected a non-empty string, got {raw!r}")
-    return raw.strip()
-
-
 def _name(where: str, raw: Any) -> str:
-    s = _str(where, raw)
+    s = string(where, raw)
     if not _NAME.match(s):
         raise ConfigError(f"{where}: {s!r} is not a lowercase name of [a-z0-9-]")
     return s
@@ -153,17 +148,6 @@ def _version(where: str, raw: Any) -> str:
         return str(Version.parse(str(raw)))
     except ValueError as e:
         raise ConfigError(f"{where}: {e}") from None
-
-
-def _enum(kind: type[StrEnum]) -> Parser:
-    def parse(where: str, raw: Any) -> StrEnum:
-        try:
-            return kind(str(raw))
-        except ValueError:
-            choices = ", ".join(m.value for m in kind)
-            raise ConfigError(f"{where}: {raw!r} is not one of {choices}") from None
-
-    return parse
 
 
 def _str_list(item: Parser) -> Parser:
@@ -178,25 +162,16 @@ def _str_list(item: Parser) -> Parser:
 
 
 def _package(where: str, raw: Any) -> str:
-    s = _str(where, raw)
+    s = string(where, raw)
     if not _PACKAGE.match(s):
         raise ConfigError(f"{where}: {s!r} is not a Debian package name")
     return s
 
 
-def _int_range(lo: int, hi: int) -> Parser:
-    def parse(where: str, raw: Any) -> int:
-        if isinstance(raw, bool) or not isinstance(raw, int) or not lo <= raw <= hi:
-            raise ConfigError(f"{where}: {raw!r} is not a whole number from {lo} to {hi}")
-        return raw
-
-    return parse
-
-
 def _mirror(where: str, raw: Any) -> str | None:
     if raw is None:
         return None
-    s = _str(where, raw)
+    s = string(where, raw)
     if not re.match(r"^(https?|file)://", s):
         raise ConfigError(f"{where}: {s!r} is not an http(s):// or file:// URL")
     return s
@@ -206,7 +181,7 @@ def _path_in(base: Path) -> Parser:
     def parse(where: str, raw: Any) -> Path | None:
         if raw is None:
             return None
-        p = Path(_str(where, raw))
+        p = Path(string(where, raw))
         p = p if p.is_absolute() else base / p
         if not p.exists():
             raise ConfigError(f"{where}: {p} does not exist")
@@ -226,7 +201,7 @@ def _partitions(where: str, raw: Any) -> Partitions:
     for key, val in raw.items():
         if key not in limits:
             raise ConfigError(f"{where}.{key}: unknown partition (known: {', '.join(limits)})")
-        values[key] = _int_range(*limits[key])(f"{where}.{key}", val)
+        values[key] = int_range(*limits[key])(f"{where}.{key}", val)
     return Partitions(**values)
 
 
@@ -234,18 +209,18 @@ def _field_parser(key: str, base: Path = Path(".")) -> Parser:
     table: dict[str, Parser] = {
         "name": _name,
         "version": _version,
-        "channel": _enum(Channel),
-        "suite": _enum(Suite),
+        "channel": enum(Channel),
+        "suite": enum(Suite),
         "mirror": _mirror,
         "kernel": _package,
         "packages": _str_list(_package),
         "overlay": _path_in(base),
-        "kernel_cmdline": _str_list(_str),
+        "kernel_cmdline": _str_list(string),
         "partitions": _partitions,
-        "usr_filesystem": _enum(UsrFilesystem),
-        "compression_level": _int_range(1, 22),
-        "boot_tries": _int_range(1, 9),
-        "formats": _str_list(_enum(OutputFormat)),
+        "usr_filesystem": enum(UsrFilesystem),
+        "compression_level": int_range(1, 22),
+        "boot_tries": int_range(1, 9),
+        "formats": _str_list(enum(OutputFormat)),
         "channel_root": _path_in(base),
     }
     return table[key]
