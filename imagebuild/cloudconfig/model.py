@@ -99,6 +99,8 @@ class Etcd:
     tls: bool = True
     cert_dir: Path | None = None  # resolved against the cluster file's folder
     token: str = ""  # --initial-cluster-token; default: the cluster name
+    heartbeat_ms: int | None = None  # --heartbeat-interval; None: etcd's 100
+    election_timeout_ms: int | None = None  # --election-timeout; None: etcd's 1000
 
     @property
     def scheme(self) -> str:

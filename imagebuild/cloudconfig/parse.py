@@ -17,6 +17,8 @@ The format (every field, with its default; see cloud-config/examples/cluster.yam
       tls: true
       cert_dir: certs                  # from `tidehost cloud-config certs`; relative to this file
       token: null                      # --initial-cluster-token; default: the cluster name
+      heartbeat_ms: null               # --heartbeat-interval (etcd: 100); raise on slow hosts
+      election_timeout_ms: null        # --election-timeout (etcd: 1000), >= 5 x heartbeat
     docker:
       registry_mirrors: []             # URLs
       insecure_registries: []          # host[:port] or CIDR
@@ -164,7 +166,8 @@ def _network(w: str, raw: Any) -> Network:
 def _etcd(w: str, raw: Any, nodes: tuple[Node, ...], cluster: str, base: Path) -> Etcd:
     where = f"{w}etcd"
     m = f.mapping(where, raw, ("bootstrap", "members", "discovery_domain", "client_port",
-                               "peer_port", "tls", "cert_dir", "token"))  # fmt: skip
+                               "peer_port", "tls", "cert_dir", "token", "heartbeat_ms",
+                               "election_timeout_ms"))  # fmt: skip
     bootstrap = f.enum(Bootstrap)(f"{where}.bootstrap", m.get("bootstrap", "static"))
     by_name = {n.name: n for n in nodes}
     if m.get("members") is None:
@@ -190,6 +193,12 @@ def _etcd(w: str, raw: Any, nodes: tuple[Node, ...], cluster: str, base: Path) -
     if client_port == peer_port:
         raise ConfigError(f"{where}.peer_port: {peer_port} is also the client_port")
     cert_dir = Path(f.string(f"{where}.cert_dir", m.get("cert_dir", "certs"))).expanduser()
+    hb, et = m.get("heartbeat_ms"), m.get("election_timeout_ms")
+    hb = f.int_range(10, 10_000)(f"{where}.heartbeat_ms", hb) if hb is not None else None
+    et = f.int_range(50, 60_000)(f"{where}.election_timeout_ms", et) if et is not None else None
+    if et is not None and et < 5 * (hb or 100):
+        raise ConfigError(f"{where}.election_timeout_ms: {et} is less than 5 x the heartbeat "
+                          f"({hb or 100} ms)")  # fmt: skip
     return Etcd(
         bootstrap=bootstrap,
         members=members,
@@ -199,6 +208,8 @@ def _etcd(w: str, raw: Any, nodes: tuple[Node, ...], cluster: str, base: Path) -
         tls=f.boolean(f"{where}.tls", m.get("tls", True)),
         cert_dir=cert_dir if cert_dir.is_absolute() else base / cert_dir,
         token=f.token(f"{where}.token", m["token"]) if m.get("token") is not None else cluster,
+        heartbeat_ms=hb,
+        election_timeout_ms=et,
     )
 
 

@@ -192,6 +192,10 @@ def etcd_flags(cluster: Cluster, node: Node) -> list[str]:
         )
         flags.append(f"--initial-cluster={members}")
     flags += ["--initial-cluster-state=new", f"--initial-cluster-token={e.token}"]
+    if e.heartbeat_ms is not None:
+        flags.append(f"--heartbeat-interval={e.heartbeat_ms}")
+    if e.election_timeout_ms is not None:
+        flags.append(f"--election-timeout={e.election_timeout_ms}")
     if e.tls:
         d = ETCD_TLS_DIR
         flags += [

@@ -86,6 +86,9 @@ def cluster(
     work = tmp_path_factory.mktemp("cluster")
     doc = yaml.safe_load(EXAMPLE.read_text())
     doc["cluster"] = "e2e"
+    # Three TCG guests on a loaded 2-core machine miss etcd's 100 ms heartbeats: leaders
+    # flap and `endpoint health` fails. Slow raft down (as one would across regions).
+    doc["etcd"] |= {"heartbeat_ms": 1000, "election_timeout_ms": 10000}
     doc["ssh_authorized_keys"] = [ssh_keypair.with_suffix(".pub").read_text().strip()]
     (work / "cluster.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     spec = parse_cluster_file(work / "cluster.yaml")

@@ -9,10 +9,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from imagebuild.cli import main
 from imagebuild.cloudconfig.parse import parse_cluster_file, parse_cluster_text
-from imagebuild.errors import VMError
+from imagebuild.errors import ConfigError, VMError
 from imagebuild.vm import VM
 from imagebuild.vmcluster import (
     BRIDGE,
@@ -156,3 +157,19 @@ def test_cli_status_of_a_cluster_that_is_not_up(
                  "--state-dir", str(tmp_path)]) == 1  # fmt: skip
     assert "no such disk image" in capsys.readouterr().err
 
+
+
+def test_slow_raft_for_loaded_hosts_reaches_etcds_flags(tmp_path: Path) -> None:
+    from imagebuild.cloudconfig.render import etcd_flags
+
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["etcd"] |= {"heartbeat_ms": 1000, "election_timeout_ms": 10000}
+    text = yaml.safe_dump(doc)
+    cluster = parse_cluster_text(text, "c.yaml", tmp_path)
+    flags = etcd_flags(cluster, cluster.nodes[0])
+    assert "--heartbeat-interval=1000" in flags and "--election-timeout=10000" in flags
+    assert not any("heartbeat" in f for f in etcd_flags(parse_cluster_file(EXAMPLE),
+                                                       parse_cluster_file(EXAMPLE).nodes[0]))
+    bad = text.replace("10000", "2000")
+    with pytest.raises(ConfigError, match="less than 5 x the heartbeat"):
+        parse_cluster_text(bad, "c.yaml", tmp_path)
