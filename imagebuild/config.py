@@ -31,11 +31,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from channels.bundle import CHANNELS
 from channels.version import Version
-from imagebuild.cloudconfig.fields import enum, int_range, string
+from imagebuild.cloudconfig.fields import enum, int_range, string, yaml_mapping
 from imagebuild.errors import ConfigError
 
 # What every Tidehost image needs to boot its A/B, verity-checked /usr and run the updater.
@@ -244,16 +242,7 @@ def parse_image_file(path: Path | None) -> ImageConfig:
 
 
 def parse_image_text(text: str, source: str, base: Path) -> ImageConfig:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{source}: not valid YAML{where}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{source}: the image file must be a YAML mapping")
+    raw = yaml_mapping(text, source, "image file", empty_ok=True)
     values: dict[str, Any] = {}
     for key, val in raw.items():
         if key not in SETTINGS:

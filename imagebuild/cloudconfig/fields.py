@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Any, TypeVar
 
+import yaml
+
 from imagebuild.errors import ConfigError
 
 E = TypeVar("E", bound=StrEnum)
@@ -26,6 +28,21 @@ _SSH_KEY = re.compile(
 _MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 _HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?$")
+
+
+def yaml_mapping(text: str, source: str, what: str, *, empty_ok: bool = False) -> Mapping[str, Any]:
+    """Load a YAML document that must be a mapping; errors name ``source`` (and the line)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{source}: not valid YAML{where}") from None
+    if raw is None and empty_ok:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: the {what} must be a YAML mapping")
+    return raw
 
 
 def mapping(where: str, raw: Any, known: tuple[str, ...]) -> Mapping[str, Any]:

@@ -46,8 +46,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from imagebuild.cloudconfig import fields as f
 from imagebuild.cloudconfig.model import (
     Bootstrap,
@@ -81,14 +79,7 @@ def parse_cluster_file(path: Path) -> Cluster:
 
 
 def parse_cluster_text(text: str, source: str, base: Path) -> Cluster:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{source}: not valid YAML{where}") from None
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{source}: the cluster file must be a YAML mapping")
+    raw = f.yaml_mapping(text, source, "cluster file")
     w = f"{source}: "
     for key in raw:
         if key not in TOP:
