@@ -114,7 +114,10 @@ def test_host_stack_is_installed(booted) -> None:
     assert host.service("docker").is_running
     assert host.run("sudo docker info --format '{{.ServerVersion}}'").rc == 0
     assert host.service("etcd").is_enabled is False  # until cloud-config makes it a member
-    assert host.service("tidehost-update").is_enabled
+    # enabled from /usr (multi-user.target.wants in /usr/lib), so a new /usr can change it
+    wanted_by = host.run("systemctl show -p WantedBy --value tidehost-update").stdout
+    assert "multi-user.target" in wanted_by
+    assert host.service("tidehost-update").is_running
     assert host.run("tidehost-update --help").rc == 0
 
 
