@@ -9,11 +9,9 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,10 +19,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import requests
 
 from channels.bundle import FILES, Manifest, load_bundle
 from channels.errors import ChannelError
+from imagebuild.localetcd import LocalEtcd
 
 
 def free_port() -> int:
@@ -36,43 +34,8 @@ def free_port() -> int:
 # --- etcd ---------------------------------------------------------------------------------
 
 
-class Etcd:
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.client_port = free_port()
-        self.peer_port = free_port()
-        self.url = f"http://127.0.0.1:{self.client_port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        peer = f"http://127.0.0.1:{self.peer_port}"
-        self.log = open(self.data_dir.parent / "etcd.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            ["etcd", "--name", "t", "--data-dir", str(self.data_dir),
-             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", f"t={peer}"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        end = time.monotonic() + 20
-        while time.monotonic() < end:
-            try:
-                r = requests.post(f"{self.url}/v3/kv/range", json={"key": "eA=="}, timeout=1)
-                if r.status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("etcd did not start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+# The same single-member etcd the demo and the QEMU update test use.
+Etcd = LocalEtcd
 
 
 @pytest.fixture(scope="session")
