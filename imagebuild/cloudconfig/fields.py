@@ -28,6 +28,7 @@ _SSH_KEY = re.compile(
 _MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 _HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?$")
+_SECONDS = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
 def yaml_mapping(text: str, source: str, what: str, *, empty_ok: bool = False) -> Mapping[str, Any]:
@@ -184,6 +185,18 @@ def duration(where: str, raw: Any) -> str:
         raise ConfigError(f"{where}: {raw!r} is not a duration from 1m to 168h like 1h30m")
     h, mins = divmod(minutes, 60)
     return (f"{h}h" if h else "") + (f"{mins}m" if mins else "")
+
+
+def seconds(where: str, raw: Any) -> int:
+    """A span in seconds: a whole number, or like ``30s``, ``15m``, ``1h30m``, ``1d``."""
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+        return raw
+    s = raw.strip() if isinstance(raw, str) else ""
+    m = _SECONDS.match(s)
+    if not s or not m:
+        raise ConfigError(f"{where}: {raw!r} is not a duration like 30s, 15m, 1h30m or 1d")
+    d, h, mins, secs = (int(g or 0) for g in m.groups())
+    return ((d * 24 + h) * 60 + mins) * 60 + secs
 
 
 def timezone(where: str, raw: Any) -> str:

@@ -12,6 +12,7 @@ BIN_DIR = f"{TIDEHOST_ETC}/bin"
 ETCD_TLS_DIR = f"{TIDEHOST_ETC}/etcd"
 ETCDCTL_ENV = f"{TIDEHOST_ETC}/etcdctl.env"
 UPDATE_YAML = f"{TIDEHOST_ETC}/update.yaml"
+CHANNEL_ROOT = f"{TIDEHOST_ETC}/channel-root.json"
 ETCD_DATA_DIR = "/var/lib/etcd/tidehost"
 
 # The etcd keys the hosts share (documented in cloud-config/README.md).
@@ -147,6 +148,12 @@ class Updater:
     max: int = 1
     window: Window | None = None
     fleetlock_url: str | None = None
+    channel_root: Path | None = None  # the channel's root.json, the hosts' trust anchor
+    check_interval: int | None = None  # seconds; None: the agent's default (1h)
+    check_jitter: int | None = None
+    health_units: tuple[str, ...] | None = None  # None: what the node's roles run
+    health_commands: tuple[str, ...] = ()  # shell words, as the agent's health.commands
+    health_deadline: int | None = None  # seconds
 
 
 @dataclass(frozen=True)

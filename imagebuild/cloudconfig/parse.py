@@ -30,7 +30,14 @@ The format (every field, with its default; see cloud-config/examples/cluster.yam
       kubeadm: {kubernetes_version: stable-1, pod_subnet: 10.244.0.0/16,
                 service_subnet: 10.96.0.0/12, cri_socket: unix:///run/containerd/containerd.sock}
     updater:
-      channel: {url: http://10.77.0.1:8080/, name: stable}
+      channel: {url: http://10.77.0.1:8080/, name: stable,
+                root: null}                 # the channel's root.json (relative to this file);
+                                            # null: the one baked into the image
+      check: {interval: null, jitter: null} # how often the agent polls (agent: 1h, 10m)
+      health:                               # what must be up before a new boot is blessed
+        units: null                         # null: etcd.service (etcd members), docker.service
+        commands: []                        # shell commands; etcd members always add a
+        deadline: null                      #   local `etcdctl endpoint health` (agent: 5m)
       strategy: etcd-lock              # etcd-lock | fleetlock | reboot | off
       group: default
       max: 1
@@ -103,7 +110,7 @@ def parse_cluster_text(text: str, source: str, base: Path) -> Cluster:
         etcd=etcd,
         docker=_docker(w, top.get("docker")),
         scheduler=scheduler,
-        updater=_updater(w, top.get("updater")),
+        updater=_updater(w, top.get("updater"), base),
         ssh_authorized_keys=f.listof(f.ssh_key)(
             f"{w}ssh_authorized_keys", top.get("ssh_authorized_keys")
         ),
@@ -257,12 +264,13 @@ def _check_scheduler_roles(w: str, nodes: tuple[Node, ...]) -> None:
         raise ConfigError(f"{w}nodes: there are workers but no node has the manager role")
 
 
-def _updater(w: str, raw: Any) -> Updater:
+def _updater(w: str, raw: Any, base: Path) -> Updater:
     where = f"{w}updater"
     if raw is None:
         raise ConfigError(f"{where}: missing (at least updater.channel.url)")
-    m = f.mapping(where, raw, ("channel", "strategy", "group", "max", "window", "fleetlock_url"))
-    ch = f.mapping(f"{where}.channel", m.get("channel"), ("url", "name"))
+    m = f.mapping(where, raw, ("channel", "strategy", "group", "max", "window", "fleetlock_url",
+                               "check", "health"))  # fmt: skip
+    ch = f.mapping(f"{where}.channel", m.get("channel"), ("url", "name", "root"))
     if "url" not in ch:
         raise ConfigError(f"{where}.channel.url: missing (the channel repository's URL)")
     strategy = f.enum(Strategy)(f"{where}.strategy", m.get("strategy", "etcd-lock"))
@@ -277,7 +285,43 @@ def _updater(w: str, raw: Any) -> Updater:
         max=f.int_range(1, 1000)(f"{where}.max", m.get("max", 1)),
         window=_window(f"{where}.window", m["window"]) if m.get("window") is not None else None,
         fleetlock_url=f.url(f"{where}.fleetlock_url", fleetlock) if fleetlock else None,
+        channel_root=_root_json(f"{where}.channel.root", ch.get("root"), base),
+        **_check(f"{where}.check", m.get("check")),
+        **_health(f"{where}.health", m.get("health")),
     )
+
+
+def _root_json(where: str, raw: Any, base: Path) -> Path | None:
+    if raw is None:
+        return None
+    path = Path(f.string(where, raw)).expanduser()
+    path = path if path.is_absolute() else base / path
+    if not path.is_file():
+        raise ConfigError(f"{where}: {path}: no such file (the channel's metadata/root.json)")
+    return path
+
+
+def _check(where: str, raw: Any) -> dict[str, Any]:
+    m = f.mapping(where, raw, ("interval", "jitter"))
+    out = {}
+    for key in ("interval", "jitter"):
+        if m.get(key) is not None:
+            out[f"check_{key}"] = f.seconds(f"{where}.{key}", m[key])
+    if out.get("check_interval") == 0:
+        raise ConfigError(f"{where}.interval: must be longer than 0s")
+    return out
+
+
+def _health(where: str, raw: Any) -> dict[str, Any]:
+    m = f.mapping(where, raw, ("units", "commands", "deadline"))
+    out: dict[str, Any] = {
+        "health_commands": f.listof(f.string)(f"{where}.commands", m.get("commands")),
+    }
+    if m.get("units") is not None:
+        out["health_units"] = f.listof(f.string)(f"{where}.units", m["units"])
+    if m.get("deadline") is not None:
+        out["health_deadline"] = f.seconds(f"{where}.deadline", m["deadline"])
+    return out
 
 
 def _window(where: str, raw: Any) -> Window:

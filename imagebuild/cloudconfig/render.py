@@ -21,6 +21,7 @@ import imagebuild
 from imagebuild.cloudconfig.certs import NodeCerts, load_node_certs
 from imagebuild.cloudconfig.model import (
     BIN_DIR,
+    CHANNEL_ROOT,
     ETCD_DATA_DIR,
     ETCD_TLS_DIR,
     ETCDCTL_ENV,
@@ -155,10 +156,22 @@ def build_context(
         "etcd_tls_dir": ETCD_TLS_DIR,
         "etcdctl_env": ETCDCTL_ENV,
         "update_yaml_path": UPDATE_YAML,
+        "channel_root_path": CHANNEL_ROOT,
+        "channel_root_json": _read_root(cluster),
         "nodes_prefix": NODES_PREFIX,
         "swarm_prefix": SWARM_PREFIX,
         "kubeadm_prefix": KUBEADM_PREFIX,
     }
+
+
+def _read_root(cluster: Cluster) -> str:
+    path = cluster.updater.channel_root
+    if path is None:
+        return ""
+    try:
+        return path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{cluster.source}: updater.channel.root: {path}: {e.strerror}") from None
 
 
 def _certs_context(certs: NodeCerts | None) -> dict[str, str]:
@@ -237,9 +250,12 @@ def update_mapping(cluster: Cluster, node: Node) -> dict[str, Any]:
             "length": w.length,
             "tz": w.tz,
         }
+    channel = {"url": u.channel_url, "name": u.channel_name}
+    if u.channel_root is not None:
+        channel["root"] = CHANNEL_ROOT
     out: dict[str, Any] = {
         "node": node.name,
-        "channel": {"url": u.channel_url, "name": u.channel_name},
+        "channel": channel,
         "strategy": u.strategy.value,
         "etcd": etcd,
         "group": u.group,
@@ -248,6 +264,35 @@ def update_mapping(cluster: Cluster, node: Node) -> dict[str, Any]:
     }
     if u.strategy is Strategy.FLEETLOCK:
         out["fleetlock"] = {"url": u.fleetlock_url}
+    check = {"interval": u.check_interval, "jitter": u.check_jitter}
+    if any(v is not None for v in check.values()):
+        out["check"] = {k: v for k, v in check.items() if v is not None}
+    out["health"] = health_mapping(cluster, node)
+    return out
+
+
+def health_mapping(cluster: Cluster, node: Node) -> dict[str, Any]:
+    """What must be up before a new boot is blessed and the reboot lock released.
+
+    By default the services the node's roles run: an etcd member must serve again (its local
+    endpoint healthy, so the next host's reboot cannot cost the cluster its quorum) and
+    Docker must be running.
+    """
+    u, e = cluster.updater, cluster.etcd
+    is_etcd = node.has(Role.ETCD)
+    units = u.health_units
+    if units is None:
+        units = (*(["etcd.service"] if is_etcd else []), "docker.service")
+    commands = list(u.health_commands)
+    if is_etcd:
+        argv = ["etcdctl", f"--endpoints={e.scheme}://127.0.0.1:{e.client_port}"]
+        if e.tls:
+            argv += [f"--cacert={ETCD_TLS_DIR}/ca.crt", f"--cert={ETCD_TLS_DIR}/client.crt",
+                     f"--key={ETCD_TLS_DIR}/client.key"]  # fmt: skip
+        commands.insert(0, shlex.join([*argv, "endpoint", "health"]))
+    out: dict[str, Any] = {"units": list(units), "commands": commands}
+    if u.health_deadline is not None:
+        out["deadline"] = u.health_deadline
     return out
 
 

@@ -39,6 +39,19 @@ def test_defaults_and_normalisation(tmp_path: Path) -> None:
     assert c.updater.window is not None and c.updater.window.length == "1h30m"
 
 
+def test_updater_check_health_and_channel_root(tmp_path: Path) -> None:
+    data = example_data()
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo/root.json").write_text("{}")
+    data["updater"]["channel"]["root"] = "repo/root.json"
+    data["updater"]["check"] = {"interval": "1m30s", "jitter": 5}
+    data["updater"]["health"] = {"units": ["docker.service"], "deadline": "10m"}
+    u = parse_cluster_file(write_cluster(tmp_path / "c.yaml", data)).updater
+    assert u.channel_root == tmp_path / "repo/root.json"  # relative to the cluster file
+    assert (u.check_interval, u.check_jitter) == (90, 5)
+    assert u.health_units == ("docker.service",) and u.health_deadline == 600
+
+
 def _set(path: str, value: object) -> Callable[[dict], None]:
     def edit(d: dict) -> None:
         *parents, last = path.split(".")
@@ -110,6 +123,18 @@ BAD: list[tuple[str, Callable[[dict], None], str]] = [
      "updater.window.length: 'forever' is not a duration"),
     ("bad-tz", _set("updater.window.tz", "Mars/Olympus"),
      "updater.window.tz: 'Mars/Olympus' is not an IANA time zone"),
+    ("bad-interval", _set("updater.check", {"interval": "soon"}),
+     "updater.check.interval: 'soon' is not a duration like 30s"),
+    ("zero-interval", _set("updater.check", {"interval": 0}),
+     "updater.check.interval: must be longer than 0s"),
+    ("unknown-check-field", _set("updater.check", {"every": "1m"}),
+     "updater.check.every: unknown field (known: interval, jitter)"),
+    ("health-units-not-a-list", _set("updater.health", {"units": "etcd.service"}),
+     "updater.health.units: expected a list"),
+    ("bad-health-deadline", _set("updater.health", {"deadline": "-5m"}),
+     "updater.health.deadline: '-5m' is not a duration"),
+    ("missing-channel-root", _set("updater.channel.root", "nowhere/root.json"),
+     "updater.channel.root: "),
     ("bad-ssh-key", _set("ssh_authorized_keys", ["hunter2"]),
      "ssh_authorized_keys[0]: not an OpenSSH public key line"),
     ("workers-without-manager",

@@ -132,6 +132,12 @@ def test_example_node1_content(tmp_path: Path, cluster_file) -> None:
         "max": 1,
         "window": {"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
                    "start": "00:00", "length": "24h", "tz": "UTC"},
+        "check": {"interval": 60, "jitter": 10},
+        "health": {"units": ["etcd.service", "docker.service"],
+                   "commands": ["etcdctl --endpoints=https://127.0.0.1:2379"
+                                " --cacert=/etc/tidehost/etcd/ca.crt"
+                                " --cert=/etc/tidehost/etcd/client.crt"
+                                " --key=/etc/tidehost/etcd/client.key endpoint health"]},
     }  # fmt: skip
     daemon = json.loads(files["/etc/docker/daemon.json"]["content"])
     assert daemon == {"log-driver": "journald", "insecure-registries": ["10.77.0.1:5000"]}
@@ -216,6 +222,33 @@ def test_fleetlock_and_no_window(tmp_path: Path, cluster_file) -> None:
     assert update["fleetlock"] == {"url": "http://10.77.0.1:9090/"}
     assert update["window"] is None
     assert update["channel"] == {"url": "http://10.77.0.1:8080/", "name": "stable"}
+
+
+def test_health_gate_follows_roles_and_root_is_shipped(tmp_path: Path, cluster_file) -> None:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    (tmp_path / "root.json").write_text('{"signed": {"_type": "root"}}')
+    data["updater"]["channel"]["root"] = str(tmp_path / "root.json")
+    data["updater"]["check"] = {"interval": "30s", "jitter": "0s"}
+    data["nodes"].append({"name": "node4", "address": "10.77.0.14", "roles": ["worker"]})
+    data["etcd"]["tls"] = False  # (certificates: test_example_node1_content)
+    path = cluster_file(data)
+    for node, etcd in (("node1", True), ("node4", False)):
+        out, doc = render_to(tmp_path, path, node, Provider.NOCLOUD)
+        cloud_init_schema(out)
+        files = files_of(doc)
+        update = yaml.safe_load(files["/etc/tidehost/update.yaml"]["content"])
+        assert update["channel"]["root"] == "/etc/tidehost/channel-root.json"
+        assert files["/etc/tidehost/channel-root.json"]["content"].strip() == \
+            '{"signed": {"_type": "root"}}'
+        assert update["check"] == {"interval": 30, "jitter": 0}
+        health = update["health"]
+        if etcd:  # the member must serve again before the next host may reboot
+            assert health["units"] == ["etcd.service", "docker.service"]
+            argv = health["commands"][0].split()
+            assert argv[0] == "etcdctl" and argv[-2:] == ["endpoint", "health"]
+            assert "--endpoints=http://127.0.0.1:2379" in argv
+        else:
+            assert health == {"units": ["docker.service"], "commands": []}
 
 
 def test_unknown_node(cluster_file) -> None:
