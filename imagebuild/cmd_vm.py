@@ -58,6 +58,9 @@ def _register_cluster(vsub: argparse._SubParsersAction) -> None:
         a.add_argument("--memory", type=int, default=1280, help="MiB per node")
         a.add_argument("--cpus", type=int, default=1, help="vCPUs per node")
         a.add_argument("--accel", default="auto", help="auto (try KVM, else TCG), kvm or tcg")
+        a.add_argument("--serve", type=Path, metavar="REPO",
+                       help="serve this channel repository at updater.channel.url inside the "
+                            "cluster's namespace; the nodes trust its root.json")
         a.add_argument("--no-wait", action="store_true", help="do not wait for SSH")
         a.add_argument("--timeout", type=float, default=900, help="seconds to wait for SSH")
 
@@ -111,7 +114,7 @@ def run_cluster(args: argparse.Namespace) -> int:
     keys = tuple(_read_pub(p) for p in args.ssh_key)
     opts = vmcluster.UpOptions(image=args.image, state_root=args.state_dir, ssh_keys=keys,
                                memory=args.memory, cpus=args.cpus, accel=args.accel,
-                               wait=not args.no_wait, timeout=args.timeout)  # fmt: skip
+                               serve=args.serve, wait=not args.no_wait, timeout=args.timeout)  # fmt: skip
     state = vmcluster.up(cluster, opts)
     print(f"cluster {state.cluster}: {len(state.nodes)} node(s) in netns {state.netns}, "
           f"bridge {state.gateway}")  # fmt: skip

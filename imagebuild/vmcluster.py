@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from imagebuild import clusterchannel
 from imagebuild.cloudconfig.certs import generate_certs
 from imagebuild.cloudconfig.model import Cluster, Provider
 from imagebuild.cloudconfig.render import render_user_data
@@ -81,6 +82,7 @@ class ClusterState:
     ssh_key: str  # private key for user core
     state_dir: str
     nodes: tuple[NodeState, ...] = ()
+    server_pid: int = 0  # the channel server (`up --serve`), 0: none
 
     def save(self) -> None:
         path = Path(self.state_dir) / "state.json"
@@ -118,6 +120,7 @@ class UpOptions:
     ssh_keys: tuple[str, ...] = ()  # more public keys for user core
     memory: int = 1280
     cpus: int = 1
+    serve: Path | None = None  # a channel repository to serve at updater.channel.url
     accel: str = "auto"
     wait: bool = True
     timeout: float = 900
@@ -173,6 +176,9 @@ def up(cluster: Cluster, opts: UpOptions) -> ClusterState:
         written = generate_certs(cluster, cert_dir)
         log.info("certificates in %s (%d new)", cert_dir, len(written))
         cluster = replace(cluster, etcd=replace(cluster.etcd, cert_dir=cert_dir))
+    if opts.serve is not None:
+        cluster = clusterchannel.trust_repository(cluster, opts.serve)
+        serve_at = clusterchannel.serve_address(cluster, bridge_address(cluster))
     sdir.mkdir(parents=True, exist_ok=True)
     key = sdir / "id_ed25519"
     if not key.exists():
@@ -193,6 +199,12 @@ def up(cluster: Cluster, opts: UpOptions) -> ClusterState:
     state.save()
     try:
         create_network(state)
+        if opts.serve is not None:
+            pid = clusterchannel.start(ns, opts.serve, *serve_at, sdir)
+            state = replace(state, server_pid=pid)
+            state.save()
+            log.info("channel %s served at %s in netns %s (pid %d)", opts.serve,
+                     cluster.updater.channel_url, ns, pid)  # fmt: skip
         started = []
         for i, n in enumerate(nodes):
             pid = _start_node(state, cluster, n, i, texts[n.name], opts)
@@ -294,6 +306,9 @@ def down(cluster: Cluster, state_root: Path = DEFAULT_STATE_ROOT, *,
     with contextlib.suppress(VMError):
         state = ClusterState.load(sdir)
     if state is not None:
+        if clusterchannel.alive(state.server_pid):
+            clusterchannel.stop(state.server_pid)
+            done.append(f"channel server (pid {state.server_pid})")
         for n in state.nodes:
             if qemu_alive(n):
                 _stop_qemu(n)
@@ -334,6 +349,10 @@ def status(cluster: Cluster, state_root: Path = DEFAULT_STATE_ROOT) -> str:
     state = ClusterState.load(sdir)
     lines = [f"cluster {state.cluster}: netns {state.netns}, bridge {state.gateway}, "
              f"image {state.image}"]  # fmt: skip
+    if state.server_pid:
+        running = "running" if clusterchannel.alive(state.server_pid) else "NOT running"
+        lines.append(f"channel server: {cluster.updater.channel_url} (pid {state.server_pid}, "
+                     f"{running})")  # fmt: skip
     reachable = []
     for n in state.nodes:
         vm = state.vm(n.name)

@@ -3,15 +3,20 @@ real namespace + bridge + taps that `up` creates and `down` removes (no VM, a se
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from imagebuild import clusterchannel
 from imagebuild.cli import main
+from imagebuild.clusterchannel import serve_address, trust_repository
 from imagebuild.cloudconfig.parse import parse_cluster_file, parse_cluster_text
 from imagebuild.errors import ConfigError, VMError
 from imagebuild.vm import VM
@@ -173,3 +178,44 @@ def test_slow_raft_for_loaded_hosts_reaches_etcds_flags(tmp_path: Path) -> None:
     bad = text.replace("10000", "2000")
     with pytest.raises(ConfigError, match="less than 5 x the heartbeat"):
         parse_cluster_text(bad, "c.yaml", tmp_path)
+
+
+def test_served_channel_must_be_on_the_bridge(tmp_path: Path) -> None:
+    c = _cluster("t-url", tmp_path)
+    assert serve_address(c, bridge_address(c)) == ("10.77.0.1", 8080)
+    other = dataclasses.replace(c, updater=dataclasses.replace(
+        c.updater, channel_url="http://192.0.2.7:8080/"))  # fmt: skip
+    with pytest.raises(VMError, match=r"updater.channel.url: http://192.0.2.7:8080/ is not on "
+                                      r"the cluster bridge \(serve it as http://10.77.0.1:PORT/\)"):
+        serve_address(other, bridge_address(other))
+
+
+@needs_root
+def test_up_serve_runs_the_channel_inside_the_namespace(tmp_path: Path) -> None:
+    """`up --serve REPO`'s server: reachable on the bridge from inside, trusted, stopped by down."""
+    repo = tmp_path / "repo"
+    assert main(["channel", "init", str(repo)]) == 0
+    cluster = trust_repository(_cluster(f"t-ch{os.getpid() % 10000}", tmp_path), repo)
+    root = repo / "published/metadata/root.json"
+    assert cluster.updater.channel_root == root  # the nodes will trust this repository
+    ns = netns_name(cluster.name)
+    sdir = tmp_path / cluster.name
+    sdir.mkdir()
+    state = ClusterState(cluster=cluster.name, netns=ns, bridge=BRIDGE,
+                         gateway=bridge_address(cluster), image="/i", ssh_key="/k",
+                         state_dir=str(sdir))  # fmt: skip
+    state.save()
+    try:
+        create_network(state)
+        pid = clusterchannel.start(ns, repo, *serve_address(cluster, state.gateway), sdir)
+        dataclasses.replace(state, server_pid=pid).save()
+        fetch = ("import urllib.request; print(urllib.request.urlopen("
+                 "'http://10.77.0.1:8080/metadata/root.json', timeout=5).read().decode())")
+        got = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", fetch],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert json.loads(got) == json.loads(root.read_text())
+        assert "running" in status(cluster, tmp_path)
+    finally:
+        removed = down(cluster, tmp_path)
+    assert f"channel server (pid {pid})" in removed
+    assert not clusterchannel.alive(pid)
