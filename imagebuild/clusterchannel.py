@@ -33,8 +33,8 @@ def serve_address(cluster: Cluster, gateway_cidr: str) -> tuple[str, int]:
     url = urlsplit(cluster.updater.channel_url)
     gateway = str(ipaddress.ip_interface(gateway_cidr).ip)
     if url.scheme != "http" or url.hostname != gateway:
-        raise VMError(f"{cluster.source}: updater.channel.url: {cluster.updater.channel_url} "
-                      f"is not on the cluster bridge (serve it as http://{gateway}:PORT/)")  # fmt: skip
+        raise VMError(f"{cluster.source}: updater.channel.url: {cluster.updater.channel_url} is "
+                      f"not on the cluster bridge (serve it as http://{gateway}:PORT/)")
     return gateway, url.port or 80
 
 

@@ -114,7 +114,8 @@ def run_cluster(args: argparse.Namespace) -> int:
     keys = tuple(_read_pub(p) for p in args.ssh_key)
     opts = vmcluster.UpOptions(image=args.image, state_root=args.state_dir, ssh_keys=keys,
                                memory=args.memory, cpus=args.cpus, accel=args.accel,
-                               serve=args.serve, wait=not args.no_wait, timeout=args.timeout)  # fmt: skip
+                               serve=args.serve, wait=not args.no_wait,
+                               timeout=args.timeout)  # fmt: skip
     state = vmcluster.up(cluster, opts)
     print(f"cluster {state.cluster}: {len(state.nodes)} node(s) in netns {state.netns}, "
           f"bridge {state.gateway}")  # fmt: skip

@@ -16,8 +16,8 @@ import yaml
 
 from imagebuild import clusterchannel
 from imagebuild.cli import main
-from imagebuild.clusterchannel import serve_address, trust_repository
 from imagebuild.cloudconfig.parse import parse_cluster_file, parse_cluster_text
+from imagebuild.clusterchannel import serve_address, trust_repository
 from imagebuild.errors import ConfigError, VMError
 from imagebuild.vm import VM
 from imagebuild.vmcluster import (
