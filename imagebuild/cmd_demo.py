@@ -1,5 +1,11 @@
 """``tidehost demo``: the main job, end to end, on this machine.
 
+By default the 3-node cluster demo (``imagebuild.clusterdemo``): build v1 and v2, publish v1,
+bring up the example cluster, publish v2 and watch the nodes update one at a time under the
+etcd lock while their replicated service keeps answering, then promote v2 to beta and stable.
+
+``--single-host``: one host, a local etcd, and its agent step by step:
+
 1. build the reference image as v1.0.0 and its successor v1.1.0 (the Debian root tree comes
    from the cache after the first run);
 2. create a signed channel repository, publish v1.0.0 to alpha, serve it on 127.0.0.1 and
@@ -16,31 +22,31 @@ import logging
 import time
 from pathlib import Path
 
+from imagebuild.clusterdemo import run_cluster_demo, show
 from imagebuild.config import parse_image_file
 from imagebuild.log import complete_step
 from imagebuild.pipeline import build
 from imagebuild.run import run
 from imagebuild.updatelab import UpdateLab, bless_latency, print_status, wait_for
-from imagebuild.vm import VM
 
 log = logging.getLogger(__name__)
 V1, V2 = "1.0.0", "1.1.0"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="build, publish, boot and update a host",
+    p = sub.add_parser("demo", help="build, publish, boot and update a cluster (or one host)",
                        description=__doc__)  # fmt: skip
     p.add_argument("-o", "--output", type=Path, default=Path("out/demo"))
+    p.add_argument("--single-host", action="store_true",
+                   help="one host and a local etcd instead of the 3-node cluster")
+    p.add_argument("--keep", action="store_true", help="leave the cluster running at the end")
     p.set_defaults(func=run_demo)
-
-
-def show(vm: VM, command: str) -> None:
-    print(f"\n[core@{vm.hostname} ~]$ {command}", flush=True)
-    print(vm.ssh(command).rstrip(), flush=True)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     out: Path = args.output.resolve()
+    if not args.single_host:
+        return run_cluster_demo(out / "cluster", keep=args.keep, v1=V1, v2=V2)
     out.mkdir(parents=True, exist_ok=True)
     key = out / "id_ed25519"
     if not key.exists():

@@ -164,10 +164,11 @@ def wait_for(
                   f"(last: {last}, serial log {vm.serial_log})")  # fmt: skip
 
 
-def print_status(st: dict[str, Any]) -> None:
+def print_status(st: dict[str, Any], host: str = "") -> None:
     target = f" -> {st['target_version']}" if st.get("target_version") else ""
     error = f", error: {st['last_error']}" if st.get("last_error") else ""
-    print(f"  [{time.strftime('%H:%M:%S')}] version {st.get('version')} on slot "
+    who = f"{host}: " if host else ""
+    print(f"  [{time.strftime('%H:%M:%S')}] {who}version {st.get('version')} on slot "
           f"{st.get('slot')}, state {st.get('state')}{target}{error}", flush=True)  # fmt: skip
 
 

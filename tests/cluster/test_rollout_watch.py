@@ -1,0 +1,91 @@
+"""The rolling-update watcher's arithmetic, without VMs: service gaps, reboot spans, overlaps,
+and the probe against a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+
+from imagebuild.clusterupdate import NodeProgress, RolloutReport, longest_gap
+from imagebuild.probe import probe
+
+V = "1.1.0"
+
+
+def test_longest_gap_counts_the_edges_and_ignores_failures() -> None:
+    answers = [(1.0, True), (2.0, False), (3.0, False), (7.5, True), (8.0, True)]
+    assert longest_gap(answers, 0.0, 9.0) == 6.5  # 1.0 -> 7.5
+    assert longest_gap(answers, 0.0, 20.0) == 12.0  # 8.0 -> the end: still unanswered
+    assert longest_gap([], 5.0, 8.0) == 3.0  # never answered: the whole span
+    assert longest_gap([(1.0, True), (50.0, True)], 10.0, 20.0) == 10.0  # outside the span
+
+
+def _st(version: str, state: str, target: str = "") -> dict:
+    return {"version": version, "state": state, "target_version": target, "slot": "a"}
+
+
+def test_a_node_goes_down_once_staged_and_is_done_when_idle_on_the_version() -> None:
+    n = NodeProgress("node1")
+    n.observe(10, None, V)  # unreachable before it staged anything: not a reboot
+    assert n.went_down is None
+    n.observe(20, _st("1.0.0", "staged", V), V)
+    n.observe(30, _st("1.0.0", "waiting-for-lock", V), V)
+    n.observe(40, None, V)  # rebooting (the short "rebooting" state was missed)
+    n.observe(50, None, V)
+    n.observe(60, _st(V, "confirming", V), V)
+    assert n.updated is None
+    n.observe(70, _st(V, "idle"), V)
+    n.observe(80, _st(V, "idle"), V)
+    assert (n.went_down, n.updated, n.reboot_seconds) == (40, 70, 30)
+
+
+def test_a_rollback_is_not_an_update() -> None:
+    n = NodeProgress("node1")
+    n.observe(1, _st("1.0.0", "rebooting", V), V)
+    n.observe(9, _st("1.0.0", "rolled-back"), V)
+    assert n.went_down == 1 and n.updated is None
+
+
+def test_report_totals_and_overlaps() -> None:
+    r = RolloutReport(version=V, started=0.0, finished=100.0)
+    for name, down, up in (("node1", 10, 30), ("node2", 35, 60), ("node3", 55, 90)):
+        r.nodes[name] = NodeProgress(name, went_down=down, updated=up)
+    r.answers = [(t, True) for t in range(0, 101, 2)]
+    assert r.done and r.reboot_sum == 20 + 25 + 35
+    assert r.overlapping_reboots() == [("node2", "node3")]
+    assert r.longest_gap == 2
+    text = r.summary()
+    assert "100 s in all; sum of single-node reboots 80 s" in text and "longest gap 2.0 s" in text
+
+
+class _Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802
+        body = b"node2\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_probe_tries_the_next_node_when_one_is_down() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        up = f"http://127.0.0.1:{server.server_address[1]}/"
+        down = _closed_url()
+        assert probe([down, up], timeout=2) == "node2"
+        assert probe([down], timeout=2) == "-"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _closed_url() -> str:
+    """A loopback URL on which nothing listens."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/"
