@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -103,6 +106,30 @@ def test_factory_tmpfiles_copy_missing_entries_but_not_host_identity(tmp_path: P
     assert lines.index("C /etc/ssh - - - - /usr/share/factory/etc/ssh") < lines.index(
         "C /etc/ssh/sshd_config - - - - /usr/share/factory/etc/ssh/sshd_config"
     )
+
+
+@pytest.mark.skipif(shutil.which("systemd-tmpfiles") is None, reason="no systemd-tmpfiles")
+def test_factory_copy_runs_under_systemd_tmpfiles(tmp_path: Path) -> None:
+    """What tidehost-factory-etc.service does on the first boot of a new /usr, on a tree."""
+    root = tmp_path / "root"
+    factory = root / "usr/share/factory/etc"
+    (factory / "ssh").mkdir(parents=True)
+    (factory / "ssh/sshd_config").write_text("factory sshd\n")
+    (factory / "fstab").write_text("factory fstab\n")
+    (factory / "os-release").symlink_to("../usr/lib/os-release")  # dangling in the factory
+    (root / "usr/lib").mkdir(parents=True)
+    (root / "usr/lib/os-release").write_text("ID=tidehost\n")
+    (root / "etc").mkdir()
+    (root / "etc/fstab").write_text("operator's fstab\n")
+    conf = tmp_path / "factory-etc.conf"
+    conf.write_text(configure.factory_tmpfiles(factory))
+    r = subprocess.run(["systemd-tmpfiles", f"--root={root}", "--create", str(conf)],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert (root / "etc/ssh/sshd_config").read_text() == "factory sshd\n"
+    assert (root / "etc/fstab").read_text() == "operator's fstab\n"  # never overwritten
+    assert os.readlink(root / "etc/os-release") == "../usr/lib/os-release"
+    assert (root / "etc/os-release").read_text() == "ID=tidehost\n"
 
 
 def test_fstab_mounts_the_esp_without_nofail() -> None:

@@ -103,6 +103,8 @@ def test_two_hosts_update_one_at_a_time_under_the_etcd_lock(lab: UpdateLab, rele
         bless = vm.ssh("sudo /usr/lib/systemd/systemd-bless-boot status").strip()
         assert bless == "good", bless  # slot B's boot counter was removed: blessed
         assert "VERSION_ID=\"1.1.0\"" in vm.ssh("cat /etc/os-release")
+        # the first boot of a new /usr (factory /etc copy, ldconfig, ...) left nothing failed
+        assert vm.ssh("systemctl --failed --plain --no-legend").strip() == ""
         print(f"{vm.hostname}: boot-complete.target to blessed + lock released: "
               f"{bless_latency(vm)} s")
 
