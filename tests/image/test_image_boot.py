@@ -107,6 +107,19 @@ def test_boot_is_blessed_and_no_unit_failed(booted) -> None:
     assert host.run("systemctl is-system-running").stdout.strip() == "running"
 
 
+def test_an_unattended_host_never_waits_at_an_emergency_prompt(booted) -> None:
+    vm, host = booted
+    for mode in ("emergency", "rescue"):  # they reboot, so that a slot on trial falls back
+        exec_start = host.run(f"systemctl show -p ExecStart --value {mode}.service").stdout
+        assert f"/usr/lib/tidehost/emergency ; argv[]=/usr/lib/tidehost/emergency {mode}" in \
+            exec_start, exec_start
+    assert host.run("sh -n /usr/lib/tidehost/emergency").rc == 0
+    # slow (emulated) hosts: a device or a start job gets 5 minutes, not 90 s
+    shown = host.run("systemctl show -p DefaultTimeoutStartUSec -p DefaultDeviceTimeoutUSec")
+    assert shown.stdout.split() == ["DefaultTimeoutStartUSec=5min",
+                                    "DefaultDeviceTimeoutUSec=5min"], shown.stdout
+
+
 def test_host_stack_is_installed(booted) -> None:
     vm, host = booted
     assert host.run("etcd --version").rc == 0
