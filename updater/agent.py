@@ -305,11 +305,24 @@ class Agent:
         return replace(s, lock_held=False, release_pending=False)
 
     def _release_when_healthy(self, s: State) -> float:
+        """Release a hold from before this start once the host is healthy *now* (its units
+        and commands; boot-complete.target gates trial boots only, and a gate that timed out
+        on a slow first boot must not keep a host from ever updating). A host that holds
+        nothing (never did, or was cleared as a dead holder) has nothing to wait for."""
         cfg = self.config
-        bad = health.failures(self.host, cfg.health_units, cfg.health_commands)
+        bad = health.failures(self.host, cfg.health_units, cfg.health_commands,
+                              boot_complete=False)  # fmt: skip
         if bad:
+            try:
+                held = self.lock.renew(self.holder_id)
+            except UpdaterError as e:
+                log.warning("reboot lock: renew failed: %s", e)
+                return 10.0
+            if not held:
+                log.info("reboot lock: this host holds no slot; nothing to release")
+                self.save(replace(s, lock_held=False, release_pending=False))
+                return 0.0
             log.info("holding the reboot lock until healthy: waiting for %s", ", ".join(bad))
-            self._renew()
             return 10.0
         s = self.save(self._release(s))
         return 0.0 if not s.release_pending else backoff(2, base=30, rand=self.rand)

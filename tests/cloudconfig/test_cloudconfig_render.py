@@ -137,7 +137,8 @@ def test_example_node1_content(tmp_path: Path, cluster_file) -> None:
                    "commands": ["etcdctl --endpoints=https://127.0.0.1:2379"
                                 " --cacert=/etc/tidehost/etcd/ca.crt"
                                 " --cert=/etc/tidehost/etcd/client.crt"
-                                " --key=/etc/tidehost/etcd/client.key endpoint health"]},
+                                " --key=/etc/tidehost/etcd/client.key endpoint health"],
+                   "deadline": 900},
     }  # fmt: skip
     daemon = json.loads(files["/etc/docker/daemon.json"]["content"])
     assert daemon == {"log-driver": "journald", "insecure-registries": ["10.77.0.1:5000"]}
@@ -248,7 +249,7 @@ def test_health_gate_follows_roles_and_root_is_shipped(tmp_path: Path, cluster_f
             assert argv[0] == "etcdctl" and argv[-2:] == ["endpoint", "health"]
             assert "--endpoints=http://127.0.0.1:2379" in argv
         else:
-            assert health == {"units": ["docker.service"], "commands": []}
+            assert health == {"units": ["docker.service"], "commands": [], "deadline": 900}
 
 
 def test_unknown_node(cluster_file) -> None:

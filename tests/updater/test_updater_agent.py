@@ -431,6 +431,37 @@ def test_stale_hold_is_released_at_start_when_healthy(rig: Rig) -> None:
     assert a.step() > 0 and rig.state().release_pending
 
 
+def test_a_slow_first_boot_never_freezes_the_agent(rig: Rig, bundles) -> None:  # noqa: ANN001
+    """Seen on a 3-node TCG cluster: the health gate timed out on the first boot (etcd and
+    Docker still forming), so boot-complete.target never came; the agent then waited for
+    it to "release" a lock it did not hold, and never looked for updates again."""
+    rig.host.units["boot-complete.target"] = False  # the gate failed on this boot
+    rig.host.units["app.service"] = False  # and the host is still not healthy
+    rig.channel.publish(bundles["2.0.0"])
+    a = rig.agent()
+    assert a.startup().release_pending
+    a.step()
+    s = rig.state()
+    assert not s.release_pending and rig.lock.holders == set()  # held nothing: nothing to wait
+    rig.host.units["app.service"] = True  # healthy now; the failed gate of this boot is history
+    rig.steps(a, lambda: rig.host.reboots == 1)
+    assert rig.state().target_version == "2.0.0"
+
+
+def test_a_held_lock_waits_for_the_units_not_for_a_past_gate(rig: Rig) -> None:
+    StateStore(rig.config.state_dir).save(State(lock_held=True))
+    rig.lock.holders = {"m-test"}
+    rig.host.units["boot-complete.target"] = False
+    rig.host.units["app.service"] = False
+    a = rig.agent()
+    a.startup()
+    a.step()
+    assert rig.lock.holders == {"m-test"}  # unhealthy: keeps the hold (renewed)
+    rig.host.units["app.service"] = True
+    a.step()
+    assert rig.lock.holders == set() and not rig.state().lock_held
+
+
 def test_strategy_off_restages_a_newer_release(rig: Rig, bundles) -> None:  # noqa: ANN001
     rig.channel.publish(bundles["2.0.0"])
     a = rig.agent(strategy=Strategy.OFF)
