@@ -173,8 +173,11 @@ def test_slow_raft_for_loaded_hosts_reaches_etcds_flags(tmp_path: Path) -> None:
     cluster = parse_cluster_text(text, "c.yaml", tmp_path)
     flags = etcd_flags(cluster, cluster.nodes[0])
     assert "--heartbeat-interval=1000" in flags and "--election-timeout=10000" in flags
-    assert not any("heartbeat" in f for f in etcd_flags(parse_cluster_file(EXAMPLE),
-                                                       parse_cluster_file(EXAMPLE).nodes[0]))
+    for key in ("heartbeat_ms", "election_timeout_ms"):  # unset: etcd's own defaults
+        del doc["etcd"][key]
+    plain = parse_cluster_text(yaml.safe_dump(doc), "c.yaml", tmp_path)
+    assert not any("heartbeat" in f or "election" in f
+                   for f in etcd_flags(plain, plain.nodes[0]))
     bad = text.replace("10000", "2000")
     with pytest.raises(ConfigError, match="less than 5 x the heartbeat"):
         parse_cluster_text(bad, "c.yaml", tmp_path)

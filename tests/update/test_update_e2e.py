@@ -90,7 +90,8 @@ def test_a_host_updates_itself_under_the_etcd_lock(lab: UpdateLab, releases, hos
         time.sleep(2)
     assert st is not None and st["version"] == V2, f"the host did not reach {V2}: {st}"
     assert st["slot"] == "b" and not st["lock_held"] and st["last_error"] in ("", None), st
-    assert seen_holders == {"host1"} and most_at_once == 1  # it held the lock to reboot ...
+    holder = host.ssh("cat /etc/machine-id").strip()  # the agent's holder id by default
+    assert seen_holders == {holder} and most_at_once == 1  # it held the lock to reboot ...
     assert lab.lock_holders() == []  # ... and released it once healthy
     bless = host.ssh("sudo /usr/lib/systemd/systemd-bless-boot status").strip()
     assert bless == "good", bless  # slot B's boot counter was removed: blessed
@@ -117,7 +118,8 @@ def test_a_release_that_fails_health_rolls_back_by_itself(lab: UpdateLab, releas
     time.sleep(60)  # three more checks of the channel: v3 is still offered, never retried
     st = status(vm)
     assert st is not None and (st["version"], st["slot"]) == (V2, "b")
-    assert st["reboots"] == reboots and st["state"] in ("idle", "rolled-back")
+    # between checks it is idle (or still reports the rollback); never fetching v3 again
+    assert st["reboots"] == reboots and st["state"] in ("idle", "rolled-back", "checking"), st
     entries = vm.ssh("sudo ls /efi/loader/entries").split()
     # v3's slot is never booted again: its entry is out of tries (or gone)
     assert not any(e.startswith("tidehost-a") and not e.startswith("tidehost-a+0")
