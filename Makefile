@@ -43,7 +43,7 @@ demo: setup
 	$(VENV)/bin/tidehost demo
 
 test: setup
-	$(VENV)/bin/pytest -v
+	$(VENV)/bin/pytest -v --durations=20
 
 test-fast: setup
 	$(VENV)/bin/pytest -v -m 'not slow and not vm'
