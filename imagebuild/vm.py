@@ -230,7 +230,10 @@ class VM:
     def ssh_args(self) -> list[str]:
         args = ["ssh", "-p", str(self.ssh_port), "-o", "StrictHostKeyChecking=no",
                 "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-                "-o", "ConnectTimeout=5", "-o", "BatchMode=yes"]  # fmt: skip
+                "-o", "ConnectTimeout=5", "-o", "BatchMode=yes",
+                # a guest gone mid-session (rebooted, panicked): QEMU's user-net keeps the
+                # host side open, so only keepalives end the client
+                "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3"]  # fmt: skip
         if self.ssh_key:
             args += ["-i", str(self.ssh_key)]
         if self.netns:
