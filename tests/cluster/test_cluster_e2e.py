@@ -45,8 +45,8 @@ from imagebuild.vmcluster import ClusterState, UpOptions, down, status, up
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "cloud-config" / "examples" / "cluster.yaml"
-# Three TCG guests on a 2-core machine: SSH after ~6 min, etcd + swarm after ~14, the rolling
-# update ~25 (measured); the limits are about twice that, well inside CI's budget.
+# Three TCG guests on a 2-core machine: SSH after 4-6 min, etcd + swarm 7-14 min later, the
+# rolling update 17-25 min (measured); the limits are about twice that, inside CI's budget.
 BOOT_TIMEOUT = 1200
 CONVERGE_TIMEOUT = 1200
 ROLLOUT_TIMEOUT = 2700
