@@ -24,7 +24,9 @@ from imagebuild.updatelab import status
 from imagebuild.vm import VM
 from imagebuild.vmcluster import ClusterState
 
-RESTING = ("idle", "rolled-back")
+# Done with a version: at rest on it, or already polling the channel again (confirming ->
+# idle -> checking can pass between two looks of the watcher).
+RESTING = ("idle", "rolled-back", "checking")
 
 
 # --- pure ---------------------------------------------------------------------------------

@@ -40,6 +40,17 @@ def test_a_node_goes_down_once_staged_and_is_done_when_idle_on_the_version() -> 
     assert (n.went_down, n.updated, n.reboot_seconds) == (40, 70, 30)
 
 
+def test_a_node_that_confirmed_and_polls_again_is_done() -> None:
+    # confirming -> idle -> checking between two looks: it released the lock at "idle", so
+    # its reboot ended then, not when it is next seen idle (a false overlap with the next node)
+    n = NodeProgress("node2")
+    n.observe(10, _st("1.0.0", "rebooting", V), V)
+    n.observe(20, _st(V, "confirming", V), V)
+    n.observe(30, _st(V, "checking"), V)
+    n.observe(40, _st(V, "idle"), V)
+    assert (n.went_down, n.updated) == (10, 30)
+
+
 def test_a_rollback_is_not_an_update() -> None:
     n = NodeProgress("node1")
     n.observe(1, _st("1.0.0", "rebooting", V), V)
