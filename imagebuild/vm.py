@@ -133,6 +133,14 @@ def make_seed_iso(seed_dir: Path, dest: Path) -> Path:
     return dest
 
 
+# Options of every SSH to a guest (ours and pytest-testinfra's). Keepalives: a guest gone
+# mid-session (rebooted, panicked) leaves QEMU's user-net holding the host side open, so only
+# they end the client.
+SSH_OPTIONS = ("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+               "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5", "-o", "BatchMode=yes",
+               "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3")  # fmt: skip
+
+
 @dataclass
 class VM:
     """One QEMU guest. Use as a context manager, or call ``start`` and ``stop``."""
@@ -228,12 +236,7 @@ class VM:
         return self.proc is not None and self.proc.poll() is None
 
     def ssh_args(self) -> list[str]:
-        args = ["ssh", "-p", str(self.ssh_port), "-o", "StrictHostKeyChecking=no",
-                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-                "-o", "ConnectTimeout=5", "-o", "BatchMode=yes",
-                # a guest gone mid-session (rebooted, panicked): QEMU's user-net keeps the
-                # host side open, so only keepalives end the client
-                "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3"]  # fmt: skip
+        args = ["ssh", "-p", str(self.ssh_port), *SSH_OPTIONS]
         if self.ssh_key:
             args += ["-i", str(self.ssh_key)]
         if self.netns:

@@ -19,7 +19,7 @@ from channels.bundle import load_bundle
 from imagebuild.config import Partitions
 from imagebuild.pipeline import BuildResult
 from imagebuild.stages.disk import layout
-from imagebuild.vm import VM
+from imagebuild.vm import SSH_OPTIONS, VM
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
 
@@ -38,15 +38,8 @@ def booted(reference_image: BuildResult, ssh_keypair: Path,
     try:
         seconds = vm.wait_ssh(timeout=600)
         print(f"boot to SSH: {seconds:.0f}s")
-        cfg = tmp / "ssh_config"
-        cfg.write_text(
-            "Host *\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
-            "  LogLevel ERROR\n  ConnectTimeout 10\n"
-            # a guest that reboots mid-command (a kernel panic under TCG) must not leave the
-            # client waiting forever on QEMU's half of the connection
-            "  ServerAliveInterval 10\n  ServerAliveCountMax 3\n"
-        )
-        host = testinfra.get_host(f"ssh://core@127.0.0.1:{vm.ssh_port}", ssh_config=str(cfg),
+        host = testinfra.get_host(f"ssh://core@127.0.0.1:{vm.ssh_port}",
+                                  ssh_extra_args=" ".join(SSH_OPTIONS),
                                   ssh_identity_file=str(ssh_keypair))  # fmt: skip
         # Let the boot finish: every unit settled, boot-complete.target reached.
         deadline = time.monotonic() + 300
