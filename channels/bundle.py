@@ -264,6 +264,7 @@ def slot_cmdline(manifest: Manifest, slot: Slot, extra: str = "") -> str:
         f"tidehost.slot={slot.value}",
         "rd.emergency=reboot",
         "panic=10",
+        "oops=panic",  # an Oops leaves a half-dead kernel: reboot (a slot on trial falls back)
     ]
     if manifest.kernel_cmdline:
         args.append(manifest.kernel_cmdline)

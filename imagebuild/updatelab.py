@@ -160,6 +160,8 @@ def wait_for(
         if not vm.alive():
             raise VMError(f"QEMU exited (serial log {vm.serial_log})")
         time.sleep(3)
+    print(f"--- last lines of {vm.hostname}'s console ({vm.serial_log}) ---\n"
+          f"{vm.serial_tail()}", flush=True)  # fmt: skip
     raise VMError(f"host {vm.hostname} did not reach the expected state in {timeout:.0f}s "
                   f"(last: {last}, serial log {vm.serial_log})")  # fmt: skip
 

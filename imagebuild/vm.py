@@ -163,7 +163,7 @@ class VM:
     tap: str | None = None  # a second NIC on this tap device (in netns), e.g. a cluster bridge
     tap_mac: str | None = None
     user_mac: str | None = None  # MAC of the user-networking (SSH) NIC; default QEMU's
-    detach: bool = False  # QEMU in its own session, output to WORKDIR/qemu.log: outlives us
+    detach: bool = False  # QEMU in its own session (output in WORKDIR/qemu.log): outlives us
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     workdir: Path | None = None
@@ -183,6 +183,8 @@ class VM:
                "-device", "virtio-net-pci,netdev=n0" + (f",mac={self.user_mac}"
                                                         if self.user_mac else ""),
                "-device", "virtio-rng-pci",
+               # a hardware watchdog: the image's systemd pings it, a hung guest is reset
+               "-device", "i6300esb", "-action", "watchdog=reset",
                "-serial", f"file:{self.serial_log}",
                "-qmp", f"unix:{self.workdir / 'qmp.sock'},server=on,wait=off"]  # fmt: skip
         if self.tap:
@@ -222,14 +224,10 @@ class VM:
                  self.serial_log)  # fmt: skip
         log.debug("$ %s", " ".join(cmd))
         self.started = time.monotonic()
-        if self.detach:
-            with open(self.workdir / "qemu.log", "wb") as out:
-                self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                             stderr=subprocess.STDOUT,
-                                             start_new_session=True)  # fmt: skip
-        else:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=subprocess.STDOUT)  # fmt: skip
+        with open(self.workdir / "qemu.log", "wb") as out:  # a file: a pipe can fill up
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT,
+                                         start_new_session=self.detach)  # fmt: skip
         return self
 
     def alive(self) -> bool:
@@ -283,11 +281,9 @@ class VM:
         raise VMError(f"SSH on 127.0.0.1:{self.ssh_port} did not answer within {timeout:.0f}s")
 
     def qemu_output(self) -> str:
-        if self.detach and self.workdir and not self.alive():
+        if self.workdir and not self.alive():
             with contextlib.suppress(OSError):
                 return (self.workdir / "qemu.log").read_text(errors="replace").strip()[-500:]
-        if self.proc and self.proc.stdout and not self.alive():
-            return self.proc.stdout.read().decode(errors="replace").strip()[-500:]
         return ""
 
     def serial(self) -> str:
@@ -295,6 +291,10 @@ class VM:
             return Path(str(self.serial_log)).read_text(errors="replace")
         except OSError:
             return ""
+
+    def serial_tail(self, lines: int = 40) -> str:
+        """The console's last lines, for an error report (a hung or panicked guest says why)."""
+        return "\n".join(self.serial().splitlines()[-lines:])
 
     def stop(self, timeout: float = 60) -> None:
         """Ask the guest to power off (ACPI), then kill QEMU if it does not."""

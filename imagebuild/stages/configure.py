@@ -122,9 +122,11 @@ def configure_tree(ctx: BuildContext) -> None:
     )
     # Emulated hosts on busy machines are slow, not broken: 90 s for a device or a start job
     # sent such boots to emergency mode. And emergency mode reboots instead of waiting at a
-    # console, so that a slot on trial falls back (see data/tidehost-emergency).
+    # console, so that a slot on trial falls back (see data/tidehost-emergency). Likewise a
+    # host that hangs is reset by its hardware watchdog where it has one (systemd pings it).
     _write(t / "usr/lib/systemd/system.conf.d/50-tidehost.conf",
-           "[Manager]\nDefaultTimeoutStartSec=5min\nDefaultDeviceTimeoutSec=5min\n")
+           "[Manager]\nDefaultTimeoutStartSec=5min\nDefaultDeviceTimeoutSec=5min\n"
+           "RuntimeWatchdogSec=3min\nRebootWatchdogSec=10min\n")
     _write(t / "usr/lib/tidehost/emergency", _data("tidehost-emergency"), 0o755)
     for mode in ("emergency", "rescue"):
         _write(t / f"usr/lib/systemd/system/{mode}.service.d/50-tidehost.conf",

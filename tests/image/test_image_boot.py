@@ -157,3 +157,35 @@ def test_a_corrupted_byte_in_usr_a_stops_the_boot(reference_image: BuildResult,
     finally:
         vm.stop(timeout=5)
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+# Stops PID 1 (ptrace, as a debugger would) and stays attached: systemd pings no watchdog.
+FREEZE_PID1 = """import ctypes, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+for request in (0x4206, 0x4207):  # PTRACE_SEIZE, PTRACE_INTERRUPT
+    if libc.ptrace(request, 1, None, None) != 0:
+        raise SystemExit(f"ptrace {request:#x}: errno {ctypes.get_errno()}")
+time.sleep(3600)
+"""
+
+
+def test_a_hung_host_is_reset_by_its_watchdog(booted) -> None:
+    """Last in this file: it reboots the module's host."""
+    vm, host = booted
+    assert host.file("/proc/sys/kernel/panic_on_oops").content_string.strip() == "1"
+    assert host.file("/sys/class/watchdog/watchdog0/state").content_string.strip() == "active"
+    assert host.file("/sys/class/watchdog/watchdog0/timeout").content_string.strip() == "180"
+    boot_id = vm.ssh("cat /proc/sys/kernel/random/boot_id").strip()
+    vm.ssh("sudo systemd-run --quiet --unit freeze-pid1 /usr/bin/python3 -c "
+           f"'{FREEZE_PID1}'")  # fmt: skip
+    frozen = time.monotonic()
+    back = boot_id
+    while back in (boot_id, "") and time.monotonic() < frozen + 900:
+        time.sleep(10)  # PID 1 stopped: no unit starts, logins stall; then the reset, a boot
+        try:
+            back = vm.ssh("cat /proc/sys/kernel/random/boot_id", check=False, timeout=60).strip()
+        except subprocess.TimeoutExpired:
+            back = ""
+    assert back not in (boot_id, ""), "the host neither answered again nor rebooted"
+    print(f"hung host reset and answering SSH again after {time.monotonic() - frozen:.0f} s")
