@@ -106,6 +106,9 @@ def cluster(
             shutil.copytree(state_root, logs, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("*.qcow2", "*.fd", "*.iso", "*.sock"))
             print(f"serial logs kept in {logs}")
+            for log in sorted(logs.rglob("serial.log")):  # CI keeps only what is printed
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+                print(f"--- last lines of {log.relative_to(logs)} ---\n{tail}")
         down(spec, state_root)
 
 
