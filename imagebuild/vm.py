@@ -133,6 +133,14 @@ def make_seed_iso(seed_dir: Path, dest: Path) -> Path:
     return dest
 
 
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` of a log file ("" when there is none)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
 # Options of every SSH to a guest (ours and pytest-testinfra's). Keepalives: a guest gone
 # mid-session (rebooted, panicked) leaves QEMU's user-net holding the host side open, so only
 # they end the client.
@@ -294,7 +302,14 @@ class VM:
 
     def serial_tail(self, lines: int = 40) -> str:
         """The console's last lines, for an error report (a hung or panicked guest says why)."""
-        return "\n".join(self.serial().splitlines()[-lines:])
+        return log_tail(Path(str(self.serial_log)), lines)
+
+    def probe(self, command: str, timeout: float = 60) -> str:
+        """``command``'s output, or "" while the guest does not answer (booting, hung)."""
+        try:
+            return self.ssh(command, check=False, timeout=timeout).strip()
+        except subprocess.TimeoutExpired:
+            return ""
 
     def stop(self, timeout: float = 60) -> None:
         """Ask the guest to power off (ACPI), then kill QEMU if it does not."""

@@ -40,6 +40,7 @@ from imagebuild.clusterupdate import RESTING, Prober, lock_holders, watch
 from imagebuild.config import parse_image_file
 from imagebuild.pipeline import BuildResult, build
 from imagebuild.updatelab import print_status, tidehost
+from imagebuild.vm import log_tail
 from imagebuild.vmcluster import ClusterState, UpOptions, down, status, up
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
@@ -107,8 +108,7 @@ def cluster(
                             ignore=shutil.ignore_patterns("*.qcow2", "*.fd", "*.iso", "*.sock"))
             print(f"serial logs kept in {logs}")
             for log in sorted(logs.rglob("serial.log")):  # CI keeps only what is printed
-                tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
-                print(f"--- last lines of {log.relative_to(logs)} ---\n{tail}")
+                print(f"--- last lines of {log.relative_to(logs)} ---\n{log_tail(log, 25)}")
         down(spec, state_root)
 
 
