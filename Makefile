@@ -7,13 +7,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-# What the build machine needs: image build (mmdebstrap, squashfs/erofs, verity, GPT, ESP
-# through mtools), QEMU with UEFI firmware, a NoCloud seed, a real etcd and cloud-init for the
-# tests, ssh for pytest-testinfra.
-APT_PACKAGES := mmdebstrap uidmap arch-test squashfs-tools erofs-utils cryptsetup-bin fdisk \
-	mtools dosfstools e2fsprogs zstd qemu-system-x86 qemu-utils ovmf genisoimage \
-	openssh-client netcat-openbsd etcd-server etcd-client cloud-init iproute2 python3-venv \
-	vagrant vagrant-libvirt systemd util-linux tar gzip
+# What each part needs on the build machine, installed without recommends (the list is the
+# whole set: nothing else is pulled in but their dependencies).
+APT_IMAGE := mmdebstrap mount gpg squashfs-tools erofs-utils cryptsetup-bin fdisk mtools \
+	dosfstools e2fsprogs zstd qemu-utils genisoimage systemd util-linux tar gzip gcc libc6-dev
+APT_VM := qemu-system-x86 ovmf openssh-client netcat-openbsd iproute2
+APT_TEST := etcd-server etcd-client cloud-init python3-venv casync softhsm2 opensc
+APT_BOOT := swtpm swtpm-tools sbsigntool efitools
+APT_FLEET := chromium chromium-driver
+APT_VAGRANT := vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients dnsmasq-base
+APT_PACKAGES := $(APT_IMAGE) $(APT_VM) $(APT_TEST) $(APT_BOOT) $(APT_FLEET) $(APT_VAGRANT)
 
 .PHONY: setup apt venv demo test test-fast bench clean
 
@@ -26,7 +29,7 @@ apt:
 	if [ -n "$$missing" ]; then \
 		echo "apt-get: installing$$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -q && apt-get install -y -q $$missing; \
+		apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
 	else echo "apt-get: all $(words $(APT_PACKAGES)) system packages present"; fi
 	@# Debian starts etcd and cloud-init services on install where it can; the tests start their own.
 	@systemctl disable --now etcd >/dev/null 2>&1 || true
