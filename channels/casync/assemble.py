@@ -65,8 +65,7 @@ class AssembleResult:
 class _Run:
     """One execution's state: open seeds, the cache, byte counts."""
 
-    def __init__(self, index: BlobIndex, cache: ChunkStore, fetch: Fetch | None,
-                 name: str) -> None:  # fmt: skip
+    def __init__(self, index: BlobIndex, cache: ChunkStore, fetch: Fetch | None, name: str) -> None:
         self.index, self.cache, self.fetch, self.name = index, cache, fetch, name
         self.sizes = {c.id: c.size for c in index.chunks}
         self.seeds: dict[Path, int] = {}
@@ -89,8 +88,14 @@ class _Run:
             raise ChunkMissingError(f"{self.name}: chunk {cid}: {e}") from e
 
     def _keep(self, cid: str, raw: bytes) -> None:
-        decode_chunk(raw, cid, max_size=self.index.chunk_size_max, size=self.sizes[cid],
-                     digest=self.index.digest, name=f"{self.name}: fetched chunk {cid}")  # fmt: skip
+        decode_chunk(
+            raw,
+            cid,
+            max_size=self.index.chunk_size_max,
+            size=self.sizes[cid],
+            digest=self.index.digest,
+            name=f"{self.name}: fetched chunk {cid}",
+        )
         try:
             self.cache.put_encoded(cid, raw)
         except OSError as e:
@@ -121,8 +126,12 @@ class _Run:
         """The cached chunk, verified; one that vanished or rotted there is fetched again."""
         for attempt in (1, 2):
             try:
-                return self.cache.get(cid, max_size=self.index.chunk_size_max,
-                                      size=self.sizes[cid], digest=self.index.digest)  # fmt: skip
+                return self.cache.get(
+                    cid,
+                    max_size=self.index.chunk_size_max,
+                    size=self.sizes[cid],
+                    digest=self.index.digest,
+                )
             except (ChunkMissingError, ChunkVerificationError) as e:
                 if attempt == 2 or self.fetch is None:
                     raise
@@ -148,10 +157,19 @@ class _Run:
         return None
 
 
-def execute(plan: Plan, index: BlobIndex, output: Path, *, cache: ChunkStore,
-            fetch: Fetch | None = None, workers: int = 4, expected_sha256: str | None = None,
-            in_place: bool | None = None, clean_cache: bool = True,
-            name: str = "") -> AssembleResult:  # fmt: skip
+def execute(
+    plan: Plan,
+    index: BlobIndex,
+    output: Path,
+    *,
+    cache: ChunkStore,
+    fetch: Fetch | None = None,
+    workers: int = 4,
+    expected_sha256: str | None = None,
+    in_place: bool | None = None,
+    clean_cache: bool = True,
+    name: str = "",
+) -> AssembleResult:
     """Assemble ``index`` into ``output`` by ``plan`` (see the module docstring).
 
     ``in_place`` None: in place for a block device, through a temporary file otherwise.
@@ -183,19 +201,30 @@ def execute(plan: Plan, index: BlobIndex, output: Path, *, cache: ChunkStore,
         for cid in {s.chunk.id for s in plan.steps if s.source is not Source.SEED}:
             cache.remove(cid)
     result = AssembleResult(
-        total_bytes=plan.total_bytes, fetched_bytes=run.fetched_raw,
-        fetched_chunk_bytes=run.fetched, fetched_chunks=run.fetched_n,
-        reused_bytes=plan.seed_bytes - sum(missed), cached_bytes=plan.cache_bytes,
-        seed_misses=len(missed), sha256=sha,
-    )  # fmt: skip
-    log.info("%s: assembled %d bytes: %d fetched (%d on the wire), %d from seeds, %d cached",
-             name, result.total_bytes, result.fetched_chunk_bytes, result.fetched_bytes,
-             result.reused_bytes, result.cached_bytes)  # fmt: skip
+        total_bytes=plan.total_bytes,
+        fetched_bytes=run.fetched_raw,
+        fetched_chunk_bytes=run.fetched,
+        fetched_chunks=run.fetched_n,
+        reused_bytes=plan.seed_bytes - sum(missed),
+        cached_bytes=plan.cache_bytes,
+        seed_misses=len(missed),
+        sha256=sha,
+    )
+    log.info(
+        "%s: assembled %d bytes: %d fetched (%d on the wire), %d from seeds, %d cached",
+        name,
+        result.total_bytes,
+        result.fetched_chunk_bytes,
+        result.fetched_bytes,
+        result.reused_bytes,
+        result.cached_bytes,
+    )
     return result
 
 
-def _write(run: _Run, plan: Plan, target: Path, in_place: bool,
-           expected_sha256: str | None) -> tuple[str, list[int]]:  # fmt: skip
+def _write(
+    run: _Run, plan: Plan, target: Path, in_place: bool, expected_sha256: str | None
+) -> tuple[str, list[int]]:
     """Write every step to ``target``; return the sha256 written and the missed seed sizes."""
     flags = os.O_WRONLY | os.O_CLOEXEC | (0 if in_place else os.O_CREAT | os.O_EXCL)
     try:
@@ -207,8 +236,9 @@ def _write(run: _Run, plan: Plan, target: Path, in_place: bool,
     try:
         if in_place and (room := os.lseek(fd, 0, os.SEEK_END)) < plan.total_bytes:
             if stat.S_ISBLK(os.fstat(fd).st_mode):
-                raise AssembleOutputError(f"{target}: {room} bytes, too small for "
-                                          f"{plan.total_bytes}")  # fmt: skip
+                raise AssembleOutputError(
+                    f"{target}: {room} bytes, too small for {plan.total_bytes}"
+                )
         for step in plan.steps:
             data = run.from_seed(step) if step.source is Source.SEED else None
             if step.source is Source.SEED and data is None:
@@ -227,8 +257,10 @@ def _write(run: _Run, plan: Plan, target: Path, in_place: bool,
     finally:
         os.close(fd)
     if expected_sha256 is not None and sha.hexdigest() != expected_sha256:
-        raise CasyncIndexError(f"{run.name}: assembles to sha256 {sha.hexdigest()[:12]}…, "
-                               f"the signed file has {expected_sha256[:12]}…")  # fmt: skip
+        raise CasyncIndexError(
+            f"{run.name}: assembles to sha256 {sha.hexdigest()[:12]}…, "
+            f"the signed file has {expected_sha256[:12]}…"
+        )
     return sha.hexdigest(), missed
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 WINDOW = 48
 """``CA_CHUNKER_WINDOW_SIZE``: the hash covers the last 48 bytes of the chunk so far."""
 
+# fmt: off
 TABLE: tuple[int, ...] = (
     0x458be752, 0xc10748cc, 0xfbbcdbb8, 0x6ded5b68,
     0xb10a82b5, 0x20d75648, 0xdfc5665f, 0xa8428801,
@@ -78,6 +79,7 @@ TABLE: tuple[int, ...] = (
     0x5eff22f4, 0x6027f4cc, 0x77178b3c, 0xae507131,
     0x7bf7cabc, 0xf9c18d66, 0x593ade65, 0xd95ddf11,
 )
+# fmt: on
 
 _MASK = 0xFFFFFFFF
 

@@ -68,7 +68,8 @@ class ChunkerParams:
             raise ChunkParamsError(f"chunk sizes {sizes}: not integers")
         if not SIZE_LIMIT_MIN <= self.min_size <= self.avg_size <= self.max_size <= SIZE_LIMIT_MAX:
             raise ChunkParamsError(
-                f"chunk sizes {sizes}: need {SIZE_LIMIT_MIN} <= min <= avg <= max <= {SIZE_LIMIT_MAX}"
+                f"chunk sizes {sizes}: need {SIZE_LIMIT_MIN} <= min <= avg <= max"
+                f" <= {SIZE_LIMIT_MAX}"
             )
         if self.min_size < WINDOW:
             raise ChunkParamsError(f"chunk sizes {sizes}: min must be at least {WINDOW} bytes")
@@ -81,7 +82,7 @@ class ChunkerParams:
 
     @classmethod
     def parse(cls, text: str) -> ChunkerParams:
-        """``MIN:AVG:MAX`` or ``AVG`` in bytes (a ``K``/``M`` suffix allowed), as casync's option."""
+        """``MIN:AVG:MAX`` or ``AVG`` in bytes (``K``/``M`` suffixes allowed), as casync's."""
         parts = text.split(":")
         try:
             sizes = [_parse_size(p) for p in parts]
@@ -211,7 +212,8 @@ def default_cutter() -> Cutter:
     if path is None:
         log.warning(
             "casync chunker library %s not found in %s; chunking in pure Python (~1 MB/s)",
-            fastchunk.LIBRARY_NAME, " or ".join(str(p) for p in fastchunk.library_dirs()),
+            fastchunk.LIBRARY_NAME,
+            " or ".join(str(p) for p in fastchunk.library_dirs()),
         )
         return PYTHON_CUTTER
     try:
@@ -228,8 +230,12 @@ def default_cutter() -> Cutter:
 def agrees_with_reference(cutter: Cutter) -> bool:
     """Check ``cutter`` against ``PythonCutter`` on 256 KiB of fixed pseudo-random bytes."""
     data = random.Random(12).randbytes(256 * 1024)
-    for params in (ChunkerParams(48, 192, 768), ChunkerParams(64, 256, 1024),
-                   ChunkerParams(100, 100, 100), ChunkerParams(2048, 8192, 32768)):  # fmt: skip
+    for params in (
+        ChunkerParams(48, 192, 768),
+        ChunkerParams(64, 256, 1024),
+        ChunkerParams(100, 100, 100),
+        ChunkerParams(2048, 8192, 32768),
+    ):
         if cutter.scan(data, params) != PYTHON_CUTTER.scan(data, params):
             return False
     return True

@@ -38,7 +38,9 @@ if TYPE_CHECKING:
 
 def _table(name: str, values: tuple[int, ...]) -> str:
     rows = [", ".join(f"0x{v:08x}" for v in values[i : i + 4]) for i in range(0, 256, 4)]
-    return f"static const uint32_t {name}[256] = {{\n        " + ",\n        ".join(rows) + ",\n};\n"
+    return (
+        f"static const uint32_t {name}[256] = {{\n        " + ",\n        ".join(rows) + ",\n};\n"
+    )
 
 
 C_SOURCE = (
@@ -132,8 +134,9 @@ def build_shared_library(dest: Path, run: Runner, *, cc: str = "gcc") -> Path:
         src = Path(tmp) / "cachunker.c"
         src.write_text(C_SOURCE)
         out = Path(tmp) / dest.name
-        run([cc, "-O2", "-shared", "-fPIC", "-nostdlib", "-ffreestanding", "-o", str(out),
-             str(src)])  # fmt: skip
+        run(
+            [cc, "-O2", "-shared", "-fPIC", "-nostdlib", "-ffreestanding", "-o", str(out), str(src)]
+        )
         out.chmod(0o644)
         os.replace(out, dest)
     return dest
@@ -155,15 +158,23 @@ class CCutter:
         lib = ctypes.CDLL(str(self.path))  # CDLL releases the GIL during each call
         fn = lib.tidehost_casync_scan
         fn.restype = ctypes.c_size_t
-        fn.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t,
-                       ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t), ctypes.c_size_t]  # fmt: skip
+        fn.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_size_t,
+            ctypes.c_size_t,
+            ctypes.c_size_t,
+            ctypes.POINTER(ctypes.c_size_t),
+            ctypes.c_size_t,
+        ]
         self._fn = fn
 
     def scan(self, buf: bytes, params: ChunkerParams) -> list[int]:
         cap = len(buf) // params.min_size + 1
         ends = (ctypes.c_size_t * cap)()
-        count = self._fn(bytes(buf), len(buf), params.min_size, params.max_size,
-                         params.discriminator, ends, cap)  # fmt: skip
+        count = self._fn(
+            bytes(buf), len(buf), params.min_size, params.max_size, params.discriminator, ends, cap
+        )
         return ends[:count]
 
 

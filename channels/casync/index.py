@@ -36,8 +36,12 @@ CA_FORMAT_EXCLUDE_FILE = 0x1000000000000000
 CA_FORMAT_SHA512_256 = 0x2000000000000000
 CA_FORMAT_EXCLUDE_SUBMOUNTS = 0x4000000000000000
 CA_FORMAT_EXCLUDE_NODUMP = 0x8000000000000000
-BLOB_FLAGS = (CA_FORMAT_EXCLUDE_FILE | CA_FORMAT_SHA512_256 | CA_FORMAT_EXCLUDE_SUBMOUNTS
-              | CA_FORMAT_EXCLUDE_NODUMP)  # fmt: skip
+BLOB_FLAGS = (
+    CA_FORMAT_EXCLUDE_FILE
+    | CA_FORMAT_SHA512_256
+    | CA_FORMAT_EXCLUDE_SUBMOUNTS
+    | CA_FORMAT_EXCLUDE_NODUMP
+)
 """Every bit a blob index may carry; a ``with-*`` bit means an archive index (``.caidx``)."""
 CASYNC_MAKE_FLAGS = CA_FORMAT_EXCLUDE_NODUMP | CA_FORMAT_EXCLUDE_FILE | CA_FORMAT_SHA512_256
 
@@ -83,10 +87,13 @@ class BlobIndex:
     feature_flags: int = CASYNC_MAKE_FLAGS
 
     @classmethod
-    def build(cls, params: ChunkerParams, chunks: Iterable[IndexChunk],
-              feature_flags: int = CASYNC_MAKE_FLAGS) -> BlobIndex:  # fmt: skip
-        return cls(params.min_size, params.avg_size, params.max_size, tuple(chunks),
-                   feature_flags)  # fmt: skip
+    def build(
+        cls,
+        params: ChunkerParams,
+        chunks: Iterable[IndexChunk],
+        feature_flags: int = CASYNC_MAKE_FLAGS,
+    ) -> BlobIndex:
+        return cls(params.min_size, params.avg_size, params.max_size, tuple(chunks), feature_flags)
 
     @property
     def params(self) -> ChunkerParams:
@@ -103,13 +110,25 @@ class BlobIndex:
 
     def to_bytes(self) -> bytes:
         """The index file's bytes; refuses chunks that do not tile the blob within max."""
-        out = [HEAD.pack(48, CA_FORMAT_INDEX, self.feature_flags, self.chunk_size_min,
-                         self.chunk_size_avg, self.chunk_size_max, UINT64_MAX, CA_FORMAT_TABLE)]  # fmt: skip
+        out = [
+            HEAD.pack(
+                48,
+                CA_FORMAT_INDEX,
+                self.feature_flags,
+                self.chunk_size_min,
+                self.chunk_size_avg,
+                self.chunk_size_max,
+                UINT64_MAX,
+                CA_FORMAT_TABLE,
+            )
+        ]
         end = 0
         for i, c in enumerate(self.chunks):
             if len(c.id) != 64 or c.offset != end or not 0 < c.size <= self.chunk_size_max:
-                raise ValueError(f"chunk {i} ({c.offset}+{c.size}, id {c.id!r}) does not follow "
-                                 f"{end} within max {self.chunk_size_max}")  # fmt: skip
+                raise ValueError(
+                    f"chunk {i} ({c.offset}+{c.size}, id {c.id!r}) does not follow "
+                    f"{end} within max {self.chunk_size_max}"
+                )
             end = c.end
             out.append(ITEM.pack(end, bytes.fromhex(c.id)))
         n = len(self.chunks)
@@ -165,7 +184,9 @@ def _parse(data: bytes, name: str) -> BlobIndex:
         raise bad("the table tail is missing or wrong (truncated, or trailing bytes)")
     chunks = []
     prev = 0
-    for i, (end, raw_id) in enumerate(ITEM.iter_unpack(data[HEAD_SIZE : HEAD_SIZE + ITEM_SIZE * n])):
+    for i, (end, raw_id) in enumerate(
+        ITEM.iter_unpack(data[HEAD_SIZE : HEAD_SIZE + ITEM_SIZE * n])
+    ):
         if end <= prev:
             raise bad(f"chunk {i} ends at {end}, not after {prev}")
         if end - prev > mx:

@@ -27,9 +27,15 @@ class MakeStats:
     stored_bytes: int  # compressed, written to the store
 
 
-def index_stream(f: BinaryIO, params: ChunkerParams = DEFAULT_PARAMS, *,
-                 store: ChunkStore | None = None, cutter: Cutter | None = None,
-                 size: int | None = None, level: int = ZSTD_LEVEL) -> tuple[BlobIndex, MakeStats]:  # fmt: skip
+def index_stream(
+    f: BinaryIO,
+    params: ChunkerParams = DEFAULT_PARAMS,
+    *,
+    store: ChunkStore | None = None,
+    cutter: Cutter | None = None,
+    size: int | None = None,
+    level: int = ZSTD_LEVEL,
+) -> tuple[BlobIndex, MakeStats]:
     """Chunk a stream (its first ``size`` bytes if given) into an index; store new chunks.
 
     OSError of the stream or the store propagates: the caller names what failed.
@@ -47,16 +53,27 @@ def index_stream(f: BinaryIO, params: ChunkerParams = DEFAULT_PARAMS, *,
     return index, MakeStats(len(chunks), index.total_size, new, new_bytes, stored)
 
 
-def make_blob(path: Path, store: ChunkStore | None, params: ChunkerParams = DEFAULT_PARAMS, *,
-              cutter: Cutter | None = None, level: int = ZSTD_LEVEL) -> tuple[BlobIndex, MakeStats]:  # fmt: skip
+def make_blob(
+    path: Path,
+    store: ChunkStore | None,
+    params: ChunkerParams = DEFAULT_PARAMS,
+    *,
+    cutter: Cutter | None = None,
+    level: int = ZSTD_LEVEL,
+) -> tuple[BlobIndex, MakeStats]:
     """``casync make --store=STORE --chunk-size=PARAMS x.caibx PATH``, minus writing x.caibx
     (``BlobIndex.write`` does that, wherever the caller wants it)."""
     with open(path, "rb") as f:
         return index_stream(f, params, store=store, cutter=cutter, level=level)
 
 
-def index_blob(path: Path, params: ChunkerParams = DEFAULT_PARAMS, *,
-               cutter: Cutter | None = None, size: int | None = None) -> BlobIndex:  # fmt: skip
+def index_blob(
+    path: Path,
+    params: ChunkerParams = DEFAULT_PARAMS,
+    *,
+    cutter: Cutter | None = None,
+    size: int | None = None,
+) -> BlobIndex:
     """The index of a file or block device (its first ``size`` bytes if given), nothing stored."""
     with open(path, "rb") as f:
         return index_stream(f, params, cutter=cutter, size=size)[0]

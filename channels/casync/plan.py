@@ -48,8 +48,14 @@ class Plan:
         return self.fetch_bytes / self.total_bytes if self.total_bytes else 0.0
 
 
-def plan_assembly(index: BlobIndex, seeds: Sequence[SeedIndex], cached: Collection[str] = (),
-                  *, name: str = "index", expected_size: int | None = None) -> Plan:  # fmt: skip
+def plan_assembly(
+    index: BlobIndex,
+    seeds: Sequence[SeedIndex],
+    cached: Collection[str] = (),
+    *,
+    name: str = "index",
+    expected_size: int | None = None,
+) -> Plan:
     """The plan for ``index`` from ``seeds`` and the ids in the cache.
 
     Raises:
@@ -79,8 +85,10 @@ def plan_assembly(index: BlobIndex, seeds: Sequence[SeedIndex], cached: Collecti
             steps.append(Step(chunk, Source.FETCH))
             fetch.setdefault(chunk.id, chunk.size)
     return Plan(
-        tuple(steps), tuple(fetch), index.total_size,
+        tuple(steps),
+        tuple(fetch),
+        index.total_size,
         seed_bytes=sum(s.chunk.size for s in steps if s.source is Source.SEED),
         cache_bytes=sum(s.chunk.size for s in steps if s.source is Source.CACHE),
         fetch_bytes=sum(fetch.values()),
-    )  # fmt: skip
+    )

@@ -38,8 +38,9 @@ class SeedIndex:
     chunks: Mapping[str, SeedChunk]
 
 
-def index_seed(path: Path, params: ChunkerParams, *, size: int | None = None,
-               cutter: Cutter | None = None) -> SeedIndex:  # fmt: skip
+def index_seed(
+    path: Path, params: ChunkerParams, *, size: int | None = None, cutter: Cutter | None = None
+) -> SeedIndex:
     """Chunk a seed file or block device (its first ``size`` bytes if given).
 
     ``size`` helps with a slot device bigger than the image it holds: chunking just the old

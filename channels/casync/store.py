@@ -50,8 +50,16 @@ def encode_chunk(data: bytes | memoryview, level: int = ZSTD_LEVEL) -> bytes:
     return zstandard.ZstdCompressor(level=level).compress(data)
 
 
-def decode_chunk(raw: bytes, cid: str, *, max_size: int, size: int | None = None,
-                 digest: str = "sha512-256", name: str = "", compressed: bool = True) -> bytes:  # fmt: skip
+def decode_chunk(
+    raw: bytes,
+    cid: str,
+    *,
+    max_size: int,
+    size: int | None = None,
+    digest: str = "sha512-256",
+    name: str = "",
+    compressed: bool = True,
+) -> bytes:
     """The chunk's bytes, only if they hash to ``cid`` (and are ``size`` long, if given).
 
     ``max_size`` bounds decompression (the index's maximum chunk size). ``name`` says where
@@ -153,16 +161,24 @@ class ChunkStore:
             raise ChunkMissingError(f"{self.root}: no chunk store there")
         raise ChunkMissingError(f"{p}: chunk missing from the store")
 
-    def get(self, cid: str, *, max_size: int, size: int | None = None,
-            digest: str = "sha512-256") -> bytes:  # fmt: skip
+    def get(
+        self, cid: str, *, max_size: int, size: int | None = None, digest: str = "sha512-256"
+    ) -> bytes:
         """The chunk's verified bytes (see ``decode_chunk``).
 
         Raises:
             ChunkMissingError: not in the store. ChunkVerificationError: corrupt.
         """
         raw, compressed = self.read_raw(cid)
-        return decode_chunk(raw, cid, max_size=max_size, size=size, digest=digest,
-                            name=str(self.path(cid)), compressed=compressed)  # fmt: skip
+        return decode_chunk(
+            raw,
+            cid,
+            max_size=max_size,
+            size=size,
+            digest=digest,
+            name=str(self.path(cid)),
+            compressed=compressed,
+        )
 
     def remove(self, cid: str) -> None:
         p = self.path(cid)
