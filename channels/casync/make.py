@@ -36,19 +36,27 @@ def index_stream(
     size: int | None = None,
     level: int = ZSTD_LEVEL,
 ) -> tuple[BlobIndex, MakeStats]:
-    """Chunk a stream (its first ``size`` bytes if given) into an index; store new chunks.
+    """Chunk a stream (its first ``size`` bytes if given) into an index; store new chunks
+    (committed to a durable store before this returns, discarded if it raises).
 
     OSError of the stream or the store propagates: the caller names what failed.
     """
     chunks: list[IndexChunk] = []
     new = new_bytes = stored = 0
-    for offset, data in iter_chunks(f, params, cutter=cutter, size=size):
-        cid = chunk_id(data)
-        chunks.append(IndexChunk(offset, len(data), cid))
+    try:
+        for offset, data in iter_chunks(f, params, cutter=cutter, size=size):
+            cid = chunk_id(data)
+            chunks.append(IndexChunk(offset, len(data), cid))
+            if store is not None:
+                written = store.put(cid, data, level=level)
+                if written:
+                    new, new_bytes, stored = new + 1, new_bytes + len(data), stored + written
         if store is not None:
-            written = store.put(cid, data, level=level)
-            if written:
-                new, new_bytes, stored = new + 1, new_bytes + len(data), stored + written
+            store.commit()
+    except BaseException:
+        if store is not None:
+            store.discard()
+        raise
     index = BlobIndex.build(params, chunks, CASYNC_MAKE_FLAGS)
     return index, MakeStats(len(chunks), index.total_size, new, new_bytes, stored)
 

@@ -19,6 +19,7 @@ import re
 import secrets
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import zstandard
@@ -102,45 +103,69 @@ def _decompress(raw: bytes, bound: int, where: str) -> bytes:
 class ChunkStore:
     """A local ``.castr`` directory: the repository's store, a mirror, or a host's cache.
 
-    ``durable`` fsyncs each new chunk before its rename (publishing); a cache whose chunks are
-    verified again when used does without.
+    ``durable`` (publishing): a new chunk is written to its temporary name and becomes
+    visible only at ``commit()``, which fsyncs the batch (in parallel: one fsync per chunk in
+    turn costs ~4 ms, 45 s for a 200 MB image at 16 KiB chunks) and then links each to its
+    final name. So a final name always holds a whole chunk, even after a crash, which
+    matters because a stored chunk is never written again. Without ``durable`` (a host's
+    cache, verified again when used) a chunk is visible at once and never fsynced.
     """
 
     def __init__(self, root: Path, *, durable: bool = True) -> None:
         self.root = Path(root)
         self.durable = durable
+        self._pending: dict[str, Path] = {}
 
     def path(self, cid: str) -> Path:
         return self.root / chunk_relpath(cid)
 
     def has(self, cid: str) -> bool:
         p = self.path(cid)
-        return p.is_file() or p.with_suffix("").is_file()
+        return cid in self._pending or p.is_file() or p.with_suffix("").is_file()
 
     def put(self, cid: str, data: bytes | memoryview, *, level: int = ZSTD_LEVEL) -> int:
         """Store a chunk (``cid`` must be its id) unless stored; the bytes written or 0."""
-        if self.path(cid).is_file():
+        if cid in self._pending or self.path(cid).is_file():
             return 0
         return self.put_encoded(cid, encode_chunk(data, level))
 
     def put_encoded(self, cid: str, raw: bytes) -> int:
         """Store an already compressed chunk (e.g. as fetched and verified); bytes or 0."""
         final = self.path(cid)
+        if cid in self._pending or final.is_file():
+            return 0
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f"{cid}.{secrets.token_hex(8)}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(raw)
-                if self.durable:
-                    f.flush()
-                    os.fsync(f.fileno())
-            try:
-                os.link(tmp, final)  # rename without replacing: a stored chunk never changes
-            except FileExistsError:
-                return 0
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if self.durable:
+            self._pending[cid] = tmp
             return len(raw)
+        return len(raw) if _link_once(tmp, final) else 0
+
+    def commit(self) -> None:
+        """Make the chunks put since the last commit durable, then visible (durable store)."""
+        pending, self._pending = self._pending, {}
+        try:
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                list(pool.map(_fsync_path, pending.values()))
+            for cid, tmp in pending.items():
+                _link_once(tmp, self.path(cid))
+            for d in {tmp.parent for tmp in pending.values()} | ({self.root} if pending else set()):
+                _fsync_path(d)
         finally:
+            for tmp in pending.values():
+                tmp.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """Drop the chunks put since the last commit (a failed publish)."""
+        pending, self._pending = self._pending, {}
+        for tmp in pending.values():
             tmp.unlink(missing_ok=True)
 
     def read_raw(self, cid: str) -> tuple[bytes, bool]:
@@ -150,6 +175,8 @@ class ChunkStore:
             ChunkMissingError: the store or the chunk is missing or unreadable.
         """
         p = self.path(cid)
+        if cid in self._pending:
+            return self._pending[cid].read_bytes(), True
         for path, compressed in ((p, True), (p.with_suffix(""), False)):
             try:
                 return path.read_bytes(), compressed
@@ -194,3 +221,22 @@ class ChunkStore:
                 continue
             found = {f.name.removesuffix(SUFFIX) for f in sub.iterdir()}
             yield from sorted(c for c in found if _ID.fullmatch(c) and c.startswith(sub.name))
+
+
+def _link_once(tmp: Path, final: Path) -> bool:
+    """Give ``tmp`` its final name unless it has one (casync's rename without replacing)."""
+    try:
+        os.link(tmp, final)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -31,6 +31,8 @@ def store(tmp_path: Path) -> ChunkStore:
 def test_layout_mode_and_round_trip(store: ChunkStore) -> None:
     written = store.put(CID, DATA)
     path = store.root / CID[:4] / f"{CID}.cacnk"
+    assert not path.exists() and store.get(CID, max_size=65536) == DATA  # until commit()
+    store.commit()
     assert written == path.stat().st_size > 0
     assert chunk_relpath(CID) == f"{CID[:4]}/{CID}.cacnk"
     assert stat.S_IMODE(path.stat().st_mode) == 0o444
@@ -43,10 +45,26 @@ def test_layout_mode_and_round_trip(store: ChunkStore) -> None:
 
 def test_a_chunk_is_stored_once(store: ChunkStore) -> None:
     store.put(CID, DATA)
+    assert store.put(CID, DATA) == 0  # pending counts as stored
+    store.commit()
     path = store.path(CID)
     before = path.stat()
     assert store.put(CID, DATA) == 0 and store.put_encoded(CID, encode_chunk(DATA, 19)) == 0
     assert path.stat().st_ino == before.st_ino and path.stat().st_mtime_ns == before.st_mtime_ns
+
+
+def test_a_failed_publish_leaves_no_chunk_visible(store: ChunkStore) -> None:
+    store.put(CID, DATA)
+    store.discard()
+    assert not store.has(CID) and list(store.root.rglob("*.tmp")) == []
+    store.commit()
+    assert list(store.ids()) == []
+
+
+def test_a_cache_store_shows_chunks_at_once(tmp_path: Path) -> None:
+    cache = ChunkStore(tmp_path / "cache", durable=False)
+    cache.put(CID, DATA)
+    assert cache.path(CID).is_file() and list(cache.root.rglob("*.tmp")) == []
 
 
 def test_uncompressed_and_xz_chunks_are_read_too(store: ChunkStore) -> None:
@@ -80,6 +98,7 @@ def test_we_read_and_verify_every_chunk_casync_writes(tmp_path: Path) -> None:
 def test_a_chunk_that_does_not_hash_to_its_id_is_refused(store: ChunkStore) -> None:
     other = DATA[:-1] + b"!"
     store.put(CID, other)  # a corrupt store: the file under CID holds other bytes
+    store.commit()
     with pytest.raises(ChunkVerificationError, match=f"{store.path(CID)}: .*does not hash"):
         store.get(CID, max_size=65536)
 
@@ -115,6 +134,7 @@ def test_missing_chunk_and_missing_store_name_the_path(store: ChunkStore, tmp_pa
     with pytest.raises(ChunkMissingError, match=f"{store.root}: no chunk store there"):
         store.get(CID, max_size=65536)
     store.put(chunk_id(b"x"), b"x")
+    store.commit()
     with pytest.raises(ChunkMissingError, match=f"{store.path(CID)}: chunk missing"):
         store.get(CID, max_size=65536)
 
