@@ -39,8 +39,9 @@ P = ChunkerParams(1024, 4096, 16384)
 class Fetcher:
     """``fetch(id)`` over a local store, as the HTTP one is over the served store."""
 
-    def __init__(self, store: ChunkStore, *, fail_at: int | None = None,
-                 swap: dict[str, bytes] | None = None) -> None:
+    def __init__(
+        self, store: ChunkStore, *, fail_at: int | None = None, swap: dict[str, bytes] | None = None
+    ) -> None:
         self.store, self.fail_at, self.swap = store, fail_at, swap or {}
         self.calls: list[str] = []
         self.lock = threading.Lock()
@@ -56,8 +57,11 @@ class Fetcher:
 @pytest.fixture(scope="module")
 def cutter(tmp_path_factory: pytest.TempPathFactory) -> fastchunk.CCutter:
     lib = tmp_path_factory.mktemp("lib") / fastchunk.LIBRARY_NAME
-    return fastchunk.load(fastchunk.build_shared_library(
-        lib, lambda argv: subprocess.run(argv, check=True, capture_output=True)))
+    return fastchunk.load(
+        fastchunk.build_shared_library(
+            lib, lambda argv: subprocess.run(argv, check=True, capture_output=True)
+        )
+    )
 
 
 def seed_of(path: Path, index: BlobIndex, cutter: fastchunk.CCutter, **kw: int) -> SeedIndex:
@@ -75,8 +79,15 @@ def release(tmp_path: Path, cutter: fastchunk.CCutter) -> dict:
     store = ChunkStore(tmp_path / "published/chunks.castr")
     index, _ = make_blob(tmp_path / "v2", store, P, cutter=cutter)
     index.write(tmp_path / "v2.caibx")
-    return {"tmp": tmp_path, "index": index, "store": store, "v1": tmp_path / "v1",
-            "v2": bytes(v2), "cache": ChunkStore(tmp_path / "cache", durable=False), "cutter": cutter}
+    return {
+        "tmp": tmp_path,
+        "index": index,
+        "store": store,
+        "v1": tmp_path / "v1",
+        "v2": bytes(v2),
+        "cache": ChunkStore(tmp_path / "cache", durable=False),
+        "cutter": cutter,
+    }
 
 
 def sha256(b: bytes) -> str:
@@ -91,13 +102,33 @@ def ic(offset: int, size: int, cid: str) -> IndexChunk:
 
 
 def test_plan_takes_seeds_then_the_cache_then_fetches_each_id_once() -> None:
-    index = BlobIndex.build(P, [ic(0, 2000, "a"), ic(2000, 3000, "b"), ic(5000, 1500, "c"),
-                                ic(6500, 3000, "b"), ic(9500, 1500, "c"), ic(11000, 100, "d")])
-    seed = SeedIndex(Path("/dev/usr-a"), P, "sha512-256", 10**6,
-                     {"a" * 64: SeedChunk(Path("/dev/usr-a"), 777, 2000)})
+    index = BlobIndex.build(
+        P,
+        [
+            ic(0, 2000, "a"),
+            ic(2000, 3000, "b"),
+            ic(5000, 1500, "c"),
+            ic(6500, 3000, "b"),
+            ic(9500, 1500, "c"),
+            ic(11000, 100, "d"),
+        ],
+    )
+    seed = SeedIndex(
+        Path("/dev/usr-a"),
+        P,
+        "sha512-256",
+        10**6,
+        {"a" * 64: SeedChunk(Path("/dev/usr-a"), 777, 2000)},
+    )
     plan = plan_assembly(index, [seed], cached={"d" * 64}, expected_size=11100)
-    assert [s.source for s in plan.steps] == [Source.SEED, Source.FETCH, Source.FETCH,
-                                              Source.FETCH, Source.FETCH, Source.CACHE]
+    assert [s.source for s in plan.steps] == [
+        Source.SEED,
+        Source.FETCH,
+        Source.FETCH,
+        Source.FETCH,
+        Source.FETCH,
+        Source.CACHE,
+    ]
     assert plan.steps[0].seed == SeedChunk(Path("/dev/usr-a"), 777, 2000)
     assert plan.fetch_ids == ("b" * 64, "c" * 64)
     assert (plan.seed_bytes, plan.cache_bytes, plan.fetch_bytes) == (2000, 100, 4500)
@@ -124,8 +155,9 @@ def test_delta_from_the_old_version_fetches_little(release: dict) -> None:
     fetch = Fetcher(store)
     out = release["tmp"] / "out/usr.img"
     out.parent.mkdir()
-    result = execute(plan, index, out, cache=cache, fetch=fetch,
-                     expected_sha256=sha256(release["v2"]))
+    result = execute(
+        plan, index, out, cache=cache, fetch=fetch, expected_sha256=sha256(release["v2"])
+    )
     assert out.read_bytes() == release["v2"]
     assert result.sha256 == sha256(release["v2"])
     assert result.fetched_chunk_bytes == plan.fetch_bytes and result.fetched_bytes > 0
@@ -140,9 +172,20 @@ def test_casync_extract_seeds_from_the_old_version_with_our_index_and_store(rele
     """casync re-chunks the seed itself: it reuses exactly the chunks our plan reuses."""
     tmp, index = release["tmp"], release["index"]
     plan = plan_assembly(index, [seed_of(release["v1"], index, release["cutter"])])
-    proc = subprocess.run([CASYNC, "-v", "extract", f"--store={release['store'].root}",
-                           f"--seed={release['v1']}", str(tmp / "v2.caibx"), str(tmp / "x")],
-                          check=True, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            CASYNC,
+            "-v",
+            "extract",
+            f"--store={release['store'].root}",
+            f"--seed={release['v1']}",
+            str(tmp / "v2.caibx"),
+            str(tmp / "x"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     assert (tmp / "x").read_bytes() == release["v2"]
     seeded = re.search(r"Chunk requests fulfilled from local seed: (\d+)", proc.stderr)
     assert seeded and int(seeded[1]) == sum(s.source is Source.SEED for s in plan.steps)
@@ -185,8 +228,9 @@ def test_a_seed_that_changed_since_it_was_chunked_is_not_trusted(release: dict) 
     with open(seed_path, "r+b") as f:  # the stale slot is being overwritten meanwhile
         f.write(b"\xee" * 100_000)
     plan = plan_assembly(index, [seed])
-    result = execute(plan, index, tmp / "usr.img", cache=release["cache"],
-                     fetch=Fetcher(release["store"]))
+    result = execute(
+        plan, index, tmp / "usr.img", cache=release["cache"], fetch=Fetcher(release["store"])
+    )
     assert (tmp / "usr.img").read_bytes() == release["v2"]
     assert result.seed_misses > 0 and result.reused_bytes < plan.seed_bytes
 
@@ -197,8 +241,9 @@ def test_the_stale_slot_can_seed_itself_in_place(release: dict) -> None:
     v1 = release["v1"].read_bytes()
     slot.write_bytes(v1 + b"\x99" * 50_000)  # a partition bigger than the image it holds
     plan = plan_assembly(index, [seed_of(slot, index, release["cutter"], size=len(v1))])
-    result = execute(plan, index, slot, cache=release["cache"], fetch=Fetcher(release["store"]),
-                     in_place=True)
+    result = execute(
+        plan, index, slot, cache=release["cache"], fetch=Fetcher(release["store"]), in_place=True
+    )
     assert slot.read_bytes()[: len(release["v2"])] == release["v2"]
     assert result.sha256 == sha256(release["v2"]) and result.reused_bytes > 0
 
@@ -234,8 +279,14 @@ def test_a_corrupt_chunk_is_refused_before_anything_is_written(release: dict, sl
     bad = plan.fetch_ids[0]
     wrong = encode_chunk(b"\0" * next(c.size for c in index.chunks if c.id == bad))
     with pytest.raises(ChunkVerificationError, match=f"fetched chunk {bad}: chunk does not hash"):
-        execute(plan, index, slot, cache=release["cache"],
-                fetch=Fetcher(store, swap={bad: wrong}), in_place=True)
+        execute(
+            plan,
+            index,
+            slot,
+            cache=release["cache"],
+            fetch=Fetcher(store, swap={bad: wrong}),
+            in_place=True,
+        )
     assert_untouched(slot)
     assert bad not in set(release["cache"].ids())
 
@@ -247,8 +298,14 @@ def test_a_chunk_bigger_than_its_index_entry_is_refused(release: dict, slot: Pat
     size = next(c.size for c in index.chunks if c.id == cid)
     huge = encode_chunk(bytes(size + 1))
     with pytest.raises(ChunkVerificationError, match=f"larger than {size} bytes"):
-        execute(plan, index, slot, cache=release["cache"],
-                fetch=Fetcher(release["store"], swap={cid: huge}), in_place=True)
+        execute(
+            plan,
+            index,
+            slot,
+            cache=release["cache"],
+            fetch=Fetcher(release["store"], swap={cid: huge}),
+            in_place=True,
+        )
     assert_untouched(slot)
 
 
@@ -262,8 +319,14 @@ def test_a_missing_store_or_chunk(release: dict, slot: Path) -> None:
         execute(plan, index, slot, cache=release["cache"], fetch=None, in_place=True)
     release["store"].remove(plan.fetch_ids[-1])
     with pytest.raises(ChunkMissingError, match="chunk missing from the store"):
-        execute(plan, index, slot, cache=release["cache"], fetch=Fetcher(release["store"]),
-                in_place=True)
+        execute(
+            plan,
+            index,
+            slot,
+            cache=release["cache"],
+            fetch=Fetcher(release["store"]),
+            in_place=True,
+        )
     assert_untouched(slot)
 
 
@@ -287,12 +350,23 @@ def test_an_index_that_does_not_give_the_signed_file(release: dict) -> None:
     plan = plan_assembly(index, [])
     out = tmp / "usr.img"
     with pytest.raises(CasyncIndexError, match="assembles to sha256 .*the signed file has"):
-        execute(plan, index, out, cache=release["cache"], fetch=Fetcher(release["store"]),
-                expected_sha256=sha256(b"something else"))
+        execute(
+            plan,
+            index,
+            out,
+            cache=release["cache"],
+            fetch=Fetcher(release["store"]),
+            expected_sha256=sha256(b"something else"),
+        )
     assert not out.exists() and list(tmp.glob(".usr.img.*")) == []
 
 
 def test_every_failure_is_a_delta_error() -> None:
-    for cls in (CasyncIndexError, ChunkMissingError, ChunkParamsError, ChunkVerificationError,
-                SeedError):
+    for cls in (
+        CasyncIndexError,
+        ChunkMissingError,
+        ChunkParamsError,
+        ChunkVerificationError,
+        SeedError,
+    ):
         assert issubclass(cls, DeltaError)

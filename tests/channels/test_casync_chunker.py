@@ -122,11 +122,14 @@ def test_stream_chunking_does_not_depend_on_read_sizes() -> None:
     p = ChunkerParams(256, 1024, 4096)
     whole = cut_points(data, p)
     for block in (1, 5000, 8192, 1 << 20):
-        got = [o + len(v) for o, v in iter_chunks(io.BytesIO(data), p, cutter=PYTHON_CUTTER,
-                                                  block=block)]
+        got = [
+            o + len(v)
+            for o, v in iter_chunks(io.BytesIO(data), p, cutter=PYTHON_CUTTER, block=block)
+        ]
         assert got == whole
-    prefix = [o + len(v) for o, v in iter_chunks(io.BytesIO(data), p, cutter=PYTHON_CUTTER,
-                                                 size=60_000)]
+    prefix = [
+        o + len(v) for o, v in iter_chunks(io.BytesIO(data), p, cutter=PYTHON_CUTTER, size=60_000)
+    ]
     assert prefix == cut_points(data[:60_000], p)
 
 
@@ -134,15 +137,22 @@ def test_stream_chunking_does_not_depend_on_read_sizes() -> None:
 
 
 def test_c_library_needs_no_libc(c_cutter: fastchunk.CCutter) -> None:
-    dyn = subprocess.run(["readelf", "-d", str(c_cutter.path)], check=True, capture_output=True,
-                         text=True).stdout
-    undefined = subprocess.run(["nm", "-D", "--undefined-only", str(c_cutter.path)], check=True,
-                               capture_output=True, text=True).stdout
+    dyn = subprocess.run(
+        ["readelf", "-d", str(c_cutter.path)], check=True, capture_output=True, text=True
+    ).stdout
+    undefined = subprocess.run(
+        ["nm", "-D", "--undefined-only", str(c_cutter.path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "NEEDED" not in dyn and undefined.strip() == ""
 
 
-@pytest.mark.parametrize("sizes", ["48:64:80", "100:100:100", "512:2048:8192", "4K:16K:64K",
-                                   "16K:64K:256K", "48:64K:128K"])
+@pytest.mark.parametrize(
+    "sizes",
+    ["48:64:80", "100:100:100", "512:2048:8192", "4K:16K:64K", "16K:64K:256K", "48:64K:128K"],
+)
 def test_c_and_python_paths_agree(c_cutter: fastchunk.CCutter, sizes: str) -> None:
     p = ChunkerParams.parse(sizes)
     data = rand(1_500_000, 5) + bytes(300_000) + rand(1000, 6)
@@ -174,8 +184,9 @@ def test_without_the_library_chunking_falls_back_to_python_with_a_warning(
 
 @needs_casync
 @pytest.mark.parametrize("sizes", ["4K:16K:64K", "2048:8192:32768", None])
-def test_boundaries_equal_casync_make(tmp_path: Path, c_cutter: fastchunk.CCutter,
-                                      sizes: str | None) -> None:
+def test_boundaries_equal_casync_make(
+    tmp_path: Path, c_cutter: fastchunk.CCutter, sizes: str | None
+) -> None:
     data = rand(6_000_000, 7) + bytes(700_000) + rand(12_345, 8)
     theirs = casync_make(tmp_path, data, sizes)
     params = ChunkerParams.parse(sizes) if sizes else ChunkerParams(16384, 65536, 262144)

@@ -88,8 +88,13 @@ def test_casync_extracts_what_we_write(tmp_path: Path, blob: Path) -> None:
 
 @needs_casync
 def test_we_read_what_casync_writes(tmp_path: Path, blob: Path) -> None:
-    casync("make", "--chunk-size=1024:4096:16384", f"--store={tmp_path}/st.castr",
-           str(tmp_path / "x.caibx"), str(blob))
+    casync(
+        "make",
+        "--chunk-size=1024:4096:16384",
+        f"--store={tmp_path}/st.castr",
+        str(tmp_path / "x.caibx"),
+        str(blob),
+    )
     index = BlobIndex.read(tmp_path / "x.caibx")
     assert index == index_blob(blob, P)
 
@@ -110,7 +115,10 @@ BAD = {
     "unordered sizes": (lambda d: corrupt(d, 24, 8192), "not ordered"),
     "table size": (lambda d: corrupt(d, 48, 1000), "no table header"),
     "offsets not increasing": (lambda d: corrupt(d, 64 + 40, 10), "not after"),
-    "chunk bigger than max": (lambda d: corrupt(corrupt(d, 40, 4096), 32, 4096), "more than the maximum"),
+    "chunk bigger than max": (
+        lambda d: corrupt(corrupt(d, 40, 4096), 32, 4096),
+        "more than the maximum",
+    ),
     "truncated by a byte": (lambda d: d[:-1], "truncated or trailing"),
     "truncated by an item": (lambda d: d[:-40], "tail"),
     "trailing byte": (lambda d: d + b"\0", "truncated or trailing"),
@@ -123,8 +131,9 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_malformed_index_is_refused_naming_the_file(tmp_path: Path, index_bytes: bytes,
-                                                    case: str) -> None:
+def test_malformed_index_is_refused_naming_the_file(
+    tmp_path: Path, index_bytes: bytes, case: str
+) -> None:
     mangle, why = BAD[case]
     path = tmp_path / "usr.img.caibx"
     path.write_bytes(mangle(index_bytes))
@@ -150,7 +159,10 @@ def test_missing_index_is_an_index_error(tmp_path: Path) -> None:
 
 def test_writer_refuses_chunks_that_do_not_tile() -> None:
     a = IndexChunk(0, 1000, "00" * 32)
-    for chunks in ([a, IndexChunk(1001, 10, "11" * 32)], [IndexChunk(0, 20000, "00" * 32)],
-                   [IndexChunk(0, 10, "abc")]):
+    for chunks in (
+        [a, IndexChunk(1001, 10, "11" * 32)],
+        [IndexChunk(0, 20000, "00" * 32)],
+        [IndexChunk(0, 10, "abc")],
+    ):
         with pytest.raises(ValueError):
             BlobIndex.build(P, chunks).to_bytes()

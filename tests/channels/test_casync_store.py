@@ -81,13 +81,24 @@ def test_we_read_and_verify_every_chunk_casync_writes(tmp_path: Path) -> None:
     blob.write_bytes(random.Random(2).randbytes(300_000))
     for compression in ("zstd", "xz", "gzip"):
         st = tmp_path / f"{compression}.castr"
-        subprocess.run([CASYNC, "make", "--chunk-size=1024:4096:16384",
-                        f"--compression={compression}", f"--store={st}",
-                        str(tmp_path / "x.caibx"), str(blob)], check=True, capture_output=True)
+        subprocess.run(
+            [
+                CASYNC,
+                "make",
+                "--chunk-size=1024:4096:16384",
+                f"--compression={compression}",
+                f"--store={st}",
+                str(tmp_path / "x.caibx"),
+                str(blob),
+            ],
+            check=True,
+            capture_output=True,
+        )
         index = BlobIndex.read(tmp_path / "x.caibx")
         store = ChunkStore(st)
-        data = b"".join(store.get(c.id, max_size=index.chunk_size_max, size=c.size)
-                        for c in index.chunks)
+        data = b"".join(
+            store.get(c.id, max_size=index.chunk_size_max, size=c.size) for c in index.chunks
+        )
         assert data == blob.read_bytes()
         assert sorted(store.ids()) == sorted({c.id for c in index.chunks})
 
