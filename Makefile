@@ -13,7 +13,7 @@ PYTHON ?= python3
 APT_PACKAGES := mmdebstrap uidmap arch-test squashfs-tools erofs-utils cryptsetup-bin fdisk \
 	mtools dosfstools e2fsprogs zstd qemu-system-x86 qemu-utils ovmf genisoimage \
 	openssh-client netcat-openbsd etcd-server etcd-client cloud-init iproute2 python3-venv \
-	vagrant vagrant-libvirt systemd util-linux tar gzip
+	vagrant vagrant-libvirt systemd util-linux tar gzip casync gcc binutils
 
 .PHONY: setup apt venv demo test test-fast bench clean
 

@@ -11,7 +11,8 @@ Where the library comes from (``find_library`` looks in this order):
    the image tree) with ``build_shared_library(<site>/channels/casync/LIBRARY_NAME, run)``;
 2. the workstation's cache directory (``$TIDEHOST_CACHE``, else
    ``$XDG_CACHE_HOME/tidehost`` or ``~/.cache/tidehost``): the ``tidehost`` command builds it
-   there on first use with ``ensure_cached_library(run)``.
+   there on first use with ``ensure_cached_library(run)``. Not on a host: a package under
+   ``/usr/lib/python3/dist-packages`` loads only the library beside it.
 
 ``channels`` runs no subprocess, so both builders take the caller's runner (``run(argv)``,
 e.g. ``imagebuild.run.run``). The library's name carries a hash of its source: a changed
@@ -111,8 +112,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tidehost"
 
 
+SYSTEM_SITE = Path("/usr/lib/python3/dist-packages")
+"""Where the image installs ``channels``: there only the library beside it (on the verity-
+protected /usr) is loaded, never one from a writable cache directory."""
+
+
 def library_dirs() -> list[Path]:
-    return [Path(__file__).resolve().parent, cache_dir()]
+    here = Path(__file__).resolve().parent
+    return [here] if here.is_relative_to(SYSTEM_SITE) else [here, cache_dir()]
 
 
 def find_library() -> Path | None:

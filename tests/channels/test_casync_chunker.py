@@ -24,8 +24,7 @@ from channels.casync.index import BlobIndex, chunk_id
 from channels.casync.make import index_blob
 from channels.errors import ChunkParamsError
 
-CASYNC = shutil.which("casync")
-needs_casync = pytest.mark.skipif(CASYNC is None, reason="Debian's casync is not installed")
+CASYNC = shutil.which("casync") or "casync"  # Debian's casync: `make setup` installs it
 
 
 def run(argv: list[str]) -> None:
@@ -179,10 +178,35 @@ def test_without_the_library_chunking_falls_back_to_python_with_a_warning(
         chunker.default_cutter.cache_clear()
 
 
+def test_an_installed_copy_uses_the_library_beside_it(tmp_path: Path) -> None:
+    """As the image build does: copy ``channels`` into a site dir, build the library there."""
+    site = tmp_path / "site"
+    shutil.copytree(
+        Path(chunker.__file__).parents[1],
+        site / "channels",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    fastchunk.build_shared_library(site / "channels/casync" / fastchunk.LIBRARY_NAME, run)
+    probe = (
+        "import channels.casync.chunker as c, channels.casync.fastchunk as f; "
+        "print(c.default_cutter().name, f.find_library())"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "TIDEHOST_CACHE": str(tmp_path / "no")}
+    out = subprocess.run(  # Debian's python3, as on a host
+        ["/usr/bin/python3", "-c", probe], env=env, cwd=tmp_path, check=True,
+        capture_output=True, text=True,
+    ).stdout.split()
+    assert out == ["c", str(site / "channels/casync" / fastchunk.LIBRARY_NAME)]
+
+
+def test_a_system_install_never_loads_a_cached_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fastchunk, "__file__", f"{fastchunk.SYSTEM_SITE}/channels/casync/x.py")
+    assert fastchunk.library_dirs() == [fastchunk.SYSTEM_SITE / "channels/casync"]
+
+
 # --- parity with Debian's casync --------------------------------------------------------
 
 
-@needs_casync
 @pytest.mark.parametrize("sizes", ["4K:16K:64K", "2048:8192:32768", None])
 def test_boundaries_equal_casync_make(
     tmp_path: Path, c_cutter: fastchunk.CCutter, sizes: str | None
@@ -195,7 +219,6 @@ def test_boundaries_equal_casync_make(
     assert ours.to_bytes() == (tmp_path / "x.caibx").read_bytes()  # the whole index, byte for byte
 
 
-@needs_casync
 def test_casync_cuts_at_exactly_min_and_so_do_we(tmp_path: Path) -> None:
     """SPECS open question 1: a hash hit at L = min cuts there (casync), not at min+1 (desync)."""
     p = ChunkerParams(4096, 16384, 65536)
