@@ -8,8 +8,8 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 
 # What the build machine needs: image build (mmdebstrap, squashfs/erofs, verity, GPT, ESP
-# through mtools), QEMU with UEFI firmware, a NoCloud seed, a real etcd and cloud-init for the
-# tests, ssh for pytest-testinfra.
+# through mtools), QEMU with UEFI firmware, a NoCloud seed, a real etcd, cloud-init and casync
+# for the tests, gcc for the casync chunker library, ssh for pytest-testinfra.
 APT_PACKAGES := mmdebstrap uidmap arch-test squashfs-tools erofs-utils cryptsetup-bin fdisk \
 	mtools dosfstools e2fsprogs zstd qemu-system-x86 qemu-utils ovmf genisoimage \
 	openssh-client netcat-openbsd etcd-server etcd-client cloud-init iproute2 python3-venv \

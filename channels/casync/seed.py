@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from channels.casync.chunker import ChunkerParams, Cutter
+from channels.casync.index import BlobIndex
 from channels.casync.make import index_blob
 from channels.errors import SeedError
 
@@ -54,7 +55,13 @@ def index_seed(
         index = index_blob(path, params, cutter=cutter, size=size)
     except OSError as e:
         raise SeedError(f"{path}: cannot read the seed ({e.strerror or e})") from None
+    return seed_from_index(path, index)
+
+
+def seed_from_index(path: Path, index: BlobIndex) -> SeedIndex:
+    """A seed whose index is known already (e.g. the installed release's own ``.caibx`` for
+    the active slot): no chunking. Safe, as every seed chunk is hashed again when used."""
     chunks: dict[str, SeedChunk] = {}
     for c in index.chunks:
-        chunks.setdefault(c.id, SeedChunk(path, c.offset, c.size))
-    return SeedIndex(path, params, index.digest, index.total_size, chunks)
+        chunks.setdefault(c.id, SeedChunk(Path(path), c.offset, c.size))
+    return SeedIndex(Path(path), index.params, index.digest, index.total_size, chunks)

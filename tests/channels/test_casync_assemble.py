@@ -20,7 +20,7 @@ from channels.casync.chunker import ChunkerParams
 from channels.casync.index import BlobIndex, IndexChunk
 from channels.casync.make import make_blob
 from channels.casync.plan import Source, plan_assembly
-from channels.casync.seed import SeedChunk, SeedIndex, index_seed
+from channels.casync.seed import SeedChunk, SeedIndex, index_seed, seed_from_index
 from channels.casync.store import ChunkStore, encode_chunk
 from channels.errors import (
     CasyncIndexError,
@@ -187,6 +187,16 @@ def test_casync_extract_seeds_from_the_old_version_with_our_index_and_store(rele
     assert (tmp / "x").read_bytes() == release["v2"]
     seeded = re.search(r"Chunk requests fulfilled from local seed: (\d+)", proc.stderr)
     assert seeded and int(seeded[1]) == sum(s.source is Source.SEED for s in plan.steps)
+
+
+def test_the_installed_releases_own_index_seeds_without_chunking(release: dict) -> None:
+    index, tmp, cutter = release["index"], release["tmp"], release["cutter"]
+    old_index, _ = make_blob(release["v1"], None, P, cutter=cutter)  # kept from the last update
+    seed = seed_from_index(release["v1"], old_index)
+    assert seed == seed_of(release["v1"], index, cutter)
+    plan = plan_assembly(index, [seed])
+    execute(plan, index, tmp / "usr.img", cache=release["cache"], fetch=Fetcher(release["store"]))
+    assert (tmp / "usr.img").read_bytes() == release["v2"]
 
 
 def test_parallel_fetches_and_repeated_chunks(release: dict) -> None:
