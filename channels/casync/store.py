@@ -46,6 +46,12 @@ def chunk_relpath(cid: str) -> str:
     return f"{check_id(cid)[:4]}/{cid}{SUFFIX}"
 
 
+def encoded_size_bound(size: int) -> int:
+    """The most bytes a zstd frame of ``size`` bytes can take (``ZSTD_COMPRESSBOUND``): the
+    cap for downloading a chunk of an index whose maximum chunk size is ``size``."""
+    return size + (size >> 8) + ((128 * 1024 - size) >> 11 if size < 128 * 1024 else 0)
+
+
 def encode_chunk(data: bytes | memoryview, level: int = ZSTD_LEVEL) -> bytes:
     """One zstd frame (with its content size) holding ``data``."""
     return zstandard.ZstdCompressor(level=level).compress(data)

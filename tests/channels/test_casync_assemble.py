@@ -228,6 +228,18 @@ def test_an_interrupted_assembly_resumes_from_the_cache(release: dict) -> None:
     assert result.cached_bytes > 0 and list(cache.ids()) == []
 
 
+def test_a_failed_parallel_fetch_keeps_what_arrived(release: dict) -> None:
+    index, store, cache = release["index"], release["store"], release["cache"]
+    out = release["tmp"] / "usr.img"
+    failing = Fetcher(store, fail_at=8)
+    with pytest.raises(ChunkMissingError, match="connection reset by peer"):
+        execute(plan_assembly(index, []), index, out, cache=cache, fetch=failing, workers=4)
+    kept = set(cache.ids())
+    assert 0 < len(kept) < 8 and kept <= set(failing.calls) and not out.exists()
+    execute(plan_assembly(index, [], kept), index, out, cache=cache, fetch=Fetcher(store))
+    assert out.read_bytes() == release["v2"]
+
+
 def test_a_seed_that_changed_since_it_was_chunked_is_not_trusted(release: dict) -> None:
     index, tmp = release["index"], release["tmp"]
     seed_path = tmp / "slot-b"

@@ -14,7 +14,13 @@ import pytest
 import zstandard
 
 from channels.casync.index import BlobIndex, chunk_id
-from channels.casync.store import ChunkStore, chunk_relpath, decode_chunk, encode_chunk
+from channels.casync.store import (
+    ChunkStore,
+    chunk_relpath,
+    decode_chunk,
+    encode_chunk,
+    encoded_size_bound,
+)
 from channels.errors import ChunkMissingError, ChunkVerificationError
 
 CASYNC = shutil.which("casync") or "casync"  # Debian's casync: `make setup` installs it
@@ -40,6 +46,12 @@ def test_layout_mode_and_round_trip(store: ChunkStore) -> None:
     assert store.get(CID, max_size=65536) == DATA
     assert list(store.ids()) == [CID] and store.has(CID)
     assert list(path.parent.iterdir()) == [path]  # no temporary file left
+
+
+@pytest.mark.parametrize("size", [1, 4096, 65536, 262144])
+def test_an_incompressible_chunk_fits_the_download_bound(size: int) -> None:
+    data = random.Random(size).randbytes(size)
+    assert size < len(encode_chunk(data, 19)) <= encoded_size_bound(size)
 
 
 def test_a_chunk_is_stored_once(store: ChunkStore) -> None:
