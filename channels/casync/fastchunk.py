@@ -163,7 +163,10 @@ class CCutter:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         lib = ctypes.CDLL(str(self.path))  # CDLL releases the GIL during each call
-        fn = lib.tidehost_casync_scan
+        try:
+            fn = lib.tidehost_casync_scan
+        except AttributeError:
+            raise OSError(f"{self.path}: no tidehost_casync_scan in it") from None
         fn.restype = ctypes.c_size_t
         fn.argtypes = [
             ctypes.c_char_p,
