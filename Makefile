@@ -10,7 +10,7 @@ PYTHON ?= python3
 # What each part needs on the build machine, installed without recommends (the list is the
 # whole set: nothing else is pulled in but their dependencies).
 APT_IMAGE := mmdebstrap mount gpg squashfs-tools erofs-utils cryptsetup-bin fdisk mtools \
-	dosfstools e2fsprogs zstd qemu-utils genisoimage systemd util-linux tar gzip gcc libc6-dev
+	dosfstools e2fsprogs zstd qemu-utils genisoimage systemd util-linux tar gzip gcc libc6-dev binutils
 APT_VM := qemu-system-x86 ovmf openssh-client netcat-openbsd iproute2
 APT_TEST := etcd-server etcd-client cloud-init python3-venv casync softhsm2 opensc
 APT_BOOT := swtpm swtpm-tools sbsigntool efitools

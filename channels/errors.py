@@ -92,3 +92,38 @@ class HTTPStatusError(TransportError):
 
 class DownloadSizeError(TransportError):
     """A response was longer than allowed (endless data) or shorter than announced."""
+
+
+# --- delta updates (channels.casync): every failure there means "use the full download" --
+
+
+class DeltaError(ChannelError):
+    """The casync delta path cannot be used; the caller falls back to the full download."""
+
+
+class ChunkParamsError(DeltaError):
+    """Chunk sizes (min/avg/max) the chunker cannot use."""
+
+
+class CasyncIndexError(DeltaError, VerificationError):
+    """A ``.caibx`` index is malformed, truncated, oversized or disagrees with its target."""
+
+
+class ChunkVerificationError(DeltaError, VerificationError):
+    """A chunk does not hash to its id, does not decompress, or is bigger than allowed."""
+
+
+class ChunkMissingError(DeltaError, TransportError):
+    """A chunk (or the whole chunk store) is not where the store layout says it is."""
+
+
+class SeedError(DeltaError, TransportError):
+    """A seed file or device cannot be read."""
+
+
+class ChunkCacheError(DeltaError, StateError):
+    """The local chunk cache directory cannot be read or written."""
+
+
+class AssembleOutputError(DeltaError):
+    """The output file or device of an assembly cannot be opened or written."""
