@@ -92,3 +92,7 @@ class HTTPStatusError(TransportError):
 
 class DownloadSizeError(TransportError):
     """A response was longer than allowed (endless data) or shorter than announced."""
+
+
+class VerityError(BundleError):
+    """A dm-verity hash tree is malformed, or does not match its data or its root hash."""
