@@ -168,17 +168,22 @@ class HashTree:
         self._checked = ""
 
     @classmethod
-    def read(cls, path: Path, where: str | None = None) -> HashTree:
-        """The tree at the start of ``path`` (a file, or a partition longer than the tree).
+    def read(cls, path: Path, where: str | None = None, *,
+             data_size: int | None = None) -> HashTree:
+        """The tree at the start of ``path`` (a file, or a partition longer than the tree);
+        with ``data_size``, only a tree of exactly that much data is read.
 
-        Raises: VerityError (unreadable, or not a tree).
+        Raises: VerityError (unreadable, not a tree, or a tree of other data).
         """
         where = where or str(path)
         try:
             with open(path, "rb") as f:
                 head = f.read(SUPERBLOCK_SIZE)
-                size = Geometry.of(Superblock.parse(head, where)).size
-                raw = head + f.read(size - len(head))
+                sb = Superblock.parse(head, where)
+                if data_size is not None and sb.data_size != data_size:
+                    raise VerityError(f"{where}: hash tree of {sb.data_size} bytes of data, "
+                                      f"not {data_size}")
+                raw = head + f.read(Geometry.of(sb).size - len(head))
         except OSError as e:
             raise VerityError(f"{where}: cannot read the hash tree: {e.strerror}") from None
         return cls(raw, where)

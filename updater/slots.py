@@ -5,10 +5,11 @@ Write order (``write_slot``), so that an interruption at any point boots the cur
 1. remove the target slot's boot entries (the old contents of that slot become unbootable);
 2. stream usr.img and usr.verity into the target's USR-x and USR-x-VERITY devices, fsync,
    drop them from the page cache;
-3. read both back from the devices: they must equal the release's files (whose signed
-   sha256 the agent checked just before), and the written tree's top block must give the
-   release's root hash (``updater.verity``);
-   ``full_verify`` adds ``veritysetup verify`` over every block.  Meanwhile (a thread):
+3. read both back from the devices in one pass (``updater.verity.check_slot``): the written
+   tree must hash up to the release's signed root hash, and every written data block must
+   match that tree -- what dm-verity checks at boot, so a usr.img that does not match its
+   own tree is never staged; ``full_verify`` adds ``veritysetup verify``.  Meanwhile (a
+   thread):
 4. copy vmlinuz and initrd to ``<esp>/tidehost/<slot>/`` (temp file, fsync, rename);
 5. write ``loader/entries/tidehost-<slot>+<tries>.conf`` (temp file, fsync, rename) last:
    only now can the bootloader pick the new slot, and it prefers it (newer ``version``).
@@ -23,6 +24,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -109,13 +111,9 @@ def _stream(src: Path, dest: Path) -> int:
 
 def _read_back(bundle: Path, manifest: Manifest, devices: SlotDevices, full_verify: bool,
                runner: Callable[..., object]) -> None:
-    """The written partitions hold the release's bytes, and its tree gives its root hash."""
+    """The written partitions hold the release's bytes."""
     for name, dev in (("usr.img", devices.usr), ("usr.verity", devices.verity)):
         verity.read_back(dev, bundle / name)
-    root = verity.verity_root(verity.read_head(devices.verity))
-    if root != manifest.roothash:
-        raise VerificationError(f"{devices.verity}: hash tree gives root hash {root[:12]}…, "
-                                f"the release says {manifest.roothash[:12]}…")
     if full_verify:
         verify_verity(devices.usr, devices.verity, manifest.roothash, runner)
 
@@ -187,14 +185,24 @@ def write_slot(
     for name in ("vmlinuz", "initrd"):  # unused now: room on a small ESP for the new ones
         (esp / target.esp_dir / name).unlink(missing_ok=True)
 
+    tree = verity.source_tree(bundle / "usr.verity", manifest.files["usr.img"].size,
+                              manifest.roothash)
     log.info("slot %s: writing %s to %s", target.name, manifest.version, devices.usr)
-    _stream(bundle / "usr.img", devices.usr)
-    _stream(bundle / "usr.verity", devices.verity)
-    with ThreadPoolExecutor(1) as pool:  # the read-back runs while the ESP is written
-        checked = pool.submit(_read_back, bundle, manifest, devices, full_verify, runner)
-        for name in ("vmlinuz", "initrd"):
-            _copy_atomic(bundle / name, esp / target.esp_dir / name)
-        checked.result()
+    stop = threading.Event()
+    with ThreadPoolExecutor(2) as pool:  # usr.img is hashed against its tree as it is written
+        hashed = pool.submit(verity.check_data, bundle / "usr.img", tree, manifest.roothash,
+                             stop=stop)
+        try:
+            _stream(bundle / "usr.img", devices.usr)
+            _stream(bundle / "usr.verity", devices.verity)
+            checked = pool.submit(_read_back, bundle, manifest, devices, full_verify, runner)
+            for name in ("vmlinuz", "initrd"):  # while the partitions are read back
+                _copy_atomic(bundle / name, esp / target.esp_dir / name)
+            checked.result()
+        except BaseException:
+            stop.set()  # do not wait for the hashing of a slot that is not staged
+            raise
+        hashed.result()
     log.info("slot %s: read back and verified (root hash %s…)", target.name,
              manifest.roothash[:12])
     entry = boot_entry(manifest, target, tries)

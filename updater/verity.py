@@ -1,57 +1,29 @@
-"""Writing a payload onto a partition, reading it back, and dm-verity's root block.
+"""Writing a payload onto a partition, and proving the partitions hold a verity-valid slot.
 
-``write_through`` writes a file onto a device, fsyncs it and drops it from the page cache;
-``read_back`` then reads it from the device and compares it with the file (whose signed
-sha256 was checked just before): the bytes on the partition are the bytes of the release.
-``verity_root`` recomputes the root hash from the hash device's superblock and top-level
-block, so the signed root hash is checked against the written tree too; ``veritysetup
-verify`` (every block) stays available for a full check.
+``write_through`` writes a file onto a device, fsyncs it and drops it from the page cache.
+``check_slot`` then reads the slot back from its devices in one pass: the hash tree on the
+verity device must hash up to the signed root hash (``channels.verity``), and every data
+block on the usr device must match that tree -- exactly what dm-verity will demand at boot.
+The data blocks are hashed in a second thread while the next chunk is read (hashlib drops
+the GIL), so the check costs one read of the device, not a read and a compare with the
+source file.  ``veritysetup verify`` (``slots.verify_verity``) stays the optional full check.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import mmap
 import os
-import struct
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
+from channels import verity as tree
+from channels.errors import VerityError
 from updater.errors import SlotError, VerificationError
 
 CHUNK = 4 << 20
-_MAGIC = b"verity\x00\x00"
-
-
-def verity_root(head: bytes) -> str:
-    """The root hash named by a verity hash device that starts with ``head``.
-
-    ``head`` holds at least the superblock and the first (top-level) hash block.
-
-    Raises:
-        VerificationError: not a version-1 verity superblock.
-    """
-    if len(head) < 512 or head[:8] != _MAGIC:
-        raise VerificationError("hash device has no verity superblock")
-    version, hash_type = struct.unpack_from("<II", head, 8)
-    algorithm = head[32:64].rstrip(b"\0").decode(errors="replace")
-    _, hash_block, _, salt_size = struct.unpack_from("<IIQH", head, 64)
-    if version != 1 or hash_type != 1 or salt_size > 256 or len(head) < 2 * hash_block:
-        raise VerificationError(f"unsupported verity superblock (version {version}, "
-                                f"type {hash_type})")
-    try:
-        h = hashlib.new(algorithm)
-    except ValueError:
-        raise VerificationError(f"unknown verity hash algorithm {algorithm!r}") from None
-    h.update(head[88:88 + salt_size])
-    h.update(head[hash_block:2 * hash_block])
-    return h.hexdigest()
-
-
-def read_head(dev: Path, size: int = 64 << 10) -> bytes:
-    fd = os.open(dev, os.O_RDONLY)
-    try:
-        return os.pread(fd, size, 0)
-    finally:
-        os.close(fd)
 
 
 def write_through(src: Path, dest: Path) -> int:
@@ -89,6 +61,59 @@ def write_through(src: Path, dest: Path) -> int:
     return size
 
 
+def source_tree(tree_file: Path, data_size: int, roothash: str) -> tree.HashTree:
+    """The release's hash tree, checked against its signed ``roothash``; it must cover
+    exactly ``data_size`` bytes (usr.img).
+
+    Raises:
+        VerificationError: unreadable, another data size, or another root hash.
+    """
+    try:
+        t = tree.HashTree.read(tree_file, data_size=data_size)
+        t.check(roothash)
+    except VerityError as e:
+        raise VerificationError(str(e)) from None
+    return t
+
+
+def check_data(data: Path, t: tree.HashTree, roothash: str, *,
+               stop: threading.Event | None = None) -> None:
+    """Every block of ``data`` matches the checked tree ``t``.  Meant to run in a thread
+    while ``write_through`` writes the same file: both map it, so the pages the writer
+    reads are the ones hashed here (hashlib releases the GIL while it hashes).
+
+    Raises:
+        VerificationError: the first block that differs, or a size the tree does not cover.
+    """
+    check = t.checker(roothash, str(data))
+    try:
+        with open(data, "rb") as f, _mapped(f) as view:
+            for off in range(0, len(view), CHUNK):
+                if stop is not None and stop.is_set():
+                    return
+                check.update(view[off:off + CHUNK])
+        check.done()
+    except VerityError as e:
+        raise VerificationError(str(e)) from None
+    except OSError as e:
+        raise VerificationError(f"{data}: cannot read: {e.strerror}") from None
+
+
+@contextlib.contextmanager
+def _mapped(f: BinaryIO) -> Iterator[memoryview]:
+    size = os.fstat(f.fileno()).st_size
+    if not size:
+        yield memoryview(b"")
+        return
+    with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
+        mm.madvise(mmap.MADV_SEQUENTIAL)
+        view = memoryview(mm)
+        try:
+            yield view
+        finally:
+            view.release()
+
+
 def read_back(dev: Path, src: Path) -> None:
     """Read ``src``'s length back from ``dev`` and compare it with ``src``, byte for byte.
 
@@ -114,10 +139,3 @@ def read_back(dev: Path, src: Path) -> None:
                 pos += want
     except OSError as e:
         raise VerificationError(f"{dev}: read-back of {src.name} failed: {e.strerror}") from None
-
-
-def stream_verified(src: Path, dest: Path) -> int:
-    """``write_through`` then ``read_back``: the bytes on ``dest`` are those of ``src``."""
-    size = write_through(src, dest)
-    read_back(dest, src)
-    return size
