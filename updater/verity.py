@@ -1,12 +1,13 @@
-"""Writing a payload onto a partition, and proving the partitions hold a verity-valid slot.
+"""Writing a payload onto a partition, checking it against its hash tree, reading it back.
 
-``write_through`` writes a file onto a device, fsyncs it and drops it from the page cache.
-``check_slot`` then reads the slot back from its devices in one pass: the hash tree on the
-verity device must hash up to the signed root hash (``channels.verity``), and every data
-block on the usr device must match that tree -- exactly what dm-verity will demand at boot.
-The data blocks are hashed in a second thread while the next chunk is read (hashlib drops
-the GIL), so the check costs one read of the device, not a read and a compare with the
-source file.  ``veritysetup verify`` (``slots.verify_verity``) stays the optional full check.
+``source_tree`` reads the release's usr.verity and checks it against the signed root hash
+(``channels.verity``: only the tree is hashed, 1/128 of the data).  ``check_data`` hashes
+every block of usr.img against that tree in a thread *while* ``write_through`` writes the
+same file to the slot (both map the same pages; hashlib releases the GIL), so a usr.img that
+does not match its own tree is never staged, and the check adds no read.  ``read_back`` then
+reads the partitions back and compares them with the release's files: the bytes on the
+device are the bytes that were checked.  ``veritysetup verify`` (``slots.verify_verity``)
+stays available as the optional full check.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import BinaryIO
 
 from channels import verity as tree
 from channels.errors import VerityError
-from updater.errors import SlotError, VerificationError
+from updater.errors import BadRelease, SlotError, VerificationError
 
 CHUNK = 4 << 20
 
@@ -66,13 +67,13 @@ def source_tree(tree_file: Path, data_size: int, roothash: str) -> tree.HashTree
     exactly ``data_size`` bytes (usr.img).
 
     Raises:
-        VerificationError: unreadable, another data size, or another root hash.
+        BadRelease: unreadable, another data size, or another root hash.
     """
     try:
         t = tree.HashTree.read(tree_file, data_size=data_size)
         t.check(roothash)
     except VerityError as e:
-        raise VerificationError(str(e)) from None
+        raise BadRelease(str(e)) from None
     return t
 
 
@@ -83,20 +84,24 @@ def check_data(data: Path, t: tree.HashTree, roothash: str, *,
     reads are the ones hashed here (hashlib releases the GIL while it hashes).
 
     Raises:
-        VerificationError: the first block that differs, or a size the tree does not cover.
+        BadRelease: the first block that differs, or a size the tree does not cover.
     """
     check = t.checker(roothash, str(data))
+    bad = ""
     try:
         with open(data, "rb") as f, _mapped(f) as view:
-            for off in range(0, len(view), CHUNK):
-                if stop is not None and stop.is_set():
-                    return
-                check.update(view[off:off + CHUNK])
-        check.done()
-    except VerityError as e:
-        raise VerificationError(str(e)) from None
+            try:
+                for off in range(0, len(view), CHUNK):
+                    if stop is not None and stop.is_set():
+                        return
+                    check.update(view[off:off + CHUNK])
+                check.done()
+            except VerityError as e:  # its traceback would pin the mapping: keep the text
+                bad = str(e)
     except OSError as e:
         raise VerificationError(f"{data}: cannot read: {e.strerror}") from None
+    if bad:
+        raise BadRelease(bad)
 
 
 @contextlib.contextmanager
