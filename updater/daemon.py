@@ -255,6 +255,7 @@ def run_daemon(make_agent: Callable[[], Agent], state_dir: Path, *, fork: bool =
     failures = 0
     first = True
     abandoned = ""
+    carry = 0.0  # the backoff of a step ended at its deadline, waited after the clean-up
     while not stop.is_set():
         if fork:
             res = _forked(make_agent, state_dir, first, child, deadline, abandoned, tick)
@@ -267,13 +268,17 @@ def run_daemon(make_agent: Callable[[], Agent], state_dir: Path, *, fork: bool =
             failures += 1
             delay = backoff(failures, base=30, cap=3600, rand=rand)
             log.error("%s (retrying in %.0fs)", res["error"], delay)
+            if abandoned:  # mark its work failed at once; then wait
+                carry, delay = delay, 0.0
         else:
-            failures = 0
-            delay = float(res["delay"])  # type: ignore[arg-type]
+            failures = 0 if not carry else failures
+            delay = max(float(res["delay"]), carry)  # type: ignore[arg-type]
+            carry = 0.0
             notify(f"STATUS={res.get('phase', '')}")
         if first:
             notify("READY=1")
             first = False
-        stop.wait(min(max(delay, 1.0), 3600.0))
+        if delay or not abandoned:
+            stop.wait(min(max(delay, 1.0), 3600.0))
     notify("STOPPING=1")
     log.info("stopped")

@@ -163,7 +163,7 @@ def urls(v: Any) -> tuple[str, ...]:
 def units(v: Any) -> tuple[str, ...]:
     out = tuple(text(x) for x in items(v))
     for u in out:
-        if not re.match(r"^[A-Za-z0-9:_.@\\-]+$", u):
+        if not re.match(r"^[A-Za-z0-9:_.@\\][A-Za-z0-9:_.@\\-]*$", u):
             raise ValueError(f"{u!r} is not a systemd unit name")
     return out
 

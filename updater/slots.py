@@ -32,7 +32,7 @@ from pathlib import Path
 
 from channels.bundle import BootEntry, Manifest, Slot, boot_entry, entry_stem
 from updater import verity
-from updater.errors import CommandError, SlotError, VerificationError
+from updater.errors import BadRelease, CommandError, SlotError, VerificationError
 from updater.run import run
 from updater.state import atomic_write, fsync_dir
 
@@ -132,6 +132,34 @@ def verify_verity(data: Path, hashdev: Path, roothash: str,
                                 f" ({e})") from None
 
 
+_ENTRY_KEYS = ["title", "sort-key", "version", "linux", "initrd", "options"]
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _checked_entry(manifest: Manifest, target: Slot, tries: object) -> BootEntry:
+    """The boot entry for ``target``, validated where it is written: a counter of 1 to 9
+    (an int, not a bool), no control character from the manifest (a newline would add
+    lines to the entry), and exactly the lines ``boot_entry`` means to write.
+
+    Raises:
+        BadRelease: a manifest field cannot go into a boot entry (``tries`` comes from the
+            manifest unless the config sets it, and the config's is checked when parsed).
+        SlotError: the entry is not one this agent writes.
+    """
+    if isinstance(tries, bool) or not isinstance(tries, int) or not 1 <= tries <= 9:
+        raise BadRelease(f"manifest.json: field 'boot_tries': {tries!r} is not a whole number "
+                         "from 1 to 9; no boot entry written")
+    for name in ("name", "version", "usr_filesystem", "roothash", "kernel_cmdline"):
+        if _CONTROL.search(str(getattr(manifest, name))):
+            raise BadRelease(f"manifest.json: field '{name}': contains a control character; "
+                             "it is not written into a boot entry")
+    entry = boot_entry(manifest, target, tries)
+    keys = [line.split(" ", 1)[0] for line in entry.text.splitlines()]
+    if keys != _ENTRY_KEYS or parse_entry(entry.filename) != EntryName(target, tries, 0):
+        raise SlotError(f"boot entry {entry.filename!r} is not one this agent writes")
+    return entry
+
+
 def _copy_atomic(src: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp")
@@ -162,6 +190,7 @@ def write_slot(
         SlotError: ``target`` is the active slot, a device is missing or too small.
         VerificationError: the read-back does not match the manifest's root hash.
     """
+    entry = _checked_entry(manifest, target, tries)  # before anything is written
     if target is active:
         raise SlotError(f"refusing to write slot {target.name}: it is the running slot")
     for dev in (devices.usr, devices.verity):
@@ -205,7 +234,6 @@ def write_slot(
         hashed.result()
     log.info("slot %s: read back and verified (root hash %s…)", target.name,
              manifest.roothash[:12])
-    entry = boot_entry(manifest, target, tries)
     atomic_write(esp / ENTRIES / entry.filename, entry.text)
     log.info("slot %s: boot entry %s written (%d tries)", target.name, entry.filename, tries)
     return entry

@@ -216,3 +216,27 @@ def test_read_back_catches_a_bad_write(disk, bundles) -> None:  # noqa: ANN001
         os.fsync(f.fileno())
     with pytest.raises(VerificationError, match=r"differs from the release at byte 700\d\d"):
         verity.read_back(dev, src)
+
+
+@pytest.mark.parametrize("change, tries, message", [
+    ({}, True, r"field 'boot_tries': True is not a whole number"),
+    ({}, 0, r"field 'boot_tries': 0 is not"),
+    ({"kernel_cmdline": "quiet\ninitrd /evil\noptions init=/bin/sh"}, 3,
+     r"field 'kernel_cmdline': contains a control character"),
+    ({"version": "2.0.0\nlinux /x"}, 3, r"field 'version': contains a control character"),
+])
+def test_nothing_unvalidated_reaches_a_boot_entry(disk, bundles, tmp_path: Path,  # noqa: ANN001
+                                                  change: dict, tries: object,
+                                                  message: str) -> None:
+    esp = esp_with_factory_entry(tmp_path, bundles["1.0.0"])
+    old = boot_entry(replace(load_bundle(bundles["1.0.0"]), version="1.5.0"), Slot.B, None)
+    (esp / "loader/entries" / old.filename).write_text(old.text)  # a previous, blessed B
+    m = load_bundle(bundles["2.0.0"])
+    for k, v in change.items():  # fields a lax manifest parser would have let through
+        object.__setattr__(m, k, v)
+    with pytest.raises(BadRelease, match=message):
+        write_slot(bundles["2.0.0"], m, Slot.B, active=Slot.A, devices=devs(disk, Slot.B),
+                   active_devices=devs(disk, Slot.A), esp=esp, tries=tries)
+    # refused before anything was written: the old B entry and the partitions are untouched
+    assert entries(esp) == ["tidehost-a.conf", old.filename]
+    assert read_part(disk, "USR-B", 1 << 16) == bytes(1 << 16)
