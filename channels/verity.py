@@ -251,24 +251,30 @@ class HashTree:
             return bytes.fromhex(roothash)
         return self._expect(self._level(0), self.sb.data_blocks, "level 0")
 
-    def checker(self, roothash: str, where: str = "data") -> BlockChecker:
-        return BlockChecker(self, roothash, where)
+    def checker(self, roothash: str, where: str = "data", *, first: int = 0,
+                last: int | None = None) -> BlockChecker:
+        return BlockChecker(self, roothash, where, first=first, last=last)
 
 
 class BlockChecker:
     """Checks data as it streams by against a checked tree: ``update()`` chunks in order,
     then ``done()``.  Each whole block is hashed when it arrives, so a bad block fails at
-    once; ``update`` keeps no reference to the chunk once it returns."""
+    once; ``update`` keeps no reference to the chunk once it returns.  ``first``/``last``:
+    the checker sees only data blocks ``first`` to ``last - 1`` (a part, for threads)."""
 
-    def __init__(self, tree: HashTree, roothash: str, where: str = "data") -> None:
+    def __init__(self, tree: HashTree, roothash: str, where: str = "data", *, first: int = 0,
+                 last: int | None = None) -> None:
         self.where = where
         self.expect = memoryview(tree.data_digests(roothash))
         self.base = tree.sb.new_hash()
         self.block = tree.sb.data_block_size
         self.digest = tree.geometry.digest_size
-        self.blocks = tree.sb.data_blocks
+        self.blocks = tree.sb.data_blocks if last is None else last
+        if not 0 <= first <= self.blocks <= tree.sb.data_blocks:
+            raise VerityError(f"{where}: blocks {first} to {self.blocks} are not in the tree")
         self.against = "its hash tree" if tree.geometry.levels else "the root hash"
-        self.seen = 0  # whole blocks checked
+        self.seen = first  # the next block to check
+        self.first = first
         self.partial = bytearray()
 
     def update(self, chunk: bytes | bytearray | memoryview) -> None:
@@ -306,7 +312,7 @@ class BlockChecker:
     def done(self) -> None:
         """Raises: VerityError when the data is shorter than the tree, or not whole blocks."""
         if self.partial or self.seen != self.blocks:
-            size = self.seen * self.block + len(self.partial)
+            size = (self.seen - self.first) * self.block + len(self.partial)
             raise VerityError(f"{self.where}: {size} bytes, its hash tree covers "
                               f"{self.blocks} blocks of {self.block} ({self.blocks * self.block}"
                               " bytes)")

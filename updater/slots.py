@@ -163,12 +163,16 @@ def _checked_entry(manifest: Manifest, target: Slot, tries: object) -> BootEntry
 def _copy_atomic(src: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp")
-    with open(src, "rb") as fi, open(tmp, "wb") as fo:
-        shutil.copyfileobj(fi, fo, CHUNK)
-        fo.flush()
+    shutil.copyfile(src, tmp)  # in the kernel (sendfile), no copy through Python
+    with open(tmp, "rb+") as fo:
         os.fsync(fo.fileno())
     os.replace(tmp, dest)
     fsync_dir(dest.parent)
+
+
+def _copy_kernel(bundle: Path, dest: Path) -> None:
+    for name in ("vmlinuz", "initrd"):
+        _copy_atomic(bundle / name, dest / name)
 
 
 def write_slot(
@@ -221,13 +225,12 @@ def write_slot(
     with ThreadPoolExecutor(2) as pool:  # usr.img is hashed against its tree as it is written
         hashed = pool.submit(verity.check_data, bundle / "usr.img", tree, manifest.roothash,
                              stop=stop)
+        esp_files = pool.submit(_copy_kernel, bundle, esp / target.esp_dir)
         try:
             _stream(bundle / "usr.img", devices.usr)
             _stream(bundle / "usr.verity", devices.verity)
-            checked = pool.submit(_read_back, bundle, manifest, devices, full_verify, runner)
-            for name in ("vmlinuz", "initrd"):  # while the partitions are read back
-                _copy_atomic(bundle / name, esp / target.esp_dir / name)
-            checked.result()
+            _read_back(bundle, manifest, devices, full_verify, runner)
+            esp_files.result()
         except BaseException:
             stop.set()  # do not wait for the hashing of a slot that is not staged
             raise

@@ -240,3 +240,24 @@ def test_nothing_unvalidated_reaches_a_boot_entry(disk, bundles, tmp_path: Path,
     # refused before anything was written: the old B entry and the partitions are untouched
     assert entries(esp) == ["tidehost-a.conf", old.filename]
     assert read_part(disk, "USR-B", 1 << 16) == bytes(1 << 16)
+
+
+@pytest.mark.parametrize("flip_block", [None, 5, 1500, 3071])
+def test_usr_img_is_hashed_in_parts_against_its_tree(tmp_path: Path,
+                                                     flip_block: int | None) -> None:
+    from channels import verity as tree
+
+    data = tmp_path / "usr.img"
+    data.write_bytes(os.urandom(3072 * 4096))  # 12 MiB: three 4 MiB chunks, two parts
+    root = tree.build(data, tmp_path / "usr.verity", os.urandom(32))
+    t = verity.source_tree(tmp_path / "usr.verity", data.stat().st_size, root)
+    if flip_block is None:
+        verity.check_data(data, t, root, threads=2)
+        verity.check_data(data, t, root, threads=5)
+        return
+    with open(data, "r+b") as f:
+        f.seek(flip_block * 4096 + 11)
+        f.write(b"\xff\x00")
+    for threads in (1, 2, 3):
+        with pytest.raises(BadRelease, match=rf"block {flip_block} \(byte {flip_block * 4096}\)"):
+            verity.check_data(data, t, root, threads=threads)
