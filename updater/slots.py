@@ -2,16 +2,18 @@
 
 Write order (``write_slot``), so that an interruption at any point boots the current slot:
 
+0. validate the boot entry to be written, and check usr.verity's levels against the signed
+   root hash (nothing is written if either fails); start hashing usr.img's blocks against
+   that tree (two threads; ``updater.verity.check_data``);
 1. remove the target slot's boot entries (the old contents of that slot become unbootable);
 2. stream usr.img and usr.verity into the target's USR-x and USR-x-VERITY devices, fsync,
-   drop them from the page cache;
-3. read both back from the devices in one pass (``updater.verity.check_slot``): the written
-   tree must hash up to the release's signed root hash, and every written data block must
-   match that tree -- what dm-verity checks at boot, so a usr.img that does not match its
-   own tree is never staged; ``full_verify`` adds ``veritysetup verify``.  Meanwhile (a
-   thread):
-4. copy vmlinuz and initrd to ``<esp>/tidehost/<slot>/`` (temp file, fsync, rename);
-5. write ``loader/entries/tidehost-<slot>+<tries>.conf`` (temp file, fsync, rename) last:
+   drop them from the page cache, while the hashing runs over the same mapped pages (the
+   tree check of every block adds no read) and vmlinuz and initrd are copied to
+   ``<esp>/tidehost/<slot>/`` (temp file, fsync, rename);
+3. read both partitions back and compare them with the release's files; wait for the
+   hashing: a usr.img that does not match its own tree (``BadRelease``) is never staged;
+   ``full_verify`` adds ``veritysetup verify``;
+4. write ``loader/entries/tidehost-<slot>+<tries>.conf`` (temp file, fsync, rename) last:
    only now can the bootloader pick the new slot, and it prefers it (newer ``version``).
 
 The active slot's devices and entry are never written; a target that resolves to the same
@@ -211,22 +213,21 @@ def write_slot(
         raise SlotError(f"{esp}: the ESP is not mounted")
     bundle = Path(bundle)
 
-    for old in slot_entries(esp, target):
-        log.info("slot %s: removing old boot entry %s", target.name, old.name)
-        old.unlink()
-    fsync_dir(esp / ENTRIES)
-    for name in ("vmlinuz", "initrd"):  # unused now: room on a small ESP for the new ones
-        (esp / target.esp_dir / name).unlink(missing_ok=True)
-
     tree = verity.source_tree(bundle / "usr.verity", manifest.files["usr.img"].size,
-                              manifest.roothash)
-    log.info("slot %s: writing %s to %s", target.name, manifest.version, devices.usr)
+                              manifest.roothash)  # a tree that is not the release's: stop here
     stop = threading.Event()
     with ThreadPoolExecutor(2) as pool:  # usr.img is hashed against its tree as it is written
         hashed = pool.submit(verity.check_data, bundle / "usr.img", tree, manifest.roothash,
                              stop=stop)
-        esp_files = pool.submit(_copy_kernel, bundle, esp / target.esp_dir)
         try:
+            for old in slot_entries(esp, target):
+                log.info("slot %s: removing old boot entry %s", target.name, old.name)
+                old.unlink()
+            fsync_dir(esp / ENTRIES)
+            for name in ("vmlinuz", "initrd"):  # unused now: room on a small ESP for new ones
+                (esp / target.esp_dir / name).unlink(missing_ok=True)
+            esp_files = pool.submit(_copy_kernel, bundle, esp / target.esp_dir)
+            log.info("slot %s: writing %s to %s", target.name, manifest.version, devices.usr)
             _stream(bundle / "usr.img", devices.usr)
             _stream(bundle / "usr.verity", devices.verity)
             _read_back(bundle, manifest, devices, full_verify, runner)
