@@ -143,6 +143,25 @@ def _digests(base: Any, data: memoryview, block: int) -> Iterator[bytes]:
         yield h.digest()
 
 
+def _whole_blocks(partial: bytearray, chunk: bytes | bytearray | memoryview,
+                  block: int) -> Iterator[memoryview]:
+    """Whole blocks of ``partial`` + ``chunk`` (at most two views); the rest stays in
+    ``partial`` (changed in place), so chunks of any size stream through."""
+    view = memoryview(chunk).cast("B")
+    if partial:
+        take = min(len(view), block - len(partial))
+        partial += view[:take]
+        view = view[take:]
+        if len(partial) < block:
+            return
+        yield memoryview(bytes(partial))
+        del partial[:]
+    whole = len(view) - len(view) % block
+    if whole:
+        yield view[:whole]
+    partial += view[whole:]
+
+
 def _pack(geo: Geometry, digests: list[bytes], hbs: int) -> bytes:
     """Hash blocks holding ``digests``, each in its slot, zero-padded."""
     pad = bytes(geo.slot - geo.digest_size)
@@ -279,20 +298,8 @@ class BlockChecker:
 
     def update(self, chunk: bytes | bytearray | memoryview) -> None:
         """Raises: VerityError at the first block that differs, or past the tree's end."""
-        view = memoryview(chunk).cast("B")
-        if self.partial:
-            take = min(len(view), self.block - len(self.partial))
-            self.partial += view[:take]
-            view = view[take:]
-            if len(self.partial) < self.block:
-                return
-            self._check(memoryview(bytes(self.partial)))
-            self.partial = bytearray()
-        whole = len(view) - len(view) % self.block
-        if whole:
-            self._check(view[:whole])
-        if whole < len(view):
-            self.partial = bytearray(view[whole:])
+        for whole in _whole_blocks(self.partial, chunk, self.block):
+            self._check(whole)
 
     def _check(self, data: memoryview) -> None:
         n = len(data) // self.block
@@ -358,19 +365,8 @@ class TreeBuilder:
         self.partial = bytearray()
 
     def update(self, chunk: bytes | bytearray | memoryview) -> None:
-        view = memoryview(chunk).cast("B")
-        if self.partial:
-            take = min(len(view), self.block - len(self.partial))
-            self.partial += view[:take]
-            view = view[take:]
-            if len(self.partial) < self.block:
-                return
-            self.digests.extend(_digests(self.base, memoryview(bytes(self.partial)), self.block))
-            self.partial = bytearray()
-        whole = len(view) - len(view) % self.block
-        self.digests.extend(_digests(self.base, view[:whole], self.block))
-        if whole < len(view):
-            self.partial = bytearray(view[whole:])
+        for whole in _whole_blocks(self.partial, chunk, self.block):
+            self.digests.extend(_digests(self.base, whole, self.block))
 
     def finish(self) -> tuple[bytes, str]:
         """The hash file's bytes and the root hash (hex).
