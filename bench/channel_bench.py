@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from channels.bundle import FileInfo, Manifest  # noqa: E402
+from channels import verity  # noqa: E402
+from channels.bundle import FileInfo, Manifest, sha256_file  # noqa: E402
 from channels.client import ChannelClient  # noqa: E402
 from channels.releases import ChannelRepository  # noqa: E402
 from channels.repository import create, open_repository  # noqa: E402
@@ -34,6 +35,10 @@ def write_bundle(parent: Path, version: str) -> Path:
     bundle.mkdir(parents=True)
     files = {}
     for name, size in SIZES.items():
+        if name == "usr.verity":  # publish checks the tree: a real one, built from usr.img
+            roothash = verity.build(bundle / "usr.img", bundle / name, os.urandom(32))
+            files[name] = FileInfo((bundle / name).stat().st_size, sha256_file(bundle / name))
+            continue
         h = hashlib.sha256()
         with open(bundle / name, "wb") as f:
             left = size
@@ -44,7 +49,7 @@ def write_bundle(parent: Path, version: str) -> Path:
                 left -= len(block)
         files[name] = FileInfo(size, h.hexdigest())
     m = Manifest("tidehost", version, "alpha", f"bench-{version}", "x86-64", "trixie", "erofs",
-                 "0" * 64, "", 3, files)
+                 roothash, "", 3, files)
     (bundle / "manifest.json").write_text(m.to_json())
     return bundle
 

@@ -94,6 +94,10 @@ class DownloadSizeError(TransportError):
     """A response was longer than allowed (endless data) or shorter than announced."""
 
 
+class VerityError(BundleError):
+    """A dm-verity hash tree is malformed, or does not match its data or its root hash."""
+
+
 # --- delta updates (channels.casync): every failure there means "use the full download" --
 
 

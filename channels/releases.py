@@ -20,6 +20,7 @@ from typing import Any
 from tuf.api.exceptions import LengthOrHashMismatchError
 from tuf.api.metadata import TargetFile
 
+from channels import verity
 from channels.bundle import CHANNELS, MANIFEST, load_bundle
 from channels.errors import BundleError, NotARepositoryError, ReleaseError
 from channels.index import (
@@ -163,6 +164,7 @@ class ChannelRepository:
             if path.stat().st_size != sizes[fname][1]:
                 raise BundleError(f"{path}: size {path.stat().st_size} does not match the "
                                   f"manifest's {sizes[fname][1]}")
+        verity.check_bundle(Path(bundle), manifest.roothash)  # the tree matches the data
         copied = reused = 0
         files: dict[str, str] = {}
         for fname in BUNDLE_FILES:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -20,20 +19,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from channels.bundle import Slot, load_bundle
-from channels.errors import ChannelError
-from updater import health, metrics, slots
+from channels.bundle import Slot
+from updater import metrics, slots
 from updater.channel import Channel
 from updater.config import AgentConfig
-from updater.decide import Decision, decide
-from updater.errors import ChannelUnavailable, UpdaterError, VerificationError
+from updater.errors import UpdaterError
 from updater.host import Host
 from updater.lock import RebootLock
-from updater.schedule import backoff, next_check, next_window, window_open
+from updater.rebooting import Rebooting
+from updater.schedule import backoff, next_window, window_open
+from updater.staging import Staging
 from updater.state import Phase, State, StateStore
 
 log = logging.getLogger(__name__)
-LOCK_POLL = 30.0  # seconds between tries of a busy lock (jittered)
 IDLE_SLEEP = 3600.0
 
 
@@ -46,7 +44,10 @@ class Layout:
         s: slots.SlotDevices.by_label(s) for s in Slot})
 
 
-class Agent:
+class Agent(Staging, Rebooting):
+    """One host's agent; its steps live in ``staging`` (check, download, verify, write) and
+    ``rebooting`` (lock, reboot, confirm)."""
+
     def __init__(
         self,
         config: AgentConfig,
@@ -133,6 +134,18 @@ class Agent:
             s = replace(s, release_pending=True)  # like locksmith: never keep a stale hold
         return self.save(s)
 
+    def abandon(self, why: str) -> State:
+        """The last step was ended from outside (the daemon's deadline): work in flight is
+        failed and retried with backoff, as after a restart; a waiting phase stays."""
+        s = self.load()
+        now = self.clock()
+        log.error("state: %s was stopped: %s", s.phase, why)
+        if s.phase.is_transient():
+            s = s.fail(f"{s.phase} stopped: {why}", now)
+            delay = backoff(s.failures, base=60, cap=self.config.interval, rand=self.rand)
+            return self.save(replace(s, next_check=now + delay))
+        return self.save(replace(s, last_error=f"{s.phase} stopped: {why}", last_error_time=now))
+
     def _rebooted_while_staged(self, s: State, now: float) -> State:
         """The host rebooted without the agent (strategy off, an operator, a crash)."""
         if self.booted.value == s.target_slot:
@@ -208,157 +221,6 @@ class Agent:
             return self.reboot_when_locked(s)
         return IDLE_SLEEP
 
-    # --- check, download, verify, write ----------------------------------------------------
-
-    def check_and_stage(self, s: State) -> tuple[State, float]:
-        """Ask the channel; stage a newer version into the other slot."""
-        if self.channel is None:
-            raise ChannelUnavailable("no channel configured")
-        now = self.clock()
-        staged = s.target_version if s.phase is Phase.STAGED else None
-        s = self.save(s.to(Phase.CHECKING, now))
-        current = self.version
-        try:
-            offer = self.channel.offer(self.holder_id, current)
-            offered = offer.version if offer else None
-            decision = decide(current, offered, s.bad_versions, staged)
-        except (ChannelError, UpdaterError, OSError, ValueError) as e:
-            return self._failed(s, f"check failed: {e}")
-        nxt = next_check(now, self.config.interval, self.config.jitter, self.rand)
-        s = replace(s, last_check=now, next_check=nxt, failures=0, last_error="")
-        if decision is Decision.STAGED:
-            return self.save(s.to(Phase.STAGED, now)), 0.0
-        if offer is None or not decision.wants_apply():
-            log.info("check: running %s, channel offers %s: %s", current, offered or "nothing",
-                     decision)
-            return self.save(s.to(Phase.IDLE, now)), nxt - now
-        log.info("check: %s offered (running %s)", offer.version, current)
-        try:
-            target = self.booted.other
-            dest = self.config.state_dir / "downloads"
-            s = self.save(s.to(Phase.DOWNLOADING, now, target_version=offer.version))
-            bundle = self.channel.download(offer, dest)
-            s = self.save(s.to(Phase.VERIFYING, self.clock()))
-            manifest = load_bundle(bundle, verify=True)
-            if (manifest.version, manifest.roothash) != (offer.version, offer.manifest.roothash):
-                raise VerificationError(f"{bundle}: bundle is {manifest.version}, "
-                                        f"not the offered {offer.version}")
-            s = self.save(s.to(Phase.WRITING, self.clock(), target_slot=target.value,
-                               target_roothash=manifest.roothash).mark_attempted(offer.version))
-            self.write_slot(bundle, manifest, target, active=self.booted,
-                            devices=self.layout.devices[target],
-                            active_devices=self.layout.devices[target.other],
-                            esp=self.layout.esp,
-                            tries=self.config.boot_tries or manifest.boot_tries)
-        except OSError as e:
-            return self._failed(s, f"staging {offer.version} failed: {e.strerror or e}")
-        except (ChannelError, UpdaterError) as e:
-            return self._failed(s, f"staging {offer.version} failed: {e}")
-        shutil.rmtree(bundle, ignore_errors=True)
-        log.info("staged %s on slot %s%s", offer.version, target.name,
-                 "" if self.config.strategy.reboots() else "; strategy off: reboot when you like")
-        return self.save(s.to(Phase.STAGED, self.clock(), failures=0,
-                               reboot_boot_id=self.host.boot_id())), 0.0
-
-    # --- lock and reboot -------------------------------------------------------------------
-
-    def reboot_when_locked(self, s: State) -> float:
-        entries = slots.slot_entries(self.layout.esp, Slot(s.target_slot)) if s.target_slot \
-            else []
-        if not any((e := slots.parse_entry(p.name)) and not e.bad for p in entries):
-            _, delay = self._failed(s, f"slot {s.target_slot.upper() or '?'} has no boot entry: "
-                                       "not rebooting into an incompletely staged slot")
-            return delay
-        now = self.clock()
-        if not s.lock_held:
-            try:
-                got = self.lock.acquire(self.holder_id)
-            except UpdaterError as e:
-                log.error("reboot lock: %s", e)
-                self.save(replace(s, last_error=f"reboot lock: {e}", last_error_time=now))
-                return backoff(max(1, s.failures), base=LOCK_POLL, cap=600, rand=self.rand)
-            if not got:
-                return LOCK_POLL * (0.5 + self.rand())
-            s = self.save(replace(s, lock_held=self.config.strategy.needs_lock()))
-        s = self.save(s.to(Phase.REBOOTING, now, reboot_boot_id=self.host.boot_id(),
-                           reboots=s.reboots + 1))
-        log.info("rebooting into %s on slot %s", s.target_version, s.target_slot.upper())
-        try:
-            self.host.reboot()
-        except UpdaterError as e:
-            log.error("reboot failed: %s", e)
-        return 60.0
-
-    def _renew(self) -> None:
-        try:
-            if not self.lock.renew(self.holder_id):
-                log.warning("reboot lock: this host was removed as a dead holder")
-        except UpdaterError as e:
-            log.warning("reboot lock: renew failed: %s", e)
-
-    def _release(self, s: State) -> State:
-        try:
-            self.lock.release(self.holder_id)
-        except UpdaterError as e:
-            log.error("reboot lock: release failed, will retry: %s", e)
-            return replace(s, last_error=f"release failed: {e}", last_error_time=self.clock())
-        return replace(s, lock_held=False, release_pending=False)
-
-    def _release_when_healthy(self, s: State) -> float:
-        """Release a hold from before this start once the host is healthy *now* (its units
-        and commands; boot-complete.target gates trial boots only, and a gate that timed out
-        on a slow first boot must not keep a host from ever updating). A host that holds
-        nothing (never did, or was cleared as a dead holder) has nothing to wait for."""
-        cfg = self.config
-        bad = health.failures(self.host, cfg.health_units, cfg.health_commands,
-                              boot_complete=False)  # fmt: skip
-        if bad:
-            try:
-                held = self.lock.renew(self.holder_id)
-            except UpdaterError as e:
-                log.warning("reboot lock: renew failed: %s", e)
-                return 10.0
-            if not held:
-                log.info("reboot lock: this host holds no slot; nothing to release")
-                self.save(replace(s, lock_held=False, release_pending=False))
-                return 0.0
-            log.info("holding the reboot lock until healthy: waiting for %s", ", ".join(bad))
-            return 10.0
-        s = self.save(self._release(s))
-        return 0.0 if not s.release_pending else backoff(2, base=30, rand=self.rand)
-
-    # --- after the reboot ------------------------------------------------------------------
-
-    def _confirm(self, s: State) -> float:
-        cfg = self.config
-        if s.lock_held:
-            self._renew()
-        left = cfg.health_deadline - (self.clock() - s.since)
-        bad = health.wait_healthy(self.host, cfg.health_units, cfg.health_commands,
-                                  max(left, 0.0), clock=self.clock, sleep=self.sleep,
-                                  tick=self._renew if s.lock_held else None,
-                                  fatal=(health.HEALTH_UNIT,))
-        now = self.clock()
-        if bad:
-            log.error("health gate failed for %s: %s; marking the boot bad and rebooting",
-                      s.target_version, ", ".join(bad))
-            self.host.bless(False)
-            s = self.save(s.to(Phase.REBOOTING, now, reboot_boot_id=self.host.boot_id(),
-                               reboots=s.reboots + 1,
-                               last_error=f"health: {', '.join(bad)}", last_error_time=now))
-            try:
-                self.host.reboot()
-            except UpdaterError as e:
-                log.error("reboot failed: %s", e)
-            return 60.0
-        self.host.bless(True)
-        s = self._release(s) if s.lock_held else s
-        log.info("updated to %s on slot %s: healthy, blessed%s", s.target_version,
-                 s.target_slot.upper(), ", lock released" if not s.lock_held else "")
-        self.save(s.to(Phase.IDLE, now, last_result=f"updated to {s.target_version}",
-                       failures=0))
-        return 0.0
-
     # --- operator verbs --------------------------------------------------------------------
 
     def apply_now(self, *, reboot: bool = True) -> State:
@@ -419,4 +281,5 @@ class Agent:
             "next_check": s.next_check, "last_error": s.last_error,
             "last_result": s.last_result, "lock_held": s.lock_held,
             "bad_versions": list(s.bad_versions), "reboots": s.reboots,
+            "bad_releases": list(s.bad_releases),
         }

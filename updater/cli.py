@@ -1,11 +1,12 @@
 """``tidehost-update``: the on-host command.  ``main()`` is the only place errors become exit
-codes (0 ok, 1 error, 2 usage, 3 lock busy)."""
+codes (0 ok, 1 error, 2 usage, 3 lock busy: the reboot lock, or the agent's step lock)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import random
 import sys
 import time
 from dataclasses import replace
@@ -15,9 +16,17 @@ from typing import Any
 
 from channels.errors import ChannelError
 from updater import config as cfgmod
-from updater.errors import ChannelUnavailable, ConfigError, LockBusy, LockError, UpdaterError
+from updater.errors import (
+    ChannelUnavailable,
+    ConfigError,
+    LockBusy,
+    LockError,
+    StepBusy,
+    UpdaterError,
+)
 
 log = logging.getLogger("updater")
+STEP_WAIT = 30.0  # default seconds a verb waits for the agent's step lock
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,9 +38,16 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("daemon", help="run the agent (the systemd service)")
     st = sub.add_parser("status", help="version, slot, channel, state, last check, lock")
     st.add_argument("--json", action="store_true")
-    sub.add_parser("check", help="ask the channel now and stage a newer release (no reboot)")
-    sub.add_parser("apply", help="stage now, then take the lock and reboot (ignores window)")
-    rb = sub.add_parser("rollback", help="boot the other slot from the next reboot on")
+    busy = argparse.ArgumentParser(add_help=False)
+    busy.add_argument("--wait", type=float, default=STEP_WAIT, metavar="SECONDS",
+                      help="how long to wait while the agent is busy with a step "
+                           f"(default {STEP_WAIT:.0f}; 0: refuse at once)")
+    sub.add_parser("check", parents=[busy],
+                   help="ask the channel now and stage a newer release (no reboot)")
+    sub.add_parser("apply", parents=[busy],
+                   help="stage now, then take the lock and reboot (ignores window)")
+    rb = sub.add_parser("rollback", parents=[busy],
+                        help="boot the other slot from the next reboot on")
     rb.add_argument("--now", action="store_true", help="take the lock and reboot now")
     sub.add_parser("health", help="wait for the health checks (the health-check unit)")
     lk = sub.add_parser("lock", help="the reboot lock (like locksmithctl)")
@@ -45,8 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true")
     ll = lsub.add_parser("lock", parents=[where])
     ll.add_argument("id", nargs="?")
-    ll.add_argument("--wait", action="store_true", help="retry until a slot is free")
-    ll.add_argument("--lease", type=int, help="seconds the hold lives without renewal")
+    ll.add_argument("--wait", action="store_true",
+                    help="retry until a slot is free (backing off, with jitter)")
+    ll.add_argument("--lease", type=int, help="seconds the hold lives without renewal "
+                                              "(5 to 604800)")
     lu = lsub.add_parser("unlock", parents=[where])
     lu.add_argument("id", nargs="?")
     lm = lsub.add_parser("set-max", parents=[where])
@@ -61,16 +79,16 @@ def _setup_logging(debug: bool) -> None:
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
-def _agent(config: cfgmod.AgentConfig, *, need_channel: bool) -> Any:
+def _agent(config: cfgmod.AgentConfig, *, need_channel: bool, need_lock: bool = True) -> Any:
     from updater.agent import Agent
     from updater.channel import make_channel
     from updater.host import SystemdHost
-    from updater.lock import make_lock
+    from updater.lock import NoLock, make_lock
 
     channel = make_channel(config)
     if need_channel and channel is None:
         raise ChannelUnavailable(f"no channel configured (set channel.url in {cfgmod.CONFIG_FILE})")
-    return Agent(config, SystemdHost(), make_lock(config), channel)
+    return Agent(config, SystemdHost(), make_lock(config) if need_lock else NoLock(), channel)
 
 
 def _ts(t: float) -> str:
@@ -78,7 +96,7 @@ def _ts(t: float) -> str:
 
 
 def cmd_status(config: cfgmod.AgentConfig, as_json: bool) -> None:
-    st = _agent(config, need_channel=False).status()
+    st = _agent(config, need_channel=False, need_lock=False).status()
     if as_json:
         print(json.dumps(st, indent=2, sort_keys=True))
         return
@@ -111,18 +129,27 @@ def cmd_daemon(config: cfgmod.AgentConfig, *, fork: bool = True) -> None:
             log.error("channel %s: %s; not checking for updates", config.channel_url, e)
             return _agent(replace(config, channel_url=""), need_channel=False)
 
-    run_daemon(make_agent, config.state_dir, fork=fork)
+    run_daemon(make_agent, config.state_dir, fork=fork, deadlines=config.deadlines,
+               health_deadline=config.health_deadline)
 
 
 def cmd_lock(config: cfgmod.AgentConfig, a: argparse.Namespace) -> None:
+    from updater.fields import MAX_SLOTS
     from updater.host import SystemdHost
-    from updater.lock.etcd import EtcdLockClient
-    from updater.lock.gateway import EtcdGateway
+    from updater.lock import etcd_lock, host_token
+    from updater.lock.semaphore import check_holder, shown
 
-    endpoints = tuple(a.etcd.split(",")) if a.etcd else config.etcd_endpoints
-    gw = EtcdGateway(endpoints, ca=config.etcd_ca, cert=config.etcd_cert, key=config.etcd_key)
-    client = EtcdLockClient(gw, a.group or config.group, getattr(a, "lease", None) or config.lease,
-                            init_max=config.lock_max)
+    lease = getattr(a, "lease", None)
+    if lease is not None:
+        try:
+            cfgmod.LEASE(lease)
+        except ValueError as e:
+            raise LockError(f"--lease: {e}") from None
+    if a.lock_verb == "set-max" and not 0 <= a.max <= MAX_SLOTS:
+        raise LockError(f"set-max: {a.max} is not from 0 to {MAX_SLOTS}")
+    token = host_token(config.state_dir) if a.lock_verb == "lock" else ""
+    client = etcd_lock(config, endpoints=tuple(a.etcd.split(",")) if a.etcd else None,
+                       group=a.group, lease=lease, token=token)
     holder = getattr(a, "id", None) or config.node or SystemdHost().machine_id()
     if a.lock_verb == "status":
         sem = client.status()
@@ -131,21 +158,23 @@ def cmd_lock(config: cfgmod.AgentConfig, a: argparse.Namespace) -> None:
                               "holders": list(sem.holders)}))
         else:
             print(f"Group: {client.group}\nAvailable: {sem.semaphore}\nMax: {sem.max}")
-            if sem.holders:
-                print("\nMachine IDs:\n" + "\n".join(sem.holders))
+            if sem.holders:  # ids other clients wrote are escaped: one line each
+                print("\nMachine IDs:\n" + "\n".join(map(shown, sem.holders)))
         return
-    if not holder and a.lock_verb in ("lock", "unlock"):
-        raise LockError("no holder id given and /etc/machine-id is empty")
+    if a.lock_verb in ("lock", "unlock"):
+        if not holder:
+            raise LockError("no holder id given and /etc/machine-id is empty")
+        check_holder(holder)
     if a.lock_verb == "lock":
         delay = 1.0
         while not client.acquire(holder):
             if not a.wait:
                 raise LockBusy(f"group {client.group}: no free slot")
-            time.sleep(delay)
+            time.sleep(delay * (0.5 + random.random()))  # jitter: waiters do not move in step
             delay = min(delay * 2, 30.0)
         print(f"{holder} holds the lock of group {client.group}")
     elif a.lock_verb == "unlock":
-        client.unlock(holder)
+        client.unlock(holder, force=True)  # the operator may release any host's slot
         print(f"{holder} released the lock of group {client.group}")
     elif a.lock_verb == "set-max":
         old = client.status().max
@@ -208,7 +237,7 @@ def run(argv: list[str] | None = None) -> None:
         from updater.daemon import exclusive
 
         agent = _agent(config, need_channel=a.verb in ("check", "apply"))
-        with exclusive(config.state_dir):
+        with exclusive(config.state_dir, wait=max(a.wait, 0.0), what=f"tidehost-update {a.verb}"):
             if a.verb == "check":
                 s, _ = agent.check_and_stage(agent.load())
                 if s.phase.value == "error":
@@ -228,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         run(argv)
-    except LockBusy as e:
+    except (LockBusy, StepBusy) as e:
         print(f"tidehost-update: {e}", file=sys.stderr)
         return 3
     except (UpdaterError, ChannelError) as e:

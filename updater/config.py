@@ -23,31 +23,37 @@ Example /etc/tidehost/update.yaml (cloud-config writes one like it)::
       units: [docker.service]
       commands: ["/usr/bin/docker info"]
       deadline: 5m
+    deadline: {download: 2h, write: 1h}   # per step kind; see ``Deadlines``
+
+``strategy: off`` may be written unquoted (YAML reads it as false).  ``window.days`` takes
+systemd's calendar weekdays: ``mon``/``monday``, ranges ``mon-fri`` or ``mon..fri``, lists
+``[sat, sun]`` or ``"sat,sun"``; ``window.length`` is 1 minute to 7 days; every duration is
+at most 366 days; ``etcd.lease`` 5 s to 7 days; ``max`` 1 to 10000; ``node`` a printable id
+of at most 253 characters.
 """
 
 from __future__ import annotations
 
-import re
-import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import time
 from enum import StrEnum
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import yaml
 
+from channels.bundle import CHANNELS
+from updater import fields as fv
 from updater.errors import ConfigError
 
 DEFAULTS_FILE = Path("/usr/share/tidehost/update.yaml")
 CONFIG_FILE = Path("/etc/tidehost/update.yaml")
-DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_GROUP = re.compile(r"^[a-zA-Z0-9.-]+$")
-_DURATION = re.compile(r"^(?:\d+[smhd])+$")
-_PART = re.compile(r"(\d+)([smhd])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+LEASE = fv.bounded(fv.duration, 5, 7 * fv.DAY, fv.human)  # etcd.lease and lock --lease
+DEADLINE = fv.bounded(fv.duration, fv.MINUTE, 2 * fv.DAY, fv.human)
+WINDOW_LENGTH = fv.bounded(fv.duration, fv.MINUTE, 7 * fv.DAY, fv.human)
 
 
 class Strategy(StrEnum):
@@ -78,6 +84,28 @@ class Window:
 
 
 @dataclass(frozen=True)
+class Deadlines:
+    """The longest a daemon step of each kind may run before the daemon ends it (seconds).
+
+    check: TUF metadata; download: the whole bundle (each fetch has its own deadline too);
+    verify: hashing it; write: writing and checking the slot; lock: a reboot-lock call
+    (take, renew, release); reboot: asking systemd; confirm: the health gate (never less
+    than health.deadline plus a minute).
+    """
+
+    check: int = 600
+    download: int = 7200
+    verify: int = 1800
+    write: int = 3600
+    lock: int = 600
+    reboot: int = 600
+    confirm: int = 1800
+
+
+DEADLINES = MappingProxyType({k.name: k.default for k in fields(Deadlines)})
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     strategy: Strategy = Strategy.ETCD_LOCK
     node: str = ""  # the lock holder id; empty: /etc/machine-id
@@ -103,6 +131,7 @@ class AgentConfig:
     state_dir: Path = Path("/var/lib/tidehost")
     metrics_file: Path | None = Path("/var/lib/prometheus/node-exporter/tidehost.prom")
     esp: Path = Path("/efi")
+    deadlines: Deadlines = Deadlines()
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -110,194 +139,65 @@ class AgentConfig:
         return bool(self.channel_url)
 
 
-# --- parsers: (value) -> typed value; raise ValueError with a short reason -------------------
-
-
-def _str(v: Any) -> str:
-    if v is None:
-        return ""
-    if not isinstance(v, str | int | float) or isinstance(v, bool):
-        raise ValueError(f"{v!r} is not a string")
-    return str(v)
-
-
-def _path_or_none(v: Any) -> Path | None:
-    s = _str(v)
-    if s and not s.startswith("/"):
-        raise ValueError(f"{s!r} is not an absolute path")
-    return Path(s) if s else None
-
-
-def _path(v: Any) -> Path:
-    p = _path_or_none(v)
-    if p is None:
-        raise ValueError("must not be empty")
-    return p
-
-
-def _duration(v: Any) -> int:
-    """Seconds: an integer, or ``30s``, ``15m``, ``2h``, ``1d``, ``1h30m`` (locksmith's)."""
-    if isinstance(v, bool):
-        raise ValueError(f"{v!r} is not a duration")
-    if isinstance(v, int):
-        if v < 0:
-            raise ValueError(f"{v} is negative")
-        return v
-    text = str(v).strip().replace(" ", "")
-    if text.isdigit():
-        return int(text)
-    if not _DURATION.match(text):
-        raise ValueError(f"{v!r} is not a duration (seconds, or like 30s, 15m, 1h30m, 1d)")
-    return sum(int(n) * _UNITS[u] for n, u in _PART.findall(text))
-
-
-def _positive(parse: Callable[[Any], int]) -> Callable[[Any], int]:
-    def inner(v: Any) -> int:
-        n = parse(v)
-        if n <= 0:
-            raise ValueError(f"{v!r} must be greater than zero")
-        return n
-
-    return inner
-
-
-def _count(v: Any) -> int:
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise ValueError(f"{v!r} is not a whole number")
-    return v
-
-
-def _tries(v: Any) -> int | None:
-    if v is None or v == "":
-        return None
-    if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 9:
-        raise ValueError(f"{v!r} is not a whole number from 1 to 9")
-    return v
-
-
 def _strategy(v: Any) -> Strategy:
+    if v is False:  # ``strategy: off`` unquoted is YAML 1.1's false: it means off
+        return Strategy.OFF
     try:
-        return Strategy(str(v))
+        return Strategy(v if isinstance(v, str) else repr(v))
     except ValueError:
         raise ValueError(f"{v!r} is not one of {', '.join(s.value for s in Strategy)}") from None
 
 
-def _group(v: Any) -> str:
-    s = _str(v)
-    if not _GROUP.match(s):
-        raise ValueError(f"{s!r} does not match [a-zA-Z0-9.-]+")
-    return s
-
-
-def _url(v: Any) -> str:
-    s = _str(v)
-    if s and not re.match(r"^https?://[^/\s]+", s):
-        raise ValueError(f"{s!r} is not an http(s) URL")
-    return s
-
-
-def _list(v: Any) -> list[Any]:
-    if v is None:
-        return []
-    if isinstance(v, str):
-        return [x for x in (p.strip() for p in v.split(",")) if x]
-    if not isinstance(v, list):
-        raise ValueError(f"{v!r} is not a list")
-    return v
-
-
-def _urls(v: Any) -> tuple[str, ...]:
-    out = tuple(_url(x) for x in _list(v))
-    if not out:
-        raise ValueError("needs at least one URL")
-    return out
-
-
-def _units(v: Any) -> tuple[str, ...]:
-    return tuple(_str(x) for x in _list(v))
-
-
-def _commands(v: Any) -> tuple[tuple[str, ...], ...]:
-    if v is None:
-        return ()
-    if not isinstance(v, list):
-        raise ValueError(f"{v!r} is not a list of commands")
-    out = []
-    for c in v:
-        argv = shlex.split(c) if isinstance(c, str) else [_str(x) for x in _list(c)]
-        if not argv:
-            raise ValueError("an empty command")
-        out.append(tuple(argv))
-    return tuple(out)
-
-
-def _days(v: Any) -> tuple[int, ...]:
-    items = _list(v) or list(DAYS)
-    out = set()
-    for d in items:
-        key = _str(d).strip().lower()[:3]
-        if key not in DAYS:
-            raise ValueError(f"{d!r} is not a day of the week (mon … sun)")
-        out.add(DAYS.index(key))
-    return tuple(sorted(out))
-
-
-def _clock(v: Any) -> time:
-    if isinstance(v, int) and not isinstance(v, bool):  # YAML 1.1 reads 02:00 as 120 (sexagesimal)
-        v = f"{v // 60:02d}:{v % 60:02d}"
-    m = re.match(r"^(\d{1,2}):(\d{2})$", _str(v).strip())
-    if not m or int(m[1]) > 23 or int(m[2]) > 59:
-        raise ValueError(f"{v!r} is not a time of day HH:MM")
-    return time(int(m[1]), int(m[2]))
-
-
-def _tz(v: Any) -> str:
-    s = _str(v) or "UTC"
-    try:
-        ZoneInfo(s)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"{s!r} is not a known time zone") from None
+def _channel(v: Any) -> str:
+    s = fv.text(v)
+    if s not in CHANNELS:
+        raise ValueError(f"{s!r} is not one of {', '.join(CHANNELS)}")
     return s
 
 
 @dataclass(frozen=True)
 class Setting:
     key: str  # dotted YAML path
-    dest: str  # AgentConfig field, or "window.*" for the window's parts
+    dest: str  # AgentConfig field, or "window.*"/"deadlines.*" for their parts
     parse: Callable[[Any], Any]
     help: str
 
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("strategy", "strategy", _strategy, "etcd-lock, fleetlock, reboot or off"),
-    Setting("node", "node", _str, "this host's lock holder id (default: machine id)"),
-    Setting("group", "group", _group, "reboot-lock group"),
-    Setting("max", "lock_max", _positive(_count), "slots of the group when it is created"),
-    Setting("channel.url", "channel_url", _url, "base URL of the channel repository"),
-    Setting("channel.name", "channel_name", _str, "alpha, beta or stable"),
-    Setting("channel.root", "channel_root", _path, "trusted root.json of the repository"),
-    Setting("check.interval", "interval", _positive(_duration), "time between checks"),
-    Setting("check.jitter", "jitter", _duration, "random extra delay of each check"),
-    Setting("etcd.endpoints", "etcd_endpoints", _urls, "etcd client URLs"),
-    Setting("etcd.ca", "etcd_ca", _path_or_none, "CA bundle for etcd TLS"),
-    Setting("etcd.cacert", "etcd_ca", _path_or_none, "the same as etcd.ca"),
-    Setting("etcd.cert", "etcd_cert", _path_or_none, "client certificate for etcd"),
-    Setting("etcd.key", "etcd_key", _path_or_none, "client key for etcd"),
-    Setting("etcd.discovery_srv", "etcd_discovery_srv", _str,
+    Setting("node", "node", fv.holder_id, "this host's lock holder id (default: machine id)"),
+    Setting("group", "group", fv.group, "reboot-lock group"),
+    Setting("max", "lock_max", fv.bounded(fv.count, 1, fv.MAX_SLOTS),
+            "slots of the group when it is created"),
+    Setting("channel.url", "channel_url", fv.url, "base URL of the channel repository"),
+    Setting("channel.name", "channel_name", _channel, "alpha, beta or stable"),
+    Setting("channel.root", "channel_root", fv.path, "trusted root.json of the repository"),
+    Setting("check.interval", "interval", fv.positive(fv.duration), "time between checks"),
+    Setting("check.jitter", "jitter", fv.duration, "random extra delay of each check"),
+    Setting("etcd.endpoints", "etcd_endpoints", fv.urls, "etcd client URLs"),
+    Setting("etcd.ca", "etcd_ca", fv.path_or_none, "CA bundle for etcd TLS"),
+    Setting("etcd.cacert", "etcd_ca", fv.path_or_none, "the same as etcd.ca"),
+    Setting("etcd.cert", "etcd_cert", fv.path_or_none, "client certificate for etcd"),
+    Setting("etcd.key", "etcd_key", fv.path_or_none, "client key for etcd"),
+    Setting("etcd.discovery_srv", "etcd_discovery_srv", fv.text,
             "DNS SRV domain of the cluster (informational: the endpoints are used)"),
-    Setting("etcd.lease", "lease", _positive(_duration), "lifetime of a holder's liveness key"),
-    Setting("fleetlock.url", "fleetlock_url", _url, "FleetLock server base URL"),
-    Setting("window.days", "window.days", _days, "days of the maintenance window"),
-    Setting("window.start", "window.start", _clock, "start time HH:MM"),
-    Setting("window.length", "window.length", _positive(_duration), "length of the window"),
-    Setting("window.tz", "window.tz", _tz, "time zone of the window"),
-    Setting("health.units", "health_units", _units, "units that must be active"),
-    Setting("health.commands", "health_commands", _commands, "commands that must succeed"),
-    Setting("health.deadline", "health_deadline", _positive(_duration), "time allowed"),
-    Setting("boot_tries", "boot_tries", _tries, "tries a new slot gets (default: manifest's)"),
-    Setting("state_dir", "state_dir", _path, "where the agent keeps its state"),
-    Setting("metrics_file", "metrics_file", _path_or_none, "Prometheus textfile ('' = off)"),
-    Setting("esp", "esp", _path, "mount point of the ESP"),
+    Setting("etcd.lease", "lease", LEASE, "lifetime of a holder's liveness key"),
+    Setting("fleetlock.url", "fleetlock_url", fv.url, "FleetLock server base URL"),
+    Setting("window.days", "window.days", fv.days, "days of the maintenance window"),
+    Setting("window.start", "window.start", fv.clock, "start time HH:MM"),
+    Setting("window.length", "window.length", WINDOW_LENGTH,
+            "length of the window (1 minute to 7 days)"),
+    Setting("window.tz", "window.tz", fv.tz, "time zone of the window"),
+    Setting("health.units", "health_units", fv.units, "units that must be active"),
+    Setting("health.commands", "health_commands", fv.commands, "commands that must succeed"),
+    Setting("health.deadline", "health_deadline", fv.positive(fv.duration), "time allowed"),
+    Setting("boot_tries", "boot_tries", fv.tries, "tries a new slot gets (default: manifest's)"),
+    Setting("state_dir", "state_dir", fv.path, "where the agent keeps its state"),
+    Setting("metrics_file", "metrics_file", fv.path_or_none, "Prometheus textfile ('' = off)"),
+    Setting("esp", "esp", fv.path, "mount point of the ESP"),
+    *(Setting(f"deadline.{k}", f"deadlines.{k}", DEADLINE,
+              f"longest {k} step before the daemon stops it (default {fv.human(v)})")
+      for k, v in DEADLINES.items()),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 _SECTIONS = {s.key.split(".")[0] for s in SETTINGS if "." in s.key}
@@ -349,6 +249,7 @@ def parse(values: Mapping[str, tuple[Any, str]], sources: tuple[str, ...] = ()) 
     """Build the typed config from dotted keys (value, source)."""
     kwargs: dict[str, Any] = {}
     win: dict[str, Any] = {}
+    deadlines: dict[str, int] = {}
     for key, (raw, source) in values.items():
         s = _BY_KEY[key]
         try:
@@ -357,8 +258,12 @@ def parse(values: Mapping[str, tuple[Any, str]], sources: tuple[str, ...] = ()) 
             raise ConfigError(f"{source}: field '{key}': {e}") from None
         if s.dest.startswith("window."):
             win[s.dest.split(".", 1)[1]] = val
+        elif s.dest.startswith("deadlines."):
+            deadlines[s.dest.split(".", 1)[1]] = val
         else:
             kwargs[s.dest] = val
+    if deadlines:
+        kwargs["deadlines"] = Deadlines(**deadlines)
     if win:
         if "start" not in win or "length" not in win:
             src = next(src for k, (_, src) in values.items() if k.startswith("window."))

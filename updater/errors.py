@@ -53,3 +53,17 @@ class CommandError(UpdaterError):
     def __init__(self, message: str, returncode: int = 1) -> None:
         super().__init__(message)
         self.returncode = returncode
+
+
+class HolderConflict(LockError):
+    """Another host presents the same holder id (its liveness key carries another host's
+    token): two hosts must never share one slot."""
+
+
+class StepBusy(UpdaterError):
+    """Another process holds the agent's step lock (the daemon mid-step, or another verb)."""
+
+
+class BadRelease(VerificationError):
+    """The release's own signed bytes are inconsistent (usr.img against its hash tree or root
+    hash, the bundle against its offer): downloading the same bytes again cannot help."""

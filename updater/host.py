@@ -64,11 +64,11 @@ class SystemdHost:
         return self._read("etc/machine-id")
 
     def unit_active(self, unit: str) -> bool:
-        proc = run(["systemctl", "is-active", "--quiet", unit], check=False, timeout=30)
+        proc = run(["systemctl", "is-active", "--quiet", "--", unit], check=False, timeout=30)
         return proc.returncode == 0
 
     def unit_failed(self, unit: str) -> bool:
-        proc = run(["systemctl", "is-failed", "--quiet", unit], check=False, timeout=30)
+        proc = run(["systemctl", "is-failed", "--quiet", "--", unit], check=False, timeout=30)
         return proc.returncode == 0
 
     def check_command(self, argv: Sequence[str]) -> bool:

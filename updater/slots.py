@@ -2,15 +2,18 @@
 
 Write order (``write_slot``), so that an interruption at any point boots the current slot:
 
+0. validate the boot entry to be written, and check usr.verity's levels against the signed
+   root hash (nothing is written if either fails); start hashing usr.img's blocks against
+   that tree (two threads; ``updater.verity.check_data``);
 1. remove the target slot's boot entries (the old contents of that slot become unbootable);
 2. stream usr.img and usr.verity into the target's USR-x and USR-x-VERITY devices, fsync,
-   drop them from the page cache;
-3. read both back from the devices: they must equal the release's files (whose signed
-   sha256 the agent checked just before), and the written tree's top block must give the
-   release's root hash (``updater.verity``);
-   ``full_verify`` adds ``veritysetup verify`` over every block.  Meanwhile (a thread):
-4. copy vmlinuz and initrd to ``<esp>/tidehost/<slot>/`` (temp file, fsync, rename);
-5. write ``loader/entries/tidehost-<slot>+<tries>.conf`` (temp file, fsync, rename) last:
+   drop them from the page cache, while the hashing runs over the same mapped pages (the
+   tree check of every block adds no read) and vmlinuz and initrd are copied to
+   ``<esp>/tidehost/<slot>/`` (temp file, fsync, rename);
+3. read both partitions back and compare them with the release's files; wait for the
+   hashing: a usr.img that does not match its own tree (``BadRelease``) is never staged;
+   ``full_verify`` adds ``veritysetup verify``;
+4. write ``loader/entries/tidehost-<slot>+<tries>.conf`` (temp file, fsync, rename) last:
    only now can the bootloader pick the new slot, and it prefers it (newer ``version``).
 
 The active slot's devices and entry are never written; a target that resolves to the same
@@ -23,6 +26,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,7 +34,7 @@ from pathlib import Path
 
 from channels.bundle import BootEntry, Manifest, Slot, boot_entry, entry_stem
 from updater import verity
-from updater.errors import CommandError, SlotError, VerificationError
+from updater.errors import BadRelease, CommandError, SlotError, VerificationError
 from updater.run import run
 from updater.state import atomic_write, fsync_dir
 
@@ -109,13 +113,9 @@ def _stream(src: Path, dest: Path) -> int:
 
 def _read_back(bundle: Path, manifest: Manifest, devices: SlotDevices, full_verify: bool,
                runner: Callable[..., object]) -> None:
-    """The written partitions hold the release's bytes, and its tree gives its root hash."""
+    """The written partitions hold the release's bytes."""
     for name, dev in (("usr.img", devices.usr), ("usr.verity", devices.verity)):
         verity.read_back(dev, bundle / name)
-    root = verity.verity_root(verity.read_head(devices.verity))
-    if root != manifest.roothash:
-        raise VerificationError(f"{devices.verity}: hash tree gives root hash {root[:12]}…, "
-                                f"the release says {manifest.roothash[:12]}…")
     if full_verify:
         verify_verity(devices.usr, devices.verity, manifest.roothash, runner)
 
@@ -134,15 +134,47 @@ def verify_verity(data: Path, hashdev: Path, roothash: str,
                                 f" ({e})") from None
 
 
+_ENTRY_KEYS = ["title", "sort-key", "version", "linux", "initrd", "options"]
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _checked_entry(manifest: Manifest, target: Slot, tries: object) -> BootEntry:
+    """The boot entry for ``target``, validated where it is written: a counter of 1 to 9
+    (an int, not a bool), no control character from the manifest (a newline would add
+    lines to the entry), and exactly the lines ``boot_entry`` means to write.
+
+    Raises:
+        BadRelease: a manifest field cannot go into a boot entry (``tries`` comes from the
+            manifest unless the config sets it, and the config's is checked when parsed).
+        SlotError: the entry is not one this agent writes.
+    """
+    if isinstance(tries, bool) or not isinstance(tries, int) or not 1 <= tries <= 9:
+        raise BadRelease(f"manifest.json: field 'boot_tries': {tries!r} is not a whole number "
+                         "from 1 to 9; no boot entry written")
+    for name in ("name", "version", "usr_filesystem", "roothash", "kernel_cmdline"):
+        if _CONTROL.search(str(getattr(manifest, name))):
+            raise BadRelease(f"manifest.json: field '{name}': contains a control character; "
+                             "it is not written into a boot entry")
+    entry = boot_entry(manifest, target, tries)
+    keys = [line.split(" ", 1)[0] for line in entry.text.splitlines()]
+    if keys != _ENTRY_KEYS or parse_entry(entry.filename) != EntryName(target, tries, 0):
+        raise SlotError(f"boot entry {entry.filename!r} is not one this agent writes")
+    return entry
+
+
 def _copy_atomic(src: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp")
-    with open(src, "rb") as fi, open(tmp, "wb") as fo:
-        shutil.copyfileobj(fi, fo, CHUNK)
-        fo.flush()
+    shutil.copyfile(src, tmp)  # in the kernel (sendfile), no copy through Python
+    with open(tmp, "rb+") as fo:
         os.fsync(fo.fileno())
     os.replace(tmp, dest)
     fsync_dir(dest.parent)
+
+
+def _copy_kernel(bundle: Path, dest: Path) -> None:
+    for name in ("vmlinuz", "initrd"):
+        _copy_atomic(bundle / name, dest / name)
 
 
 def write_slot(
@@ -164,6 +196,7 @@ def write_slot(
         SlotError: ``target`` is the active slot, a device is missing or too small.
         VerificationError: the read-back does not match the manifest's root hash.
     """
+    entry = _checked_entry(manifest, target, tries)  # before anything is written
     if target is active:
         raise SlotError(f"refusing to write slot {target.name}: it is the running slot")
     for dev in (devices.usr, devices.verity):
@@ -180,24 +213,31 @@ def write_slot(
         raise SlotError(f"{esp}: the ESP is not mounted")
     bundle = Path(bundle)
 
-    for old in slot_entries(esp, target):
-        log.info("slot %s: removing old boot entry %s", target.name, old.name)
-        old.unlink()
-    fsync_dir(esp / ENTRIES)
-    for name in ("vmlinuz", "initrd"):  # unused now: room on a small ESP for the new ones
-        (esp / target.esp_dir / name).unlink(missing_ok=True)
-
-    log.info("slot %s: writing %s to %s", target.name, manifest.version, devices.usr)
-    _stream(bundle / "usr.img", devices.usr)
-    _stream(bundle / "usr.verity", devices.verity)
-    with ThreadPoolExecutor(1) as pool:  # the read-back runs while the ESP is written
-        checked = pool.submit(_read_back, bundle, manifest, devices, full_verify, runner)
-        for name in ("vmlinuz", "initrd"):
-            _copy_atomic(bundle / name, esp / target.esp_dir / name)
-        checked.result()
+    tree = verity.source_tree(bundle / "usr.verity", manifest.files["usr.img"].size,
+                              manifest.roothash)  # a tree that is not the release's: stop here
+    stop = threading.Event()
+    with ThreadPoolExecutor(2) as pool:  # usr.img is hashed against its tree as it is written
+        hashed = pool.submit(verity.check_data, bundle / "usr.img", tree, manifest.roothash,
+                             stop=stop)
+        try:
+            for old in slot_entries(esp, target):
+                log.info("slot %s: removing old boot entry %s", target.name, old.name)
+                old.unlink()
+            fsync_dir(esp / ENTRIES)
+            for name in ("vmlinuz", "initrd"):  # unused now: room on a small ESP for new ones
+                (esp / target.esp_dir / name).unlink(missing_ok=True)
+            esp_files = pool.submit(_copy_kernel, bundle, esp / target.esp_dir)
+            log.info("slot %s: writing %s to %s", target.name, manifest.version, devices.usr)
+            _stream(bundle / "usr.img", devices.usr)
+            _stream(bundle / "usr.verity", devices.verity)
+            _read_back(bundle, manifest, devices, full_verify, runner)
+            esp_files.result()
+        except BaseException:
+            stop.set()  # do not wait for the hashing of a slot that is not staged
+            raise
+        hashed.result()
     log.info("slot %s: read back and verified (root hash %s…)", target.name,
              manifest.roothash[:12])
-    entry = boot_entry(manifest, target, tries)
     atomic_write(esp / ENTRIES / entry.filename, entry.text)
     log.info("slot %s: boot entry %s written (%d tries)", target.name, entry.filename, tries)
     return entry

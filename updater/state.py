@@ -9,7 +9,9 @@ Phases (every transition is checked against ``TRANSITIONS`` and logged)::
 
 The state is one JSON file, written atomically (temp file in the same directory, fsync,
 ``os.replace``, fsync of the directory), so a power cut leaves the old or the new state.
-``bad_versions`` holds every version that rolled back: it is never offered again.
+``bad_versions`` holds every version that rolled back: it is never offered again;
+``bad_releases`` the fingerprints of signed bytes that failed verification: those bytes are
+not downloaded again (the same version with other bytes is).
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class State:
     last_result: str = ""  # e.g. "updated to 1.2.0", "rolled back from 1.3.0"
     attempted_versions: tuple[str, ...] = ()
     bad_versions: tuple[str, ...] = ()
+    bad_releases: tuple[str, ...] = ()  # ``version@sha256`` of bytes that failed verification
     reboots: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,6 +101,7 @@ class State:
         d["phase"] = self.phase.value
         d["attempted_versions"] = list(self.attempted_versions)
         d["bad_versions"] = list(self.bad_versions)
+        d["bad_releases"] = list(self.bad_releases)
         return d
 
     @classmethod
@@ -106,7 +110,7 @@ class State:
         kw = {k: v for k, v in d.items() if k in known}
         try:
             kw["phase"] = Phase(kw.get("phase", "idle"))
-            for k in ("attempted_versions", "bad_versions"):
+            for k in ("attempted_versions", "bad_versions", "bad_releases"):
                 kw[k] = tuple(str(x) for x in kw.get(k, ()))
             return cls(**kw)
         except (TypeError, ValueError) as e:
@@ -135,6 +139,12 @@ class State:
         if not version or version in self.bad_versions:
             return self
         return replace(self, bad_versions=(*self.bad_versions, version))
+
+    def mark_bad_release(self, fingerprint: str) -> State:
+        """Remember bytes that failed verification (the last 20)."""
+        if fingerprint in self.bad_releases:
+            return self
+        return replace(self, bad_releases=(*self.bad_releases, fingerprint)[-20:])
 
     def mark_attempted(self, version: str) -> State:
         if not version or version in self.attempted_versions:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from channels import verity
 from channels.bundle import FILES, FileInfo, Manifest
 from channels.client import ChannelClient
 from channels.releases import ChannelRepository
@@ -27,15 +28,21 @@ def write_bundle(parent: Path, version: str, *, size: int = 4096, channel: str =
     """A small, valid release bundle: the four files with random-looking bytes + manifest."""
     bundle = parent / f"{name}-{version}{seed}.release"
     bundle.mkdir(parents=True)
+    data = {f: hashlib.sha256(f"{version}{seed}{f}".encode()).digest() * (size // 32 + i)
+            for i, f in enumerate(FILES)}
+    data["usr.img"] += bytes(-len(data["usr.img"]) % verity.BLOCK)  # whole blocks, as mksquashfs
+    tree = verity.TreeBuilder(f"{version}{seed}".encode(), uuid=bytes(16))
+    tree.update(data["usr.img"])
+    hashes, roothash = tree.finish()  # the real tree (publish checks it), in a file at
+    data["usr.verity"] = hashes.ljust(len(data["usr.verity"]), b"\0")  # least as long as before
     files = {}
-    for i, fname in enumerate(FILES):
-        data = hashlib.sha256(f"{version}{seed}{fname}".encode()).digest() * (size // 32 + i)
-        (bundle / fname).write_bytes(data)
-        files[fname] = FileInfo(len(data), hashlib.sha256(data).hexdigest())
+    for fname in FILES:
+        (bundle / fname).write_bytes(data[fname])
+        files[fname] = FileInfo(len(data[fname]), hashlib.sha256(data[fname]).hexdigest())
     m = Manifest(
         name=name, version=version, channel=channel, build_id=f"test-{version}{seed}",
         arch="x86-64", suite="trixie", usr_filesystem="erofs",
-        roothash=hashlib.sha256(version.encode()).hexdigest(), kernel_cmdline="console=ttyS0",
+        roothash=roothash, kernel_cmdline="console=ttyS0",
         boot_tries=3, files=files,
     )
     (bundle / "manifest.json").write_text(m.to_json())

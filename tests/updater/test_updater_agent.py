@@ -504,3 +504,36 @@ def test_boot_tries_from_config_over_manifest(rig: Rig, bundles) -> None:  # noq
     rig.channel.publish(bundles["2.0.0"])
     rig.agent(strategy=Strategy.OFF, boot_tries=1).step()
     assert rig.entries() == ["tidehost-a.conf", "tidehost-b+1.conf"]
+
+
+def test_bytes_that_fail_their_tree_are_removed_and_not_fetched_again(rig: Rig, bundles,  # noqa: ANN001
+                                                                      tmp_path: Path) -> None:
+    import hashlib
+    import json
+
+    bad = tmp_path / "careless" / bundles["2.0.0"].name
+    shutil.copytree(bundles["2.0.0"], bad)
+    with open(bad / "usr.img", "r+b") as f:  # one flipped byte, its sha256 re-signed
+        f.seek(4096 * 3)
+        f.write(bytes([f.read(1)[0] ^ 0x40]))
+    m = json.loads((bad / "manifest.json").read_text())
+    m["files"]["usr.img"]["sha256"] = hashlib.sha256((bad / "usr.img").read_bytes()).hexdigest()
+    (bad / "manifest.json").write_text(json.dumps(m))
+    rig.channel.publish(bad)
+    a = rig.agent()
+    a.startup()
+    a.step()
+    s = rig.state()
+    assert s.phase is Phase.ERROR and "block 3 (byte 12288) does not match its hash tree" in \
+        s.last_error and "not downloaded again" in s.last_error
+    assert not any((rig.config.state_dir / "downloads").iterdir())  # nothing failed is kept
+    assert len(s.bad_releases) == 1 and s.bad_releases[0].startswith("2.0.0@")
+    assert rig.entries() == ["tidehost-a.conf"]
+    for _ in range(3):  # every later check: the same bytes are not downloaded again
+        rig.clock.sleep(a.step())
+    assert rig.channel.downloads == ["2.0.0"] and rig.state().phase is Phase.IDLE
+    assert StateStore(rig.config.state_dir).load().bad_releases == s.bad_releases  # persisted
+    rig.channel.published = {"2.0.0": bundles["2.0.0"]}  # the channel offers other bytes
+    rig.clock.sleep(rig.config.interval + rig.config.jitter)
+    rig.steps(a, lambda: rig.state().phase is Phase.STAGED)
+    assert rig.channel.downloads == ["2.0.0", "2.0.0"]

@@ -79,6 +79,56 @@ def test_errors_are_one_line_with_file_and_field(tmp_path: Path, text: str,
     assert "\n" not in str(e.value) and str(tmp_path) in str(e.value)
 
 
+@pytest.mark.parametrize("text,message", [
+    ("window: {days: [mon-fri, sun], start: '02:00', length: 1h}\n", None),  # mon-fri, sun
+    ("window: {days: 'sat,sun', start: '02:00', length: 1h}\n", None),
+    ("window: {days: [Mon..Wed, friday], start: '02:00', length: 1h}\n", None),
+    ("window: {days: [monkey], start: '02:00', length: 1h}\n",
+     r"field 'window.days': 'monkey': 'monkey' is not a day of the week"),
+    ("window: {days: [fri-mon], start: '02:00', length: 1h}\n",
+     r"field 'window.days': 'fri-mon' runs backwards"),
+    ("window: {days: [mon-tue-wed], start: '02:00', length: 1h}\n",
+     r"field 'window.days': 'mon-tue-wed' is not a day or a range"),
+    ("window: {days: [1], start: '02:00', length: 1h}\n", r"field 'window.days': 1 is not a day"),
+    ("window: {start: '02:00', length: 100000000d}\n",
+     r"field 'window.length': '100000000d' is longer than 366 days"),
+    ("window: {start: '02:00', length: 8d}\n",
+     r"field 'window.length': '8d' is not from 1m to 7d"),
+    ("window: {start: '02:00', length: 30s}\n", r"field 'window.length': '30s' is not from 1m"),
+    ("channel: {name: gamma}\n", r"field 'channel.name': 'gamma' is not one of alpha, beta, st"),
+    ("strategy: true\n", r"field 'strategy': True is not one of"),
+    ("etcd: {lease: -5}\n", r"field 'etcd.lease': -5 is negative"),
+    ("etcd: {lease: 2}\n", r"field 'etcd.lease': 2 is not from 5s to 7d"),
+    ("max: 1000000000000000000000000000000\n", r"field 'max': .* is not from 1 to 10000"),
+    ("max: true\n", r"field 'max': True is not a whole number"),
+    ("check: {interval: 1.5}\n", r"field 'check.interval': 1.5 is not a duration"),
+    ("deadline: {write: 10s}\n", r"field 'deadline.write': '10s' is not from 1m to 2d"),
+    ("deadline: {nap: 1h}\n", r"field 'deadline.nap': unknown setting"),
+    ("node: \"a\\nb\"\n", r"field 'node': 'a\\nb' contains a control character"),
+    (f"node: {'x' * 254}\n", r"field 'node': holder id of 254 characters \(at most 253\)"),
+    ("health: {units: ['a b.service']}\n", r"field 'health.units': 'a b.service' is not a "),
+])
+def test_settings_mean_what_they_say(tmp_path: Path, text: str, message: str | None) -> None:
+    if message is None:
+        cfg = load(write(tmp_path, text), tmp_path / "none.yaml")
+        assert cfg.window is not None and cfg.window.days in ((0, 1, 2, 3, 4, 6), (5, 6),
+                                                              (0, 1, 2, 4))
+        return
+    with pytest.raises(ConfigError, match=message) as e:
+        load(write(tmp_path, text), tmp_path / "none.yaml")
+    assert "\n" not in str(e.value)
+
+
+def test_strategy_off_unquoted_is_off(tmp_path: Path) -> None:
+    for text in ("strategy: off\n", "strategy: 'off'\n"):
+        assert load(write(tmp_path, text), DIST_DEFAULTS).strategy is Strategy.OFF
+
+
+def test_deadlines_from_the_file_and_defaults(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, "deadline: {download: 3h}\n"), DIST_DEFAULTS)
+    assert (cfg.deadlines.download, cfg.deadlines.write, cfg.deadlines.check) == (10800, 3600, 600)
+
+
 def test_error_in_defaults_names_the_defaults_file(tmp_path: Path) -> None:
     d = write(tmp_path, "boot_tries: 0\n", "defaults.yaml")
     with pytest.raises(ConfigError, match=r"defaults.yaml: field 'boot_tries'"):

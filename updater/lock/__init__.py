@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+import secrets
+from pathlib import Path
+from typing import Any, Protocol
 
 from updater.config import AgentConfig, Strategy
+from updater.errors import LockError
+from updater.state import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +43,47 @@ class NoLock:
         return True
 
 
+TOKEN_FILE = "lock-token"
+
+
+def host_token(state_dir: Path) -> str:
+    """This host's secret that binds its holder id to it (``state_dir/lock-token``, 0600,
+    on ROOT: it survives updates of /usr); created on first use.
+
+    Raises: LockError (cannot be read or written).
+    """
+    path = Path(state_dir) / TOKEN_FILE
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = ""
+    except OSError as e:
+        raise LockError(f"{path}: cannot read the lock token: {e.strerror}") from None
+    if len(token) >= 32:
+        return token
+    token = secrets.token_hex(32)
+    try:
+        atomic_write(path, token + "\n", mode=0o600)
+    except OSError as e:
+        raise LockError(f"{path}: cannot write the lock token: {e.strerror}") from None
+    return token
+
+
+def etcd_lock(config: AgentConfig, *, endpoints: tuple[str, ...] | None = None,
+              group: str | None = None, lease: int | None = None, token: str = "") -> Any:
+    """The etcd lock client of ``config`` (the agent's and ``tidehost-update lock``'s)."""
+    from updater.lock.etcd import EtcdLockClient
+    from updater.lock.gateway import EtcdGateway
+
+    gw = EtcdGateway(endpoints or config.etcd_endpoints, ca=config.etcd_ca,
+                     cert=config.etcd_cert, key=config.etcd_key)
+    return EtcdLockClient(gw, group or config.group, lease or config.lease,
+                          init_max=config.lock_max, token=token)
+
+
 def make_lock(config: AgentConfig) -> RebootLock:
     if config.strategy is Strategy.ETCD_LOCK:
-        from updater.lock.etcd import EtcdLockClient
-        from updater.lock.gateway import EtcdGateway
-
-        gw = EtcdGateway(config.etcd_endpoints, ca=config.etcd_ca, cert=config.etcd_cert,
-                         key=config.etcd_key)
-        return EtcdLockClient(gw, config.group, config.lease, init_max=config.lock_max)
+        return etcd_lock(config, token=host_token(config.state_dir))
     if config.strategy is Strategy.FLEETLOCK:
         from updater.lock.fleetlock import FleetLockClient
 

@@ -10,16 +10,25 @@ lock writes the semaphore and the holder's liveness key in one transaction.  The
 outlasts a normal reboot (default 15 min) and the holder renews it when it is back; a
 contender that finds a holder without a liveness key removes it in its own transaction,
 guarded by "that liveness key is still absent", so a dead holder cannot block the fleet.
+
+A holder id is bound to its host: the liveness key's value is ``{"holder": id, "host":
+fingerprint}``, the fingerprint a hash of a random token the host keeps on ROOT
+(``updater.lock.host_token``).  A second host presenting the same id finds another
+fingerprint there and is refused (``HolderConflict``): it cannot take, renew or release the
+first host's slot.  ``unlock(id, force=True)`` (the operator's ``lock unlock ID``) still
+releases any holder.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from urllib.parse import quote
 
-from updater.errors import LockBusy, LockError, LockExists, LockNotHeld
+from updater.errors import HolderConflict, LockBusy, LockError, LockExists, LockNotHeld
 from updater.lock.gateway import EtcdGateway, KeyValue
-from updater.lock.semaphore import Semaphore
+from updater.lock.semaphore import Semaphore, check_holder, shown
 
 log = logging.getLogger(__name__)
 ROOT = "tidehost/rebootlock"
@@ -28,8 +37,10 @@ CAS_TRIES = 50
 
 class EtcdLockClient:
     def __init__(self, gateway: EtcdGateway, group: str = "default", lease: int = 900,
-                 *, init_max: int = 1) -> None:
+                 *, init_max: int = 1, token: str = "") -> None:
         self.gw = gateway
+        self.host = hashlib.sha256(f"tidehost-lock:{token}".encode()).hexdigest()[:32] \
+            if token else ""
         self.init_max = init_max
         self.group = group
         self.lease = lease
@@ -39,6 +50,31 @@ class EtcdLockClient:
 
     def holder_key(self, holder: str) -> str:
         return self.holder_prefix + quote(holder, safe="")
+
+    def _liveness(self, holder: str) -> str:
+        return json.dumps({"holder": holder, "host": self.host}, sort_keys=True)
+
+    @staticmethod
+    def owner(kv: KeyValue | None) -> str:
+        """The host fingerprint in a liveness key ("" if none, or an older agent's key)."""
+        if kv is None:
+            return ""
+        try:
+            d = json.loads(kv.value)
+        except ValueError:
+            return ""
+        return str(d.get("host", "")) if isinstance(d, dict) else ""
+
+    def _theirs(self, holder: str, kv: KeyValue | None) -> bool:
+        """``kv`` is the liveness key of ``holder`` as another host took it."""
+        mine = self.owner(kv)
+        return bool(mine and self.host and mine != self.host)
+
+    def _conflict(self, holder: str, kv: KeyValue | None) -> HolderConflict:
+        return HolderConflict(
+            f"reboot lock {self.group}: holder id {shown(holder)} is held by another host "
+            f"(host {self.owner(kv)[:8]}…, this host is {self.host[:8]}…); give every host "
+            "its own id (node: in update.yaml, or a unique /etc/machine-id)")
 
     # --- reading -------------------------------------------------------------------------
 
@@ -87,6 +123,7 @@ class EtcdLockClient:
             LockBusy: every slot is held by a live holder.
             LockError: etcd is unreachable or too busy.
         """
+        check_holder(holder)
         lease = 0
         try:
             for _ in range(CAS_TRIES):
@@ -94,6 +131,9 @@ class EtcdLockClient:
                 if holder in pruned.holders:
                     if ghosts:
                         self._cas(rev, pruned, ghosts)
+                    live = self.gw.get(self.holder_key(holder))
+                    if self._theirs(holder, live):
+                        raise self._conflict(holder, live)
                     self.renew(holder)
                     raise LockExists(f"{holder} already holds the lock")
                 try:
@@ -104,7 +144,7 @@ class EtcdLockClient:
                     raise
                 if not lease:
                     lease = self.gw.lease_grant(self.lease)
-                op = self.gw.op_put(self.holder_key(holder), holder, lease)
+                op = self.gw.op_put(self.holder_key(holder), self._liveness(holder), lease)
                 if self._cas(rev, new, ghosts, [op]):
                     log.info("reboot lock %s: taken by %s (%d of %d)", self.group, holder,
                              len(new.holders), new.max)
@@ -118,21 +158,28 @@ class EtcdLockClient:
             if lease:
                 self.gw.lease_revoke(lease)
 
-    def unlock(self, holder: str) -> None:
-        """Release ``holder``'s slot and its liveness key.
+    def unlock(self, holder: str, *, force: bool = False) -> None:
+        """Release ``holder``'s slot and its liveness key; only this host's own hold unless
+        ``force`` (the operator's ``lock unlock ID``).
 
         Raises:
             LockNotHeld: ``holder`` holds no slot.
+            HolderConflict: the slot is another host's and ``force`` is not set.
         """
-        live = self.gw.get(self.holder_key(holder))
         for _ in range(CAS_TRIES):
+            live = self.gw.get(self.holder_key(holder))
+            if not force and self._theirs(holder, live):
+                raise self._conflict(holder, live)
             sem, rev = self._read()
             if holder not in sem.holders:
                 if live:
                     self.gw.delete(self.holder_key(holder))
                 raise LockNotHeld(f"{holder} does not hold the lock of group {self.group}")
             drop = self.gw.op_delete(self.holder_key(holder))
-            if self._cas(rev, sem.unlock(holder), extra=[drop]):
+            guard = [self.gw.cmp_mod(self.holder_key(holder), live.mod_revision)] if live \
+                else [self.gw.cmp_absent(self.holder_key(holder))]
+            if self.gw.txn([self.gw.cmp_mod(self.key, rev), *guard],
+                           [self.gw.op_put(self.key, sem.unlock(holder).to_json()), drop]):
                 log.info("reboot lock %s: released by %s", self.group, holder)
                 if live and live.lease:
                     self.gw.lease_revoke(live.lease)
@@ -145,6 +192,9 @@ class EtcdLockClient:
         Returns False when ``holder`` no longer holds the lock (it was removed as dead).
         """
         live = self.gw.get(self.holder_key(holder))
+        if self._theirs(holder, live):
+            log.warning("%s", self._conflict(holder, live))
+            return False
         if live and live.lease and self.gw.lease_keepalive(live.lease) > 0:
             return True
         lease = self.gw.lease_grant(self.lease)
@@ -153,8 +203,15 @@ class EtcdLockClient:
             if holder not in sem.holders:
                 self.gw.lease_revoke(lease)
                 return False
-            op = self.gw.op_put(self.holder_key(holder), holder, lease)
-            if self.gw.txn([self.gw.cmp_mod(self.key, rev)], [op]):
+            live = self.gw.get(self.holder_key(holder))
+            if self._theirs(holder, live):  # another host re-created it meanwhile
+                self.gw.lease_revoke(lease)
+                log.warning("%s", self._conflict(holder, live))
+                return False
+            op = self.gw.op_put(self.holder_key(holder), self._liveness(holder), lease)
+            key = self.holder_key(holder)
+            guard = self.gw.cmp_mod(key, live.mod_revision) if live else self.gw.cmp_absent(key)
+            if self.gw.txn([self.gw.cmp_mod(self.key, rev), guard], [op]):
                 log.info("reboot lock %s: liveness key of %s re-created", self.group, holder)
                 return True
         self.gw.lease_revoke(lease)
@@ -185,3 +242,5 @@ class EtcdLockClient:
             self.unlock(holder)
         except LockNotHeld:
             log.info("reboot lock %s: %s held nothing to release", self.group, holder)
+        except HolderConflict as e:
+            log.warning("%s; this host holds nothing to release", e)

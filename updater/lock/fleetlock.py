@@ -15,6 +15,7 @@ from urllib.parse import urljoin
 import requests
 
 from updater.errors import LockError
+from updater.lock.semaphore import check_holder
 
 log = logging.getLogger(__name__)
 BUSY_KINDS = ("failed_lock",)
@@ -28,6 +29,7 @@ class FleetLockClient:
         self.session = requests.Session()
 
     def _post(self, endpoint: str, holder: str) -> tuple[int, dict[str, Any]]:
+        check_holder(holder)
         url = urljoin(self.base, endpoint)
         body = {"client_params": {"id": holder, "group": self.group}}
         try:

@@ -10,6 +10,25 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from updater.errors import LockBusy, LockError, LockExists, LockNotHeld
+from updater.fields import MAX_SLOTS, holder_id
+
+
+def check_holder(holder: str) -> str:
+    """``holder`` if it is a valid holder id: printable, 1 to 253 characters.
+
+    Raises: LockError naming what is wrong (a newline id would spoof ``lock status``).
+    """
+    try:
+        if not holder_id(holder):
+            raise ValueError("empty holder id")
+    except ValueError as e:
+        raise LockError(f"holder id: {e}") from None
+    return holder
+
+
+def shown(holder: str) -> str:
+    """A holder id as printed: ids written by other clients are escaped if not printable."""
+    return holder if holder.isprintable() else repr(holder)
 
 
 @dataclass(frozen=True)
@@ -19,12 +38,14 @@ class Semaphore:
     holders: tuple[str, ...] = ()
 
     def lock(self, holder: str) -> Semaphore:
-        """Raises: LockExists (already held by ``holder``), LockBusy (no slot left)."""
+        """Raises: LockExists (already held by ``holder``), LockBusy (no slot left), LockError
+        (not a valid holder id)."""
+        check_holder(holder)
         if holder in self.holders:
             raise LockExists(f"{holder} already holds the lock")
         if self.semaphore <= 0:
             raise LockBusy(f"semaphore is at {self.semaphore} (max {self.max}, "
-                           f"held by {', '.join(self.holders) or 'nobody'})")
+                           f"held by {', '.join(map(shown, self.holders)) or 'nobody'})")
         return replace(self, semaphore=self.semaphore - 1,
                        holders=tuple(sorted((*self.holders, holder))))
 
@@ -36,8 +57,8 @@ class Semaphore:
                        holders=tuple(h for h in self.holders if h != holder))
 
     def set_max(self, new_max: int) -> Semaphore:
-        if new_max < 0:
-            raise LockError(f"max {new_max} is negative")
+        if isinstance(new_max, bool) or not 0 <= new_max <= MAX_SLOTS:
+            raise LockError(f"max {new_max} is not from 0 to {MAX_SLOTS}")
         delta = new_max - self.max
         return replace(self, max=new_max, semaphore=self.semaphore + delta)
 
