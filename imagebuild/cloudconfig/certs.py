@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from imagebuild.cloudconfig.model import Cluster, Node
-from imagebuild.errors import ConfigError
+from imagebuild.core.errors import ConfigError
 
 NODE_FILES = ("server", "peer", "client")
 CA_DAYS = 3650

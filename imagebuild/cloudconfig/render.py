@@ -37,7 +37,7 @@ from imagebuild.cloudconfig.model import (
     Strategy,
 )
 from imagebuild.cloudconfig.providers import PROVIDERS
-from imagebuild.errors import ConfigError
+from imagebuild.core.errors import ConfigError
 
 MAIN_TEMPLATE = "user-data.yaml.j2"
 HEADER = "#cloud-config\n"

@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imagebuild import clusterchannel
 from imagebuild.cli import main
 from imagebuild.cloudconfig.parse import parse_cluster_file, parse_cluster_text
-from imagebuild.clusterchannel import serve_address, trust_repository
-from imagebuild.errors import ConfigError, VMError
-from imagebuild.vm import VM
-from imagebuild.vmcluster import (
+from imagebuild.core.errors import ConfigError, VMError
+from imagebuild.lab import channel as clusterchannel
+from imagebuild.lab.channel import serve_address, trust_repository
+from imagebuild.lab.cluster import (
     BRIDGE,
     ClusterState,
     NodeState,
@@ -34,6 +33,7 @@ from imagebuild.vmcluster import (
     up,
     user_mac,
 )
+from imagebuild.lab.vm import VM
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "cloud-config" / "examples" / "cluster.yaml"
 needs_root = pytest.mark.skipif(
