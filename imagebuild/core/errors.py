@@ -25,3 +25,7 @@ class StageError(TidehostError):
 
 class VMError(TidehostError):
     """Booting or reaching a virtual machine failed."""
+
+
+class CommandTimeout(StageError):
+    """A command ran longer than its caller allowed (``run(..., timeout=)``)."""

@@ -5,35 +5,26 @@ Guests on QEMU user networking reach it as 10.0.2.2:<port>.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import requests
 
 from imagebuild.core.errors import StageError
-from imagebuild.core.run import require
+from imagebuild.core.run import Process, require, spawn
+from imagebuild.core.wait import poll
+from imagebuild.lab.net import free_port
 
 log = logging.getLogger(__name__)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LocalEtcd:
     def __init__(self, data_dir: Path, name: str = "local") -> None:
         self.data_dir = data_dir
         self.name = name
-        self.client_port = _free_port()
-        self.peer_port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.proc: Process | None = None
 
     @property
     def url(self) -> str:
@@ -47,34 +38,31 @@ class LocalEtcd:
         require("etcd")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         peer = f"http://127.0.0.1:{self.peer_port}"
-        logf = open(self.data_dir.parent / f"etcd-{self.name}.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
+        logf = self.data_dir.parent / f"etcd-{self.name}.log"
+        self.proc = spawn(
             ["etcd", "--name", self.name, "--data-dir", str(self.data_dir),
              "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
              "--initial-cluster", f"{self.name}={peer}"],
-            stdout=logf, stderr=subprocess.STDOUT,
+            log=logf,
         )  # fmt: skip
-        logf.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise StageError(f"etcd exited at start (log: {logf.name})")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{self.url}/health", timeout=1).ok:
-                    log.info("etcd %s listening on %s", self.name, self.url)
-                    return self
-            time.sleep(0.2)
-        raise StageError(f"etcd did not answer on {self.url} within {timeout:.0f}s")
+        if not poll(lambda: self._healthy(logf), timeout, every=0.2):
+            raise StageError(f"etcd did not answer on {self.url} within {timeout:.0f}s")
+        log.info("etcd %s listening on %s", self.name, self.url)
+        return self
+
+    def _healthy(self, logf: Path) -> bool:
+        assert self.proc is not None
+        if not self.proc.alive():
+            raise StageError(f"etcd exited at start (log: {logf})")
+        try:
+            return requests.get(f"{self.url}/health", timeout=1).ok
+        except requests.RequestException:
+            return False
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            self.proc.stop(timeout=10)
         self.proc = None
 
     def __enter__(self) -> LocalEtcd:

@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -20,21 +19,18 @@ from pathlib import Path
 
 import yaml
 
-from imagebuild.core.errors import VMError
-from imagebuild.core.run import require, run
+from imagebuild.core.errors import CommandTimeout, VMError
+from imagebuild.core.files import read_ssh_public_key
+from imagebuild.core.run import Process, require, run, spawn
+from imagebuild.core.wait import poll
 from imagebuild.image.context import default_cache_dir
+from imagebuild.lab.net import free_port, in_netns
 
 log = logging.getLogger(__name__)
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 SSH_USER = "core"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _boot_id() -> str:
@@ -60,16 +56,15 @@ def kvm_works() -> bool:
                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
                "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
                "-debugcon", f"file:{debug}", "-global", "isa-debugcon.iobase=0x402"]  # fmt: skip
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            _, err = proc.communicate(timeout=8)
-            ok = False  # firmware should not exit by itself within 8 s
-        except subprocess.TimeoutExpired:
+        out = Path(tmp) / "qemu.log"
+        proc = spawn(cmd, log=out)
+        ok = False  # firmware should not exit by itself within 8 s
+        if proc.wait(timeout=8) is None:
             proc.kill()
-            _, err = proc.communicate()
-            ok = b"KVM internal error" not in err and debug.exists() and (
+            ok = b"KVM internal error" not in out.read_bytes() and debug.exists() and (
                 b"BdsDxe" in debug.read_bytes() or debug.stat().st_size > 100_000
             )
+        err = out.read_bytes()
     log.info("KVM %s here (probe: %s)", "works" if ok else "does not run guests",
              (err or b"").decode(errors="replace").strip().splitlines()[:1])  # fmt: skip
     marker.parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +167,7 @@ class VM:
     tap_mac: str | None = None
     user_mac: str | None = None  # MAC of the user-networking (SSH) NIC; default QEMU's
     detach: bool = False  # QEMU in its own session (output in WORKDIR/qemu.log): outlives us
-    proc: subprocess.Popen[bytes] | None = None
+    proc: Process | None = None
     started: float = 0.0
     workdir: Path | None = None
 
@@ -202,9 +197,7 @@ class VM:
         if self.snapshot:
             cmd.append("-snapshot")
         cmd += self.extra_args
-        if self.netns:
-            cmd = ["ip", "netns", "exec", self.netns, *cmd]
-        return cmd
+        return in_netns(self.netns, cmd)
 
     def start(self) -> VM:
         require("qemu-system-x86_64")
@@ -222,7 +215,7 @@ class VM:
         else:
             keys = list(self.authorized_keys)
             if self.ssh_key and self.ssh_key.with_suffix(".pub").exists():
-                keys.append(self.ssh_key.with_suffix(".pub").read_text().strip())
+                keys.append(read_ssh_public_key(self.ssh_key, "ssh_key"))
             make_seed(self.workdir / "seed.iso", user_data_with_key(self.user_data, keys),
                       self.hostname, self.network_config)  # fmt: skip
         self.ssh_port = self.ssh_port or free_port()
@@ -230,16 +223,13 @@ class VM:
         cmd = self.command()
         log.info("Booting %s (SSH on 127.0.0.1:%d, serial log %s)", self.disk, self.ssh_port,
                  self.serial_log)  # fmt: skip
-        log.debug("$ %s", " ".join(cmd))
         self.started = time.monotonic()
-        with open(self.workdir / "qemu.log", "wb") as out:  # a file: a pipe can fill up
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT,
-                                         start_new_session=self.detach)  # fmt: skip
+        (self.workdir / "qemu.log").unlink(missing_ok=True)
+        self.proc = spawn(cmd, log=self.workdir / "qemu.log", new_session=self.detach)
         return self
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.proc is not None and self.proc.alive()
 
     def ssh_args(self) -> list[str]:
         args = ["ssh", "-p", str(self.ssh_port), *SSH_OPTIONS]
@@ -251,42 +241,51 @@ class VM:
         return [*args, f"{SSH_USER}@127.0.0.1"]
 
     def ssh(self, command: str, *, check: bool = True, timeout: float = 120) -> str:
-        proc = subprocess.run([*self.ssh_args(), command], capture_output=True,
-                              timeout=timeout, check=False)  # fmt: skip
+        """``command``'s output on the guest.
+
+        Raises:
+            VMError: no answer within ``timeout`` seconds (booting, rebooting, hung), or
+                (``check``) the command failed.
+        """
+        try:
+            proc = run([*self.ssh_args(), command], capture=True, check=False, timeout=timeout)
+        except CommandTimeout:
+            raise VMError(f"ssh {command!r} to {self.hostname}: no answer within "
+                          f"{timeout:.0f}s") from None  # fmt: skip
         if check and proc.returncode != 0:
             raise VMError(f"ssh {command!r} exited {proc.returncode}: "
                           f"{proc.stderr.decode(errors='replace').strip()[-300:]}")  # fmt: skip
         return proc.stdout.decode(errors="replace")
 
+    def answers(self, timeout: float = 20) -> bool:
+        """Whether the guest answers SSH now."""
+        return self.probe("echo ok", timeout) == "ok"
+
+    def _live(self, check: bool) -> bool:
+        if not self.alive():
+            raise VMError(f"QEMU exited before SSH answered: {self.qemu_output()}")
+        return check
+
     def wait_ssh(self, timeout: float = 600) -> float:
         """Wait until SSH answers; return seconds since QEMU started."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise VMError(f"QEMU exited before SSH answered: {self.qemu_output()}")
-            try:
-                r = subprocess.run([*self.ssh_args(), "true"], capture_output=True, timeout=20)
-                if r.returncode == 0:
-                    return time.monotonic() - self.started
-            except subprocess.TimeoutExpired:
-                pass
-            time.sleep(1)
-        raise VMError(f"SSH on 127.0.0.1:{self.ssh_port} did not answer within {timeout:.0f}s "
-                      f"(serial log: {self.serial_log})")  # fmt: skip
+        if not poll(lambda: self._live(self.answers()), timeout):
+            raise VMError(f"SSH on 127.0.0.1:{self.ssh_port} did not answer within "
+                          f"{timeout:.0f}s (serial log: {self.serial_log})")  # fmt: skip
+        return time.monotonic() - self.started
 
     def wait_ssh_port(self, timeout: float = 600) -> float:
         """Wait until the guest's sshd sends its banner (no key needed)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise VMError(f"QEMU exited before SSH answered: {self.qemu_output()}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.ssh_port), timeout=5
-            ) as s:
-                if s.recv(4).startswith(b"SSH-"):
-                    return time.monotonic() - self.started
-            time.sleep(1)
-        raise VMError(f"SSH on 127.0.0.1:{self.ssh_port} did not answer within {timeout:.0f}s")
+        if not poll(lambda: self._live(self._banner()), timeout):
+            raise VMError(f"SSH on 127.0.0.1:{self.ssh_port} did not answer within "
+                          f"{timeout:.0f}s")  # fmt: skip
+        return time.monotonic() - self.started
+
+    def _banner(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.ssh_port), timeout=5) as s:
+                return s.recv(4).startswith(b"SSH-")
+        except OSError:
+            return False
 
     def qemu_output(self) -> str:
         if self.workdir and not self.alive():
@@ -308,7 +307,7 @@ class VM:
         """``command``'s output, or "" while the guest does not answer (booting, hung)."""
         try:
             return self.ssh(command, check=False, timeout=timeout).strip()
-        except subprocess.TimeoutExpired:
+        except VMError:
             return ""
 
     def stop(self, timeout: float = 60) -> None:
@@ -321,13 +320,11 @@ class VM:
                     s.sendall(b'{"execute":"qmp_capabilities"}\n'
                               b'{"execute":"system_powerdown"}\n')  # fmt: skip
                     time.sleep(0.5)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                assert self.proc is not None
-                self.proc.wait(timeout=timeout)
+            assert self.proc is not None
+            self.proc.wait(timeout=timeout)
         if self.alive():
             assert self.proc is not None
             self.proc.kill()
-            self.proc.wait()
 
     def cleanup(self) -> None:
         self.stop(timeout=5)
