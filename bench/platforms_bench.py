@@ -14,7 +14,8 @@ import re
 import tempfile
 from pathlib import Path
 
-from imagebuild.image.config import OutputFormat, parse_image_file
+from imagebuild.core.platforms import OutputFormat
+from imagebuild.image.config import parse_image_file
 from imagebuild.image.pipeline import build
 
 MB = 1_000_000

@@ -8,8 +8,12 @@ parsed arguments and returning an exit status.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
+import shlex
 import sys
+from pathlib import Path
 
 from channels.errors import ChannelError
 from imagebuild.commands import build, channel, cloudconfig, demo, vagrant, vm
@@ -47,6 +51,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tidehost: interrupted", file=sys.stderr)
         return 130
+
+
+def tidehost(*args: str | Path, quiet: bool = False) -> str:
+    """Run the ``tidehost`` command in this process, as a user would type it (echoed, with
+    its output, unless ``quiet``); return what it printed.
+
+    Raises:
+        TidehostError: the command failed (its message is on stderr, as for a user).
+    """
+    argv = [str(a) for a in args]
+    if not quiet:
+        print(f"$ tidehost {shlex.join(argv)}", flush=True)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(argv)
+    if not quiet and out.getvalue().strip():
+        print(out.getvalue().rstrip(), flush=True)
+    if status != 0:
+        raise TidehostError(f"tidehost {shlex.join(argv)} exited {status}")
+    return out.getvalue()
 
 
 if __name__ == "__main__":

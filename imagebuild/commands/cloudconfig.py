@@ -7,14 +7,16 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from imagebuild.cloudconfig.certs import generate_certs, write_atomic
-from imagebuild.cloudconfig.model import Cluster, Provider
+from imagebuild.cloudconfig.certs import generate_certs
+from imagebuild.cloudconfig.model import Cluster
 from imagebuild.cloudconfig.parse import parse_cluster_file
 from imagebuild.cloudconfig.render import render_user_data
 from imagebuild.cloudconfig.seed import SEED_PROVIDERS, write_seed
 from imagebuild.cloudconfig.validate import validate_user_data
 from imagebuild.core.errors import ConfigError
-from imagebuild.core.fields import ssh_key
+from imagebuild.core.fields import enum
+from imagebuild.core.files import read_ssh_public_key, write_atomic
+from imagebuild.core.platforms import Provider
 
 log = logging.getLogger("tidehost.cloudconfig")
 
@@ -86,7 +88,7 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     cluster, provider = _cluster_and_provider(args)
-    keys = tuple(_read_key(p) for p in args.ssh_key)
+    keys = tuple(read_ssh_public_key(p) for p in args.ssh_key)
     if args.all:
         if args.out_dir is None:
             raise ConfigError("--all: name the output folder with --out-dir")
@@ -117,7 +119,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
     cluster, provider = _cluster_and_provider(args)
     if provider not in SEED_PROVIDERS:
         raise ConfigError(f"--provider: seeds are for {', '.join(SEED_PROVIDERS)}, not {provider}")
-    keys = tuple(_read_key(p) for p in args.ssh_key)
+    keys = tuple(read_ssh_public_key(p) for p in args.ssh_key)
     text = render_user_data(
         cluster, args.node, provider, extra_ssh_keys=keys, template_dir=args.templates
     )
@@ -129,11 +131,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 def _cluster_and_provider(args: argparse.Namespace) -> tuple[Cluster, Provider]:
     cluster = parse_cluster_file(args.cluster)
-    try:
-        provider = Provider(args.provider)
-    except ValueError:
-        known = ", ".join(p.value for p in Provider)
-        raise ConfigError(f"--provider: {args.provider!r} is not one of {known}") from None
+    provider = enum(Provider)("--provider", args.provider)
     if args.certs is not None:
         cluster = replace(cluster, etcd=replace(cluster.etcd, cert_dir=args.certs))
     return cluster, provider
@@ -145,10 +143,3 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(validate_user_data(args.user_data).splitlines()[-1])
     return 0
 
-
-def _read_key(path: Path) -> str:
-    try:
-        text = path.expanduser().read_text().strip()
-    except OSError as e:
-        raise ConfigError(f"--ssh-key: {path}: {e.strerror}") from None
-    return ssh_key(f"--ssh-key: {path}", text)

@@ -15,10 +15,13 @@ import shlex
 import sys
 from pathlib import Path
 
+from imagebuild.cloudconfig import parse_cluster_file
 from imagebuild.core.errors import ConfigError
-from imagebuild.vagrant.catalog import BoxProvider
+from imagebuild.core.fields import enum
+from imagebuild.core.files import read_ssh_public_key
+from imagebuild.core.platforms import BoxProvider
 from imagebuild.vagrant.catalog_io import find_boxes, promote_box_catalog, write_box_catalog
-from imagebuild.vagrant.vagrantfile import InitOptions, VagrantProvider, init_cluster
+from imagebuild.vagrant.vagrantfile import InitOptions, init_cluster
 
 CHANNEL_HELP = "alpha, beta or stable"
 
@@ -68,39 +71,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     pro.set_defaults(func=cmd_catalog_promote)
 
 
-def _provider(raw: str) -> VagrantProvider:
-    try:
-        return VagrantProvider(raw)
-    except ValueError:
-        choices = ", ".join(p.value for p in VagrantProvider)
-        raise ConfigError(f"--provider: {raw!r} is not one of {choices}") from None
-
-
-def _ssh_keys(paths: list[Path]) -> tuple[str, ...]:
-    keys = []
-    for path in paths:
-        pub = path if path.suffix == ".pub" else path.with_suffix(".pub")
-        try:
-            keys.append(pub.read_text().strip())
-        except OSError as e:
-            raise ConfigError(f"--ssh-key: cannot read {pub} ({e.strerror})") from None
-    return tuple(keys)
-
-
 def cmd_init(args: argparse.Namespace) -> int:
     channel_url = args.channel_url
     if not channel_url and args.cluster:
-        from imagebuild.cloudconfig import parse_cluster_file
-
         channel_url = parse_cluster_file(args.cluster).updater.channel_url
     opts = InitOptions(nodes=args.nodes, channel_url=channel_url, channel=args.channel,
-                       provider=_provider(args.provider), image=args.image,
+                       provider=enum(BoxProvider)("--provider", args.provider), image=args.image,
                        subnet=args.subnet, memory=args.memory, cpus=args.cpus)  # fmt: skip
     command = shlex.join(["tidehost", "vagrant", "init", "--nodes", str(opts.nodes),
                           "--channel-url", opts.channel_url, "--channel", opts.channel,
                           "--provider", opts.provider.value])  # fmt: skip
     written = init_cluster(opts, args.output, cluster_file=args.cluster,
-                           ssh_keys=_ssh_keys(args.ssh_key), command=command)  # fmt: skip
+                           ssh_keys=tuple(map(read_ssh_public_key, args.ssh_key)),
+                           command=command)  # fmt: skip
     for path in written:
         print(path)
     print(f"next: cd {args.output} && VAGRANT_DEFAULT_PROVIDER={opts.provider.value} vagrant up",
@@ -112,10 +95,7 @@ def _boxes(raw: list[str]) -> dict[BoxProvider, Path]:
     boxes: dict[BoxProvider, Path] = {}
     for item in raw:
         name, sep, path = item.partition("=")
-        try:
-            provider = BoxProvider(name)
-        except ValueError:
-            provider = None
+        provider = next((p for p in BoxProvider if p.value == name), None)
         if not sep or provider is None or not path:
             choices = ", ".join(p.value for p in BoxProvider)
             raise ConfigError(f"--box: {item!r} is not PROVIDER=FILE (PROVIDER: {choices})")

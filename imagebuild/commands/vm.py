@@ -13,6 +13,7 @@ from pathlib import Path
 
 from imagebuild.cloudconfig.parse import parse_cluster_file
 from imagebuild.core.errors import VMError
+from imagebuild.core.files import read_ssh_public_key
 from imagebuild.lab import cluster as vmcluster
 from imagebuild.lab.vm import SSH_USER, VM
 
@@ -66,13 +67,7 @@ def _register_cluster(vsub: argparse._SubParsersAction) -> None:
 
 
 def run_vm(args: argparse.Namespace) -> int:
-    keys = []
-    for path in args.ssh_key:
-        pub = path if path.suffix == ".pub" else path.with_suffix(".pub")
-        try:
-            keys.append(pub.read_text().strip())
-        except OSError as e:
-            raise VMError(f"--ssh-key: cannot read {pub} ({e.strerror})") from None
+    keys = [read_ssh_public_key(p) for p in args.ssh_key]
     user_data = None
     if args.user_data:
         try:
@@ -111,7 +106,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         print(f"cluster {cluster.name}: " + ("removed " + ", ".join(done) if done
                                              else "nothing to remove"))  # fmt: skip
         return 0
-    keys = tuple(_read_pub(p) for p in args.ssh_key)
+    keys = tuple(read_ssh_public_key(p) for p in args.ssh_key)
     opts = vmcluster.UpOptions(image=args.image, state_root=args.state_dir, ssh_keys=keys,
                                memory=args.memory, cpus=args.cpus, accel=args.accel,
                                serve=args.serve, wait=not args.no_wait,
@@ -125,10 +120,3 @@ def run_cluster(args: argparse.Namespace) -> int:
     print(f"`tidehost vm cluster status {args.cluster}` shows etcd and the swarm")
     return 0
 
-
-def _read_pub(path: Path) -> str:
-    pub = path if path.suffix == ".pub" else path.with_suffix(".pub")
-    try:
-        return pub.read_text().strip()
-    except OSError as e:
-        raise VMError(f"--ssh-key: cannot read {pub} ({e.strerror})") from None

@@ -65,9 +65,11 @@ def string(where: str, raw: Any) -> str:
 
 
 def name(where: str, raw: Any) -> str:
+    """A name that is also a host name: an image's, a cluster's, a node's."""
     s = string(where, raw)
     if not _NAME.match(s):
-        raise ConfigError(f"{where}: {s!r} is not a lowercase DNS label of [a-z0-9-]")
+        raise ConfigError(f"{where}: {s!r} is not a lowercase name of [a-z0-9-] (a DNS label: "
+                          "1 to 63 characters, no hyphen first or last)")
     return s
 
 

@@ -27,14 +27,15 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from channels.bundle import CHANNELS
 from channels.version import Version
 from imagebuild.core.errors import ConfigError
-from imagebuild.core.fields import enum, int_range, string, yaml_mapping
+from imagebuild.core.fields import enum, int_range, name, string, yaml_mapping
+from imagebuild.core.files import data_file
+from imagebuild.core.platforms import OutputFormat
 
 # What every Tidehost image needs to boot its A/B, verity-checked /usr and run the updater.
 REQUIRED_PACKAGES = (
@@ -60,21 +61,6 @@ class Suite(StrEnum):
 class UsrFilesystem(StrEnum):
     SQUASHFS = "squashfs"
     EROFS = "erofs"
-
-
-class OutputFormat(StrEnum):
-    RAW = "raw"
-    QCOW2 = "qcow2"
-    VAGRANT_LIBVIRT = "vagrant-libvirt"
-    VAGRANT_VIRTUALBOX = "vagrant-virtualbox"
-    GCE = "gce"
-    EC2 = "ec2"
-    DIGITALOCEAN = "digitalocean"
-
-    @property
-    def is_platform(self) -> bool:
-        """A cloud or Vagrant artifact, made from the raw disk with that platform's OEM."""
-        return self not in (OutputFormat.RAW, OutputFormat.QCOW2)
 
 
 @dataclass(frozen=True)
@@ -130,15 +116,7 @@ class ImageConfig:
 # ---- field parsers: (where, raw) -> value; `where` names the file and field for errors ----
 
 Parser = Callable[[str, Any], Any]
-_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
-
-
-def _name(where: str, raw: Any) -> str:
-    s = string(where, raw)
-    if not _NAME.match(s):
-        raise ConfigError(f"{where}: {s!r} is not a lowercase name of [a-z0-9-]")
-    return s
 
 
 def _version(where: str, raw: Any) -> str:
@@ -205,7 +183,7 @@ def _partitions(where: str, raw: Any) -> Partitions:
 
 def _field_parser(key: str, base: Path = Path(".")) -> Parser:
     table: dict[str, Parser] = {
-        "name": _name,
+        "name": name,
         "version": _version,
         "channel": enum(Channel),
         "suite": enum(Suite),
@@ -231,7 +209,7 @@ assert set(CHANNELS) == {c.value for c in Channel}
 def parse_image_file(path: Path | None) -> ImageConfig:
     """Parse an image file (None: the built-in reference image)."""
     if path is None:
-        text = resources.files("imagebuild.image.data").joinpath("reference.yaml").read_text()
+        text = data_file("imagebuild.image.data", "reference.yaml").read_text()
         return parse_image_text(text, "<reference image>", Path("."))
     path = Path(path)
     try:

@@ -4,9 +4,23 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
+from imagebuild.core.platforms import OutputFormat
 from imagebuild.image.config import ImageConfig
+
+
+class Artifact(StrEnum):
+    """What a build publishes besides one file per output format (``OutputFormat``)."""
+
+    RELEASE = "release"  # the release bundle, a folder
+    EC2_RAW = "ec2-raw"  # EC2 has three: the raw disk, a VMDK, register-image parameters
+    EC2_VMDK = "ec2-vmdk"
+    EC2_REGISTER_IMAGE = "ec2-register-image"
+
+
+Artifacts = dict[OutputFormat | Artifact, Path]
 
 
 def default_cache_dir() -> Path:
@@ -27,7 +41,7 @@ class BuildContext:
     # Filled in by stages as they run.
     roothash: str = ""
     kernel_version: str = ""
-    artifacts: dict[str, Path] = field(default_factory=dict)
+    artifacts: Artifacts = field(default_factory=dict)
 
     @property
     def tree(self) -> Path:

@@ -19,9 +19,11 @@ from pathlib import Path
 
 from imagebuild.core.errors import ConfigError
 from imagebuild.core.log import complete_step
+from imagebuild.core.platforms import OutputFormat
 from imagebuild.core.run import require
-from imagebuild.image.config import ImageConfig
-from imagebuild.image.context import BuildContext, default_cache_dir
+from imagebuild.image import platforms
+from imagebuild.image.config import ImageConfig, UsrFilesystem
+from imagebuild.image.context import Artifacts, BuildContext, default_cache_dir
 from imagebuild.image.stages import configure, disk, release, rootfs, usr
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ TOOLS = ("mmdebstrap", "tar", "zstd", "veritysetup", "mkfs.ext4", "mkfs.vfat", "
 
 @dataclass(frozen=True)
 class BuildResult:
-    artifacts: dict[str, Path]  # "raw", "qcow2", "release" -> published path
+    artifacts: Artifacts  # OutputFormat.RAW, ..., Artifact.RELEASE -> published path
     roothash: str
     build_id: str
     seconds: float
@@ -45,8 +47,8 @@ def new_build_id() -> str:
 def preflight(config: ImageConfig, output_dir: Path) -> None:
     """Cheap checks before any slow work: tools and a writable output directory."""
     tools = list(TOOLS)
-    tools.append("mksquashfs" if config.usr_filesystem.value == "squashfs" else "mkfs.erofs")
-    if "qcow2" in config.formats:
+    tools.append("mksquashfs" if config.usr_filesystem is UsrFilesystem.SQUASHFS else "mkfs.erofs")
+    if OutputFormat.QCOW2 in config.formats:
         tools.append("qemu-img")
     require(*tools)
     if os.geteuid() != 0:
@@ -118,14 +120,16 @@ def build_image(ctx: BuildContext) -> None:
     with complete_step("GPT disk"):
         disk.assemble_disk(ctx)
     with complete_step(f"Output formats ({', '.join(f.value for f in ctx.config.formats)})"):
-        disk.convert_formats(ctx)
+        disk.make_qcow2(ctx)
+        platforms.make_platforms(ctx)  # each from a copy of the raw disk, with its OEM
+        disk.drop_raw(ctx)
     with complete_step("Release bundle"):
         release.assemble_bundle(ctx)
 
 
-def publish(ctx: BuildContext) -> dict[str, Path]:
+def publish(ctx: BuildContext) -> Artifacts:
     """Move every artifact to its final name (same file system: atomic renames)."""
-    published = {}
+    published: Artifacts = {}
     for kind, path in ctx.artifacts.items():
         dest = ctx.output_dir / path.name
         if dest.is_dir() and not dest.is_symlink():

@@ -30,12 +30,16 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from imagebuild.cloudconfig.certs import generate_certs
-from imagebuild.cloudconfig.model import Cluster, Provider
+from imagebuild.cloudconfig.model import Cluster
 from imagebuild.cloudconfig.render import render_user_data
 from imagebuild.cloudconfig.seed import write_seed
 from imagebuild.core.errors import VMError
-from imagebuild.core.run import require, run
+from imagebuild.core.files import read_ssh_public_key, write_atomic
+from imagebuild.core.platforms import Provider
+from imagebuild.core.run import reap, require, run
+from imagebuild.core.wait import poll
 from imagebuild.lab import channel as clusterchannel
+from imagebuild.lab.net import netns_exists
 from imagebuild.lab.vm import VM
 
 log = logging.getLogger(__name__)
@@ -85,10 +89,7 @@ class ClusterState:
     server_pid: int = 0  # the channel server (`up --serve`), 0: none
 
     def save(self) -> None:
-        path = Path(self.state_dir) / "state.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(tmp, path)
+        write_atomic(Path(self.state_dir) / "state.json", json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
     def load(cls, state_dir: Path) -> ClusterState:
@@ -144,11 +145,6 @@ def _ns(netns: str, *args: str) -> list[str]:
     return ["ip", "-n", netns, *args]
 
 
-def netns_exists(netns: str) -> bool:
-    r = run(["ip", "netns", "list"], capture=True)
-    return any(line.split()[0] == netns for line in r.stdout.decode().splitlines() if line)
-
-
 def create_network(state: ClusterState) -> None:
     ns = state.netns
     run(["ip", "netns", "add", ns])
@@ -184,7 +180,7 @@ def up(cluster: Cluster, opts: UpOptions) -> ClusterState:
     if not key.exists():
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"tidehost-{cluster.name}",
              "-f", key])  # fmt: skip
-    keys = (key.with_suffix(".pub").read_text().strip(), *opts.ssh_keys)
+    keys = (read_ssh_public_key(key, "the cluster's key"), *opts.ssh_keys)
     # Render every node first: a bad cluster file fails before anything runs.
     texts = {n.name: render_user_data(cluster, n.name, Provider.NOCLOUD, extra_ssh_keys=keys)
              for n in cluster.nodes}  # fmt: skip
@@ -258,26 +254,18 @@ def wait_ssh(state: ClusterState, timeout: float) -> dict[str, float]:
     for n in state.nodes:
         vm = state.vm(n.name)
         vm.started = t0
-        deadline = t0 + timeout
-        while True:
+
+        def answers(n: NodeState = n, vm: VM = vm) -> bool:
             if not qemu_alive(n):
                 raise VMError(f"{n.name}: QEMU exited (see {Path(n.workdir) / 'qemu.log'})")
-            if _ssh_ok(vm):
-                break
-            if time.monotonic() > deadline:
-                raise VMError(f"{n.name}: SSH did not answer within {timeout:.0f}s "
-                              f"(serial log {n.serial_log})")  # fmt: skip
-            time.sleep(3)
+            return vm.answers(timeout=120)
+
+        if not poll(answers, t0 + timeout - time.monotonic(), every=3):
+            raise VMError(f"{n.name}: SSH did not answer within {timeout:.0f}s "
+                          f"(serial log {n.serial_log})")  # fmt: skip
         times[n.name] = time.monotonic() - t0
         log.info("%s: SSH answers (%.0fs)", n.name, times[n.name])
     return times
-
-
-def _ssh_ok(vm: VM) -> bool:
-    try:
-        return vm.ssh("echo ok", check=False, timeout=120).strip() == "ok"
-    except Exception:  # noqa: BLE001 - a timeout while booting is just "not yet"
-        return False
 
 
 def _stop_qemu(n: NodeState, timeout: float = 15) -> None:
@@ -285,15 +273,10 @@ def _stop_qemu(n: NodeState, timeout: float = 15) -> None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(n.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while qemu_alive(n) and time.monotonic() < deadline:
-        time.sleep(0.3)
-    if qemu_alive(n):
+    if not poll(lambda: not qemu_alive(n), timeout, every=0.3):
         with contextlib.suppress(ProcessLookupError):
             os.kill(n.pid, signal.SIGKILL)
-    # Reap it when it is our child (the test's in-process `up`).
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(n.pid, os.WNOHANG)
+    reap(n.pid)  # when it is our child (the test's in-process `up`)
 
 
 def down(cluster: Cluster, state_root: Path = DEFAULT_STATE_ROOT, *,
@@ -359,10 +342,7 @@ def status(cluster: Cluster, state_root: Path = DEFAULT_STATE_ROOT) -> str:
         if not qemu_alive(n):
             lines.append(f"  {n.name:<10} {n.address:<15} QEMU not running")
             continue
-        try:
-            out = vm.ssh(NODE_CHECKS, check=False, timeout=120).split()
-        except Exception:  # noqa: BLE001 - unreachable is a status, not an error
-            out = []
+        out = vm.probe(NODE_CHECKS, timeout=120).split()  # unreachable: a status, not an error
         if not out:
             lines.append(f"  {n.name:<10} {n.address:<15} pid {n.pid}, SSH not answering yet")
             continue
@@ -376,15 +356,12 @@ def status(cluster: Cluster, state_root: Path = DEFAULT_STATE_ROOT) -> str:
         lines.append(f"  ssh -i {state.ssh_key} -o '{proxy}' core@{n.name}")
     if reachable:
         vm = state.vm(reachable[0])
-        with contextlib.suppress(Exception):
-            lines.append("etcd:")
-            lines += _indent(vm.ssh(f"{ETCDCTL} endpoint health --cluster 2>&1", check=False))
+        lines.append("etcd:")
+        lines += _indent(vm.probe(f"{ETCDCTL} endpoint health --cluster 2>&1", timeout=120))
         managers = [n.name for n in cluster.managers if n.name in reachable]
         if managers:
-            with contextlib.suppress(Exception):
-                lines.append("swarm:")
-                out = state.vm(managers[0]).ssh("docker node ls 2>&1", check=False)
-                lines += _indent(out)
+            lines.append("swarm:")
+            lines += _indent(state.vm(managers[0]).probe("docker node ls 2>&1", timeout=120))
     return "\n".join(lines)
 
 

@@ -12,6 +12,15 @@ shows is what the test proves:
 3. publish v2: every node stages it, and they reboot one at a time under the reboot lock in
    the cluster's etcd (max=1) while a probe asks the service every second;
 4. promote v2 to beta and stable (the same bits, new signatures).
+
+``run_single_host_demo`` (``tidehost demo --single-host``) shows one host and a local etcd:
+
+1. build the reference image as v1 and its successor v2;
+2. create a signed channel repository, publish v1 to alpha, serve it on 127.0.0.1 and
+   start a local etcd for the reboot lock;
+3. boot a v1 host under QEMU and show its os-release and its verity-checked /usr;
+4. publish v2 and watch the host's agent find it, stage it in slot B, take the etcd
+   lock, reboot, pass its health gate, bless the boot and release the lock.
 """
 
 from __future__ import annotations
@@ -27,17 +36,24 @@ import yaml
 
 from imagebuild.cloudconfig.parse import parse_cluster_file
 from imagebuild.core.errors import VMError
+from imagebuild.core.files import data_file
 from imagebuild.core.log import complete_step
+from imagebuild.core.platforms import OutputFormat
+from imagebuild.core.run import run
+from imagebuild.core.wait import poll
 from imagebuild.image.config import parse_image_file
+from imagebuild.image.context import Artifact
 from imagebuild.image.pipeline import build
+from imagebuild.lab import channel
+from imagebuild.lab.agent import Phase, print_status
 from imagebuild.lab.cluster import ClusterState, UpOptions, down, up
-from imagebuild.lab.hostlab import print_status, tidehost
-from imagebuild.lab.rollout import Prober, watch
+from imagebuild.lab.hostlab import UpdateLab, bless_latency, wait_for
+from imagebuild.lab.probe import Prober
+from imagebuild.lab.rollout import watch
 from imagebuild.lab.vm import VM
 
 log = logging.getLogger(__name__)
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "cloud-config" / "examples" / "cluster.yaml"
 ETCDCTL = "sudo /etc/tidehost/bin/tidehost-etcdctl"
 WEB_PORT = 8080
 # No image can be pulled here: a tiny image of symlinks (bin -> usr/bin, ...) whose containers
@@ -53,17 +69,19 @@ WEB_CMD = ("mkdir -p /tmp/w && cat /etc/hostname > /tmp/w/index.html && "
 
 
 def wait_until(what: str, check: Callable[[], bool], timeout: float, every: float = 10) -> float:
-    """Poll ``check`` (exceptions count as "not yet"); seconds taken, or VMError."""
+    """Poll ``check`` (an SSH that fails or times out, or a half-up service's unreadable
+    answer, count as "not yet"); seconds taken, or VMError."""
     t0 = time.monotonic()
-    while True:
+
+    def ready() -> bool:
         try:
-            if check():
-                return time.monotonic() - t0
-        except Exception:  # noqa: BLE001 - SSH timeouts and half-up services: not ready yet
-            pass
-        if time.monotonic() - t0 > timeout:
-            raise VMError(f"{what}: not within {timeout:.0f}s")
-        time.sleep(every)
+            return bool(check())
+        except (VMError, ValueError):
+            return False
+
+    if not poll(ready, timeout, every):
+        raise VMError(f"{what}: not within {timeout:.0f}s")
+    return time.monotonic() - t0
 
 
 def etcd_healthy(vm: VM) -> int:
@@ -116,9 +134,14 @@ def web_urls(state: ClusterState) -> list[str]:
     return [f"http://{n.address}:{WEB_PORT}/" for n in state.nodes]
 
 
+def example_cluster_file() -> Path:
+    """``cloud-config/examples/cluster.yaml``, as shipped with the toolkit."""
+    return data_file("imagebuild.cloudconfig", "templates/examples/cluster.yaml")
+
+
 def demo_cluster_file(out: Path) -> Path:
     """The example cluster file, copied so that its certificates land under ``out``."""
-    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc = yaml.safe_load(example_cluster_file().read_text())
     path = out / "cluster.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -137,17 +160,18 @@ def run_cluster_demo(out: Path, *, keep: bool = False, v1: str = "1.0.0",
     r2 = build(base.with_overrides(version=v2, channel="alpha", formats="raw"), out)
     repo = out / "repo"
     shutil.rmtree(repo, ignore_errors=True)  # versions in a channel only go forward
-    tidehost("channel", "init", repo)
-    tidehost("channel", "publish", repo, r1.artifacts["release"], "--channel", "alpha")
+    channel.init(repo)
+    channel.publish(repo, r1.artifacts[Artifact.RELEASE], "alpha")
     spec = parse_cluster_file(demo_cluster_file(out))
     state_root = out / "clusters"
     down(spec, state_root)  # a previous demo's leftovers
     t0, ok = time.monotonic(), False
-    print(f"\n$ tidehost vm cluster up {out / 'cluster.yaml'} --image {r1.artifacts['qcow2']} "
-          f"--serve {repo}", flush=True)  # fmt: skip
+    image = r1.artifacts[OutputFormat.QCOW2]
+    print(f"\n$ tidehost vm cluster up {out / 'cluster.yaml'} --image {image} --serve {repo}",
+          flush=True)  # fmt: skip
     try:
         with complete_step("Booting 3 nodes (QEMU; TCG where KVM cannot run guests)"):
-            state = up(spec, UpOptions(image=Path(r1.artifacts["qcow2"]), serve=repo,
+            state = up(spec, UpOptions(image=Path(image), serve=repo,
                                        state_root=state_root, timeout=1800))  # fmt: skip
         with complete_step("Waiting for etcd and the swarm to form"):
             wait_converged(state, 1500)
@@ -163,7 +187,7 @@ def run_cluster_demo(out: Path, *, keep: bool = False, v1: str = "1.0.0",
         with Prober(state.netns, web_urls(state)) as probe:
             probe.wait_answering(120)
             print(f"\n== publishing {v2} to alpha; the nodes update one at a time", flush=True)
-            tidehost("channel", "publish", repo, r2.artifacts["release"], "--channel", "alpha")
+            channel.publish(repo, r2.artifacts[Artifact.RELEASE], "alpha")
             report = watch(state, v2, 3600, prober=probe,
                            on_change=lambda name, st: print_status(st, name))  # fmt: skip
         print("\n" + report.summary(), flush=True)
@@ -171,9 +195,9 @@ def run_cluster_demo(out: Path, *, keep: bool = False, v1: str = "1.0.0",
             show(state.vm(n.name), "tidehost-update status")
         show(first, "sudo tidehost-update lock status")
         print("\n== promoting to beta and stable (the same bits, re-signed)", flush=True)
-        tidehost("channel", "promote", repo, v2, "--from", "alpha", "--to", "beta")
-        tidehost("channel", "promote", repo, v2, "--from", "beta", "--to", "stable")
-        tidehost("channel", "status", repo)
+        channel.promote(repo, v2, "alpha", "beta")
+        channel.promote(repo, v2, "beta", "stable")
+        channel.show_status(repo)
         ok = True
     finally:
         if keep:
@@ -183,4 +207,54 @@ def run_cluster_demo(out: Path, *, keep: bool = False, v1: str = "1.0.0",
             down(spec, state_root, keep_logs=not ok)
             if not ok:
                 log.error("serial logs of the nodes kept in %s", state_root / spec.name)
+    return 0
+
+
+def run_single_host_demo(out: Path, *, v1: str = "1.0.0", v2: str = "1.1.0") -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    key = out / "id_ed25519"
+    if not key.exists():
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key])
+    base = parse_image_file(None)
+    r1 = build(base.with_overrides(version=v1, channel="alpha"), out)
+    r2 = build(base.with_overrides(version=v2, channel="alpha", formats="raw"), out)
+    disk = out / "demo-host.qcow2"
+    disk.unlink(missing_ok=True)
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", r1.artifacts[OutputFormat.QCOW2],
+         "-F", "qcow2", disk, "8G"])  # fmt: skip
+    lab = UpdateLab(out / "lab")
+    # A fresh repository every run: versions in a channel only go forward.
+    shutil.rmtree(lab.repo, ignore_errors=True)
+    lab.start()
+    try:
+        print(f"\n== channel served at {lab.server.url if lab.server else ''}, "
+              f"etcd at {lab.etcd.url}", flush=True)  # fmt: skip
+        lab.publish(r1.artifacts[Artifact.RELEASE])
+        vm = lab.boot(disk, key, "demo-host")
+        try:
+            with complete_step("Booting the v1.0.0 host (QEMU; TCG where KVM cannot run guests)"):
+                seconds = vm.wait_ssh(timeout=900)
+            log.info("SSH answered %.0fs after QEMU started", seconds)
+            show(vm, "cat /etc/os-release")
+            show(vm, "findmnt /usr")
+            show(vm, "sudo veritysetup status usr | head -3")
+            show(vm, "tidehost-update status")
+            print(f"\n== publishing {v2} to alpha", flush=True)
+            lab.publish(r2.artifacts[Artifact.RELEASE])
+            start = time.monotonic()
+            wait_for(vm, lambda s: s.version == v2 and s.phase is Phase.IDLE, timeout=2400,
+                     on_change=print_status)  # fmt: skip
+            latency = bless_latency(vm)
+            shown = "not in the journal" if latency is None else f"{latency:.1f} s"
+            print(f"\n== updated to {v2} in {time.monotonic() - start:.0f}s; boot-complete.target "
+                  f"to blessed and lock released: {shown}", flush=True)  # fmt: skip
+            show(vm, "tidehost-update status")
+            show(vm, "findmnt /usr")
+            show(vm, "sudo /usr/lib/systemd/systemd-bless-boot status")
+            show(vm, "sudo ls /efi/loader/entries")
+            print(f"\nreboot lock holders now: {lab.lock_holders() or 'none'}", flush=True)
+        finally:
+            vm.stop()
+    finally:
+        lab.stop()
     return 0

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shlex
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,23 +19,15 @@ import yaml
 from channels.serve import ChannelServer
 from imagebuild.core.errors import VMError
 from imagebuild.core.run import run
+from imagebuild.core.wait import poll
+from imagebuild.lab import channel as repo_ops
+from imagebuild.lab.agent import AgentStatus, status
 from imagebuild.lab.etcd import LocalEtcd
 from imagebuild.lab.vm import VM
 
 log = logging.getLogger(__name__)
 GUEST_HOST = "10.0.2.2"  # the build machine's loopback, seen from a user-networking guest
 ROOT_ON_HOST = "/etc/tidehost/channel-root.json"
-
-
-def tidehost(*args: str | Path, quiet: bool = False) -> str:
-    """Run the ``tidehost`` command as a user would, echoing it."""
-    argv = [sys.executable, "-m", "imagebuild", *map(str, args)]
-    if not quiet:
-        print(f"$ tidehost {shlex.join(map(str, args))}", flush=True)
-    out = run(argv, capture=True).stdout.decode()
-    if not quiet and out.strip():
-        print(out.rstrip(), flush=True)
-    return out
 
 
 def agent_user_data(
@@ -84,7 +74,7 @@ class UpdateLab:
     def start(self) -> UpdateLab:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not (self.repo / "published").exists():
-            tidehost("channel", "init", self.repo)
+            repo_ops.init(self.repo)
         self.server = ChannelServer(self.repo / "published", host="127.0.0.1", port=0)
         self.server.start()
         self.etcd.start()
@@ -101,7 +91,7 @@ class UpdateLab:
         return f"http://{GUEST_HOST}:{self.server.server_address[1]}/"
 
     def publish(self, bundle: Path, channel: str = "alpha") -> None:
-        tidehost("channel", "publish", self.repo, bundle, "--channel", channel)
+        repo_ops.publish(self.repo, bundle, channel)
 
     def user_data(self, channel: str = "alpha", **kw: Any) -> str:
         root = (self.repo / "published/metadata/root.json").read_text()
@@ -126,52 +116,37 @@ class UpdateLab:
         return vm.start()
 
 
-def status(vm: VM) -> dict[str, Any] | None:
-    """``tidehost-update status --json`` of a host, or None while it cannot be reached."""
-    try:
-        return dict(json.loads(vm.ssh("tidehost-update status --json", timeout=60)))
-    except (VMError, ValueError, OSError):
-        return None
-    except Exception:  # noqa: BLE001 - ssh timeouts while the host reboots
-        return None
-
-
 def wait_for(
     vm: VM,
-    done: Callable[[dict[str, Any]], bool],
+    done: Callable[[AgentStatus], bool],
     timeout: float,
-    on_change: Callable[[dict[str, Any]], None] | None = None,
+    on_change: Callable[[AgentStatus], None] | None = None,
     tick: Callable[[], None] | None = None,
-) -> dict[str, Any]:
+) -> AgentStatus:
     """Poll a host's agent status until ``done``; report each new (version, slot, state)."""
-    deadline = time.monotonic() + timeout
-    last: tuple[Any, ...] = ()
-    while time.monotonic() < deadline:
+    last: list[tuple[Any, ...]] = [()]
+
+    def look() -> AgentStatus | None:
         if tick:
             tick()
         st = status(vm)
         if st is not None:
-            key = (st.get("version"), st.get("slot"), st.get("state"), st.get("target_version"))
-            if key != last and on_change:
+            if st.step != last[0] and on_change:
                 on_change(st)
-            last = key
+            last[0] = st.step
             if done(st):
                 return st
         if not vm.alive():
             raise VMError(f"QEMU exited (serial log {vm.serial_log})")
-        time.sleep(3)
-    print(f"--- last lines of {vm.hostname}'s console ({vm.serial_log}) ---\n"
-          f"{vm.serial_tail()}", flush=True)  # fmt: skip
-    raise VMError(f"host {vm.hostname} did not reach the expected state in {timeout:.0f}s "
-                  f"(last: {last}, serial log {vm.serial_log})")  # fmt: skip
+        return None
 
-
-def print_status(st: dict[str, Any], host: str = "") -> None:
-    target = f" -> {st['target_version']}" if st.get("target_version") else ""
-    error = f", error: {st['last_error']}" if st.get("last_error") else ""
-    who = f"{host}: " if host else ""
-    print(f"  [{time.strftime('%H:%M:%S')}] {who}version {st.get('version')} on slot "
-          f"{st.get('slot')}, state {st.get('state')}{target}{error}", flush=True)  # fmt: skip
+    st = poll(look, timeout, every=3)
+    if st is None:
+        print(f"--- last lines of {vm.hostname}'s console ({vm.serial_log}) ---\n"
+              f"{vm.serial_tail()}", flush=True)  # fmt: skip
+        raise VMError(f"host {vm.hostname} did not reach the expected state in {timeout:.0f}s "
+                      f"(last: {last[0]}, serial log {vm.serial_log})")  # fmt: skip
+    return st
 
 
 def bless_latency(vm: VM) -> float | None:

@@ -3,30 +3,29 @@
 What ``make demo`` shows and the cluster end-to-end test asserts: after a release is
 published, every node's agent stages it, takes the reboot lock in the cluster's own etcd,
 reboots into the other slot, passes its health gate and releases the lock; the probe of the
-replicated service (``imagebuild.lab.probe``, run inside the cluster's namespace) records how long
-it ever went unanswered. The arithmetic (gaps, reboot spans, the report) is pure and tested
-without VMs; ``watch`` and ``Prober`` do the I/O.
+replicated service (``probe.Prober``, inside the cluster's namespace) records how long it
+ever went unanswered. The arithmetic (gaps, reboot spans, the report) is pure and tested
+without VMs; ``watch`` does the I/O.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from imagebuild.core.errors import VMError
+from imagebuild.core.wait import poll
+from imagebuild.lab.agent import AgentStatus, Phase, status
 from imagebuild.lab.cluster import ClusterState
-from imagebuild.lab.hostlab import status
+from imagebuild.lab.probe import Prober
 from imagebuild.lab.vm import VM
 
 # Done with a version: at rest on it, or already polling the channel again (confirming ->
 # idle -> checking can pass between two looks of the watcher).
-RESTING = ("idle", "rolled-back", "checking")
+RESTING = frozenset({Phase.IDLE, Phase.ROLLED_BACK, Phase.CHECKING})
 
 
 # --- pure ---------------------------------------------------------------------------------
@@ -49,22 +48,22 @@ class NodeProgress:
     went_down: float | None = None  # first seen rebooting (or unreachable once staged)
     updated: float | None = None  # first seen idle on the new version
     staged: bool = False
-    last: dict[str, Any] = field(default_factory=dict)
+    last: AgentStatus | None = None
 
-    def observe(self, t: float, st: dict[str, Any] | None, version: str) -> None:
+    def observe(self, t: float, st: AgentStatus | Mapping[str, Any] | None,
+                version: str) -> None:  # fmt: skip
         if self.updated is not None:
             return
         if st is None:  # unreachable: rebooting, if it had something to reboot into
             if self.staged and self.went_down is None:
                 self.went_down = t
             return
-        self.last = st
-        phase = st.get("state", "")
-        if st.get("target_version") == version or phase == "rebooting":
+        self.last = st = AgentStatus.parse(st)
+        if st.target_version == version or st.phase is Phase.REBOOTING:
             self.staged = True
-        if phase in ("rebooting", "confirming") and self.went_down is None:
+        if st.phase in (Phase.REBOOTING, Phase.CONFIRMING) and self.went_down is None:
             self.went_down = t
-        if st.get("version") == version and phase in RESTING:
+        if st.version == version and st.phase in RESTING:
             self.updated = t
 
     @property
@@ -124,55 +123,13 @@ class RolloutReport:
 # --- I/O ----------------------------------------------------------------------------------
 
 
-class Prober:
-    """``imagebuild.lab.probe`` inside the cluster's namespace, answers collected in a thread."""
-
-    def __init__(self, netns: str, urls: Sequence[str], every: float = 1.0) -> None:
-        self.argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "imagebuild.lab.probe",
-                     "--every", str(every), *urls]  # fmt: skip
-        self.answers: list[tuple[float, bool]] = []
-        self.last_answer = ""
-        self.proc: subprocess.Popen[str] | None = None
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> Prober:
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, text=True)
-        threading.Thread(target=self._read, daemon=True, name="probe").start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-    def _read(self) -> None:
-        assert self.proc and self.proc.stdout
-        for line in self.proc.stdout:
-            t, _, answer = line.strip().partition(" ")
-            with self._lock:
-                self.answers.append((float(t), answer != "-"))
-                self.last_answer = answer
-
-    def snapshot(self) -> list[tuple[float, bool]]:
-        with self._lock:
-            return list(self.answers)
-
-    def wait_answering(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(ok for _, ok in self.snapshot()[-3:]):
-                return
-            time.sleep(1)
-        raise VMError(f"the service did not answer within {timeout:.0f}s")
-
-
 def lock_holders(vms: Sequence[VM]) -> list[str] | None:
     """The reboot lock's holders, read on the first node that answers (None: none did)."""
     for vm in vms:
         try:
             out = vm.ssh("sudo tidehost-update lock status --json", check=False, timeout=30)
             return list(json.loads(out).get("holders", []))
-        except Exception:  # noqa: BLE001 - rebooting or busy: ask the next node
+        except (VMError, ValueError):  # rebooting, busy or half-up: ask the next node
             continue
     return None
 
@@ -182,36 +139,41 @@ def watch(
     version: str,
     timeout: float,
     prober: Prober | None = None,
-    on_change: Callable[[str, dict[str, Any]], None] | None = None,
+    on_change: Callable[[str, AgentStatus], None] | None = None,
     every: float = 3.0,
 ) -> RolloutReport:
     """Poll every node until all run ``version``; raise VMError on timeout or a dead QEMU."""
     report = RolloutReport(version=version, started=time.time())
     vms = [cluster.vm(n.name) for n in cluster.nodes]
     report.nodes = {vm.hostname: NodeProgress(vm.hostname) for vm in vms}
-    deadline = time.monotonic() + timeout
     seen: dict[str, tuple[Any, ...]] = {}
-    while not report.done:
-        if time.monotonic() > deadline:
-            left = [n for n, p in report.nodes.items() if p.updated is None]
-            raise VMError(f"rollout of {version}: {', '.join(left)} not updated within "
-                          f"{timeout:.0f}s\n{report.summary()}")  # fmt: skip
+
+    def look() -> bool:
+        """One round over the nodes and the lock; True once every node runs ``version``."""
         for vm in vms:
             st = status(vm)
             report.nodes[vm.hostname].observe(time.time(), st, version)
-            key = (st or {}).get("version"), (st or {}).get("slot"), (st or {}).get("state")
-            if st is not None and key != seen.get(vm.hostname) and on_change:
+            if st is not None and st.step[:3] != seen.get(vm.hostname) and on_change:
                 on_change(vm.hostname, st)
             if st is not None:
-                seen[vm.hostname] = key
-        up_first = sorted(vms, key=lambda v: report.nodes[v.hostname].last.get("state") != "idle")
-        holders = lock_holders(up_first)
+                seen[vm.hostname] = st.step[:3]
+
+        def resting_first(v: VM) -> bool:
+            last = report.nodes[v.hostname].last
+            return last is None or last.phase is not Phase.IDLE
+
+        holders = lock_holders(sorted(vms, key=resting_first))
         if holders is not None:
             report.most_holders = max(report.most_holders, len(holders))
             report.holders_seen.update(holders)
         if prober:
             report.answers = prober.snapshot()
-        time.sleep(every)
+        return report.done
+
+    if not poll(look, timeout, every=every):
+        left = [n for n, p in report.nodes.items() if p.updated is None]
+        raise VMError(f"rollout of {version}: {', '.join(left)} not updated within "
+                      f"{timeout:.0f}s\n{report.summary()}")  # fmt: skip
     report.finished = time.time()
     if prober:
         report.answers = prober.snapshot()

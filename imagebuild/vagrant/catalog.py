@@ -22,20 +22,15 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from typing import Any
 
 from channels.version import Version
 from imagebuild.core.errors import ConfigError
+from imagebuild.core.platforms import BoxProvider
 
 CHECKSUM_TYPE = "sha256"
 ARCHITECTURE = "amd64"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-class BoxProvider(StrEnum):
-    LIBVIRT = "libvirt"
-    VIRTUALBOX = "virtualbox"
 
 
 def catalog_name(image: str, channel: str) -> str:

@@ -15,19 +15,17 @@ file is written to a temporary name and renamed into place.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from channels.bundle import CHANNELS, sha256_file
 from channels.serve import published_root
 from imagebuild.core.errors import ConfigError
+from imagebuild.core.files import copy_atomic, write_atomic
+from imagebuild.core.platforms import BoxProvider
 from imagebuild.vagrant.catalog import (
     BoxCatalog,
-    BoxProvider,
     ProviderEntry,
     add_version,
     box_path,
@@ -40,15 +38,6 @@ def _channel(name: str) -> str:
     if name not in CHANNELS:
         raise ConfigError(f"--channel: {name!r} is not one of {', '.join(CHANNELS)}")
     return name
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def read_catalog(published: Path, channel: str, image: str) -> BoxCatalog:
@@ -67,11 +56,7 @@ def _copy_box(src: Path, dest: Path, sha: str) -> None:
         if sha256_file(dest) != sha:
             raise ConfigError(f"{dest}: already published with other bits")
         return
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.partial")
-    shutil.copyfile(src, tmp)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, dest)
+    copy_atomic(src, dest)
 
 
 def find_boxes(build_dir: Path, image: str, version: str) -> dict[BoxProvider, Path]:
@@ -79,7 +64,7 @@ def find_boxes(build_dir: Path, image: str, version: str) -> dict[BoxProvider, P
     (``<image>-<version>-vagrant-<provider>.box``); a bundle's folder is its build dir."""
     found = {}
     for provider in BoxProvider:
-        path = Path(build_dir) / f"{image}-{version}-vagrant-{provider.value}.box"
+        path = Path(build_dir) / f"{image}-{version}-{provider.output_format.value}.box"
         if path.is_file():
             found[provider] = path
     return found
@@ -126,7 +111,7 @@ def write_box_catalog(
             entry = next(e for e in entries if e.name == provider)
             _copy_box(Path(src), published / box_path(image, version, provider), entry.checksum)
     dest = published / catalog_path(channel)
-    _atomic_write(dest, updated.to_json())
+    write_atomic(dest, updated.to_json())
     return dest
 
 
@@ -149,5 +134,5 @@ def promote_box_catalog(
         raise ConfigError(f"{version} is not in the {src} box catalog ({catalog_path(src)})")
     updated = add_version(read_catalog(published, dst, image), version, found.providers)
     dest = published / catalog_path(dst)
-    _atomic_write(dest, updated.to_json())
+    write_atomic(dest, updated.to_json())
     return dest

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
-import tempfile
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +17,17 @@ import jinja2
 import yaml
 from jinja2.sandbox import SandboxedEnvironment
 
-import imagebuild
 from channels.bundle import CHANNELS
+from imagebuild.cloudconfig import generate_certs, parse_cluster_file
+from imagebuild.cloudconfig import render_user_data as render
+from imagebuild.cloudconfig.seed import write_seed
 from imagebuild.core.errors import ConfigError
+from imagebuild.core.files import data_dir, write_atomic
+from imagebuild.core.platforms import BoxProvider, Provider
 from imagebuild.vagrant.catalog import catalog_name, catalog_path
 
 TEMPLATE = "Vagrantfile.j2"
 MAX_NODES = 9
-
-
-class VagrantProvider(StrEnum):
-    LIBVIRT = "libvirt"
-    VIRTUALBOX = "virtualbox"
 
 
 @dataclass(frozen=True)
@@ -39,7 +35,7 @@ class InitOptions:
     nodes: int
     channel_url: str
     channel: str
-    provider: VagrantProvider = VagrantProvider.LIBVIRT
+    provider: BoxProvider = BoxProvider.LIBVIRT
     image: str = "tidehost"
     subnet: str = "192.168.56.0/24"  # VirtualBox's default host-only range
     memory: int = 2048
@@ -107,8 +103,8 @@ def _rb(value: object) -> str:
 
 
 def template_dir() -> Path:
-    """``vagrant/`` next to the ``imagebuild`` package (the source checkout)."""
-    return Path(imagebuild.__file__).resolve().parent.parent / "vagrant"
+    """The templates of ``vagrant/``, shipped in this package as ``templates/``."""
+    return data_dir("imagebuild.vagrant", "templates")
 
 
 def render_vagrantfile(context: dict[str, Any], tdir: Path | None = None) -> str:
@@ -126,15 +122,6 @@ def render_vagrantfile(context: dict[str, Any], tdir: Path | None = None) -> str
         raise ConfigError(f"{tdir / TEMPLATE}: {e}") from None
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
 def init_cluster(
     o: InitOptions,
     out: Path,
@@ -148,10 +135,6 @@ def init_cluster(
     Everything is rendered before the Vagrantfile is written, so a bad cluster leaves no
     Vagrantfile behind.
     """
-    from imagebuild.cloudconfig import Provider, generate_certs, parse_cluster_file
-    from imagebuild.cloudconfig import render_user_data as render
-    from imagebuild.cloudconfig.seed import write_seed
-
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     if cluster_file is None:

@@ -26,9 +26,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from imagebuild.cli import tidehost
 from imagebuild.cloudconfig.parse import parse_cluster_file
 from imagebuild.image.config import parse_image_file
 from imagebuild.image.pipeline import BuildResult, build
+from imagebuild.lab.agent import print_status
 from imagebuild.lab.cluster import ClusterState, UpOptions, down, status, up
 from imagebuild.lab.demo import (
     ETCDCTL,
@@ -39,8 +41,8 @@ from imagebuild.lab.demo import (
     wait_until,
     web_urls,
 )
-from imagebuild.lab.hostlab import print_status, tidehost
-from imagebuild.lab.rollout import RESTING, Prober, lock_holders, watch
+from imagebuild.lab.probe import Prober
+from imagebuild.lab.rollout import RESTING, lock_holders, watch
 from imagebuild.lab.vm import log_tail
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]

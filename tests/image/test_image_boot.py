@@ -17,8 +17,8 @@ import testinfra
 
 from channels.bundle import load_bundle
 from imagebuild.image.config import Partitions
+from imagebuild.image.layout import layout
 from imagebuild.image.pipeline import BuildResult
-from imagebuild.image.stages.disk import layout
 from imagebuild.lab.vm import SSH_OPTIONS, VM
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]

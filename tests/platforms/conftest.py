@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild.image.config import OutputFormat, parse_image_file
+from imagebuild.core.platforms import OutputFormat
+from imagebuild.image.config import parse_image_file
 from imagebuild.image.pipeline import BuildResult, build
 
 PLATFORM_VERSION = "1.0.0"

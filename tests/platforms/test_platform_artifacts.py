@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from imagebuild.core.platforms import BoxProvider
 from imagebuild.image.pipeline import BuildResult
 from imagebuild.image.platforms.oem import SPECS, Oem
-from imagebuild.vagrant.catalog import BoxProvider
 from imagebuild.vagrant.catalog_io import promote_box_catalog, write_box_catalog
 
 GiB = 1 << 30

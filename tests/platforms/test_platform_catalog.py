@@ -9,9 +9,9 @@ import pytest
 
 from imagebuild.cli import main
 from imagebuild.core.errors import ConfigError
+from imagebuild.core.platforms import BoxProvider
 from imagebuild.vagrant.catalog import (
     BoxCatalog,
-    BoxProvider,
     ProviderEntry,
     add_version,
     empty_catalog,

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild.cloudconfig.model import Provider
 from imagebuild.cloudconfig.providers import PROVIDERS
 from imagebuild.core.errors import ConfigError
-from imagebuild.image.config import OutputFormat
+from imagebuild.core.platforms import OutputFormat, Provider
 from imagebuild.image.platforms import make
 from imagebuild.image.platforms.cloud import ec2_register_image
 from imagebuild.image.platforms.disk import whole_gib

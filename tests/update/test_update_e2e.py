@@ -22,7 +22,8 @@ import pytest
 
 from imagebuild.image.config import parse_image_file
 from imagebuild.image.pipeline import BuildResult, build
-from imagebuild.lab.hostlab import UpdateLab, bless_latency, print_status, status, wait_for
+from imagebuild.lab.agent import print_status, status
+from imagebuild.lab.hostlab import UpdateLab, bless_latency, wait_for
 from imagebuild.lab.vm import VM
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]

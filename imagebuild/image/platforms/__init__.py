@@ -1,8 +1,9 @@
 """Platform outputs: Vagrant boxes and cloud images, each from a copy of the raw disk with
 that platform's OEM partition and factory boot entry (``imagebuild.image.platforms.oem``).
 
-``make(ctx, fmt, raw)`` is called by ``imagebuild.image.stages.disk.convert_formats`` once per
-platform format and returns ``{artifact kind: path inside ctx.work}``.
+``make_platforms(ctx)`` is the build's platform step (``image.pipeline``): it calls
+``make(ctx, fmt, raw)`` once per platform format of the image file, which returns
+``{artifact: path inside ctx.work}``.
 """
 
 from __future__ import annotations
@@ -12,26 +13,26 @@ from pathlib import Path
 
 from imagebuild.core.errors import ConfigError
 from imagebuild.core.log import complete_step
-from imagebuild.image.config import OutputFormat
-from imagebuild.image.context import BuildContext
+from imagebuild.core.platforms import OutputFormat
+from imagebuild.image.context import Artifacts, BuildContext
 from imagebuild.image.platforms import cloud, vagrant_box
 from imagebuild.image.platforms.disk import platform_disk
 from imagebuild.image.platforms.oem import spec_for
 
-__all__ = ["make"]
+__all__ = ["make", "make_platforms"]
 
 
-def _vagrant_libvirt(ctx: BuildContext, disk: Path) -> dict[str, Path]:
+def _vagrant_libvirt(ctx: BuildContext, disk: Path) -> Artifacts:
     box = ctx.work / f"{ctx.config.artifact_stem}-vagrant-libvirt.box"
-    return {"vagrant-libvirt": vagrant_box.libvirt_box(ctx, disk, box)}
+    return {OutputFormat.VAGRANT_LIBVIRT: vagrant_box.libvirt_box(ctx, disk, box)}
 
 
-def _vagrant_virtualbox(ctx: BuildContext, disk: Path) -> dict[str, Path]:
+def _vagrant_virtualbox(ctx: BuildContext, disk: Path) -> Artifacts:
     box = ctx.work / f"{ctx.config.artifact_stem}-vagrant-virtualbox.box"
-    return {"vagrant-virtualbox": vagrant_box.virtualbox_box(ctx, disk, box)}
+    return {OutputFormat.VAGRANT_VIRTUALBOX: vagrant_box.virtualbox_box(ctx, disk, box)}
 
 
-MAKERS: dict[OutputFormat, Callable[[BuildContext, Path], dict[str, Path]]] = {
+MAKERS: dict[OutputFormat, Callable[[BuildContext, Path], Artifacts]] = {
     OutputFormat.VAGRANT_LIBVIRT: _vagrant_libvirt,
     OutputFormat.VAGRANT_VIRTUALBOX: _vagrant_virtualbox,
     OutputFormat.GCE: cloud.gce,
@@ -40,7 +41,15 @@ MAKERS: dict[OutputFormat, Callable[[BuildContext, Path], dict[str, Path]]] = {
 }
 
 
-def make(ctx: BuildContext, fmt: OutputFormat | str, raw: Path) -> dict[str, Path]:
+def make_platforms(ctx: BuildContext) -> None:
+    """Every platform format of the image file, from the generic raw disk."""
+    raw = ctx.artifacts[OutputFormat.RAW]
+    for fmt in ctx.config.formats:
+        if fmt.is_platform:
+            ctx.artifacts.update(make(ctx, fmt, raw))
+
+
+def make(ctx: BuildContext, fmt: OutputFormat | str, raw: Path) -> Artifacts:
     """Make ``fmt``'s artifacts from the generic raw disk ``raw`` (left unchanged).
 
     Raises:

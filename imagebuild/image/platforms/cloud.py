@@ -9,9 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from imagebuild.core.platforms import OutputFormat
 from imagebuild.core.run import require, run
 from imagebuild.image.config import ImageConfig
-from imagebuild.image.context import BuildContext
+from imagebuild.image.context import Artifact, Artifacts, BuildContext
 
 GiB = 1 << 30
 SNAPSHOT_PLACEHOLDER = "SNAPSHOT_ID"
@@ -47,7 +48,7 @@ def ec2_register_image(c: ImageConfig, disk_bytes: int) -> dict[str, Any]:
     }
 
 
-def ec2(ctx: BuildContext, disk: Path) -> dict[str, Path]:
+def ec2(ctx: BuildContext, disk: Path) -> Artifacts:
     require("qemu-img")
     stem = f"{ctx.config.artifact_stem}-ec2"
     raw = ctx.work / f"{stem}.raw"
@@ -58,10 +59,10 @@ def ec2(ctx: BuildContext, disk: Path) -> dict[str, Path]:
     params = ctx.work / f"{stem}.register-image.json"
     doc = ec2_register_image(ctx.config, disk.stat().st_size)
     params.write_text(json.dumps(doc, indent=2) + "\n")
-    return {"ec2-raw": raw, "ec2-vmdk": vmdk, "ec2-register-image": params}
+    return {Artifact.EC2_RAW: raw, Artifact.EC2_VMDK: vmdk, Artifact.EC2_REGISTER_IMAGE: params}
 
 
-def gce(ctx: BuildContext, disk: Path) -> dict[str, Path]:
+def gce(ctx: BuildContext, disk: Path) -> Artifacts:
     """GNU tar (not Python's tarfile, which GCE rejects), oldgnu format, sparse, gzip."""
     require("tar", "gzip")
     folder = ctx.work / "gce"
@@ -70,12 +71,12 @@ def gce(ctx: BuildContext, disk: Path) -> dict[str, Path]:
     tarball = ctx.work / f"{ctx.config.artifact_stem}-gce.tar.gz"
     run(["tar", "--format=oldgnu", "-Sczf", tarball, "-C", folder, "disk.raw"])
     os.unlink(folder / "disk.raw")
-    return {"gce": tarball}
+    return {OutputFormat.GCE: tarball}
 
 
-def digitalocean(ctx: BuildContext, disk: Path) -> dict[str, Path]:
+def digitalocean(ctx: BuildContext, disk: Path) -> Artifacts:
     require("qemu-img", "gzip")
     qcow = ctx.work / f"{ctx.config.artifact_stem}-digitalocean.qcow2"
     run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", disk, qcow])
     run(["gzip", "-n", "-f", qcow])
-    return {"digitalocean": qcow.with_name(qcow.name + ".gz")}
+    return {OutputFormat.DIGITALOCEAN: qcow.with_name(qcow.name + ".gz")}

@@ -16,9 +16,9 @@ from pathlib import Path
 from channels.bundle import Manifest, Slot, boot_entry
 from imagebuild.core.run import require, run
 from imagebuild.image.context import BuildContext
+from imagebuild.image.layout import MiB, Part, layout
 from imagebuild.image.platforms.oem import OemSpec
 from imagebuild.image.platforms.vagrant_user import add_vagrant_user
-from imagebuild.image.stages.disk import MiB, Part, layout
 
 log = logging.getLogger(__name__)
 GiB = 1 << 30
@@ -93,7 +93,7 @@ def platform_disk(ctx: BuildContext, spec: OemSpec, raw: Path) -> Path:
     oem_img = make_oem_image(ctx, spec, ctx.work / f"oem-{spec.oem.value}.img")
     write_fs(partial, oem_img, _part(ctx, "OEM"))
     oem_img.unlink()
-    if spec.oem.wants_vagrant_user:
+    if spec.wants_vagrant_user:
         root_img = make_vagrant_root(ctx, ctx.work / "root-vagrant.img")
         write_fs(partial, root_img, _part(ctx, "ROOT"))
         root_img.unlink()

@@ -26,23 +26,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from enum import StrEnum
 
 from imagebuild.core.errors import ConfigError
-from imagebuild.image.config import OutputFormat
-
-
-class Oem(StrEnum):
-    """One OEM content per platform; both Vagrant boxes share one."""
-
-    VAGRANT = "vagrant"
-    EC2 = "ec2"
-    GCE = "gce"
-    DIGITALOCEAN = "digitalocean"
-
-    @property
-    def wants_vagrant_user(self) -> bool:
-        return self is Oem.VAGRANT
+from imagebuild.core.platforms import PLATFORMS, Oem, OutputFormat
 
 
 @dataclass(frozen=True)
@@ -84,27 +70,19 @@ class OemSpec:
             ),
         }
 
+    @property
+    def wants_vagrant_user(self) -> bool:
+        return self.oem is Oem.VAGRANT
 
-# Serial console last, so /dev/console (and the tests' serial log) is ttyS0.
-_SERIAL = "console=ttyS0,115200n8"
+
+# One OEM per platform with an OEM of its own, from the one table (``core.platforms``).
 SPECS: dict[Oem, OemSpec] = {
-    Oem.VAGRANT: OemSpec(Oem.VAGRANT, "Vagrant (libvirt, VirtualBox)",
-                         ("NoCloud", "None"), ("console=tty0", _SERIAL)),
-    # Nitro instances expose EBS as NVMe: never time out I/O (as Amazon Linux does).
-    Oem.EC2: OemSpec(Oem.EC2, "Amazon EC2", ("Ec2", "None"), ("console=tty0", _SERIAL),
-                     ("nvme_core.io_timeout=4294967295",)),
-    Oem.GCE: OemSpec(Oem.GCE, "Google Compute Engine", ("GCE", "None"), (_SERIAL,)),
-    # ConfigDrive before anything else: DigitalOcean breaks when NoCloud precedes it.
-    Oem.DIGITALOCEAN: OemSpec(Oem.DIGITALOCEAN, "DigitalOcean",
-                              ("ConfigDrive", "DigitalOcean", "None"), ("console=tty0", _SERIAL)),
-}  # fmt: skip
-
+    Oem(p.value): OemSpec(Oem(p.value), row.title, row.datasources, row.console, row.extra)
+    for p, row in PLATFORMS.items()
+    if row.has_oem
+}
 FORMAT_OEM: dict[OutputFormat, Oem] = {
-    OutputFormat.VAGRANT_LIBVIRT: Oem.VAGRANT,
-    OutputFormat.VAGRANT_VIRTUALBOX: Oem.VAGRANT,
-    OutputFormat.EC2: Oem.EC2,
-    OutputFormat.GCE: Oem.GCE,
-    OutputFormat.DIGITALOCEAN: Oem.DIGITALOCEAN,
+    f: Oem(f.provider.value) for f in OutputFormat if f.is_platform
 }
 
 

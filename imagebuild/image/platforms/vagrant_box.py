@@ -11,10 +11,10 @@ import json
 import math
 from pathlib import Path
 
+from imagebuild.core.platforms import BoxProvider
 from imagebuild.core.run import output, require, run
 from imagebuild.image.context import BuildContext
 from imagebuild.image.platforms.ovf import OvfSpec, ovf_descriptor
-from imagebuild.vagrant.catalog import BoxProvider
 
 GB = 1 << 30
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"

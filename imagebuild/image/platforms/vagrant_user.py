@@ -10,10 +10,10 @@ box's ROOT filesystem.
 from __future__ import annotations
 
 import os
-from importlib import resources
 from pathlib import Path
 
 from imagebuild.core.errors import StageError
+from imagebuild.core.files import data_file, write_atomic
 
 USER = "vagrant"
 SUDOERS = f"{USER} ALL=(ALL) NOPASSWD:ALL\n"
@@ -21,8 +21,7 @@ SUDOERS = f"{USER} ALL=(ALL) NOPASSWD:ALL\n"
 
 def insecure_keys() -> str:
     """Vagrant's insecure public keys (ed25519 and RSA), from hashicorp/vagrant keys/."""
-    data = resources.files("imagebuild.image.platforms.data")
-    return data.joinpath("vagrant-insecure.pub").read_text()
+    return data_file("imagebuild.image.platforms.data", "vagrant-insecure.pub").read_text()
 
 
 def free_id(lines: list[str], start: int = 1000) -> int:
@@ -62,11 +61,9 @@ def add_lines(etc: Path) -> tuple[int, int]:
         if not p.exists() and name in ("shadow", "gshadow"):
             continue
         st = p.stat()
-        tmp = p.with_name(f".{name}.tidehost")
-        tmp.write_text("\n".join([*read(name), line]) + "\n")
-        os.chown(tmp, st.st_uid, st.st_gid)
-        tmp.chmod(st.st_mode & 0o7777)
-        os.replace(tmp, p)  # a new inode: the staging copy may share inodes with its source
+        # a new inode: the staging copy may share inodes with its source
+        write_atomic(p, "\n".join([*read(name), line]) + "\n", st.st_mode & 0o7777)
+        os.chown(p, st.st_uid, st.st_gid)
     return uid, gid
 
 

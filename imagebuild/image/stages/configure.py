@@ -6,17 +6,15 @@ import logging
 import os
 import shutil
 import time
-from importlib import resources
 from pathlib import Path
 
 from imagebuild.core.errors import StageError
+from imagebuild.core.files import data_file, package_dir
 from imagebuild.core.run import run
 from imagebuild.image.config import ImageConfig
 from imagebuild.image.context import BuildContext
 
 log = logging.getLogger(__name__)
-
-REPO = Path(__file__).resolve().parents[3]
 
 # Units Debian enables that a Tidehost host must not start on its own: etcd waits for
 # cloud-config to make it a cluster member; apt timers make no sense on a read-only /usr.
@@ -94,7 +92,7 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 def _data(name: str) -> str:
-    return resources.files("imagebuild.image.data").joinpath(name).read_text()
+    return data_file("imagebuild.image.data", name).read_text()
 
 
 def configure_tree(ctx: BuildContext) -> None:
@@ -142,38 +140,81 @@ def configure_tree(ctx: BuildContext) -> None:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
-def install_updater(ctx: BuildContext) -> None:
-    """Copy the on-host agent (``updater`` and ``channels``) and its units into /usr."""
-    t = ctx.tree
-    site = t / "usr/lib/python3/dist-packages"
-    for pkg in ("updater", "channels"):
+AGENT_PACKAGES = ("updater", "channels")  # what the host runs, copied into dist-packages
+SITE = "usr/lib/python3/dist-packages"
+AGENT_BIN = "#!/usr/bin/python3\nimport sys\n\nfrom updater.cli import main\n\nsys.exit(main())\n"
+
+
+def dist_manifest(text: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The files and links of ``updater/dist/MANIFEST`` (pure).
+
+    Raises:
+        StageError: a line that is not ``file PATH`` or ``link PATH TARGET`` under usr/.
+    """
+    files, links = [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        kind, args = words[0], words[1:]
+        if (kind, len(args)) not in (("file", 1), ("link", 2)) or not args[0].startswith("usr/"):
+            raise StageError(f"updater/dist/MANIFEST:{n}: not 'file usr/PATH' or "
+                             f"'link usr/PATH TARGET': {line.strip()!r}")  # fmt: skip
+        if kind == "file":
+            files.append(args[0])
+        else:
+            links.append((args[0], args[1]))
+    return tuple(files), tuple(links)
+
+
+def install_agent_files(tree: Path) -> None:
+    """Put the on-host agent into ``tree``: ``updater`` and ``channels`` into dist-packages,
+    ``/usr/bin/tidehost-update``, and what ``updater/dist/MANIFEST`` lists (units, their
+    enablement links, tmpfiles, defaults).
+
+    The packages are taken from where the toolkit is installed (a checkout or a wheel), never
+    imported. Raises StageError when a listed file is missing, when updater/dist holds a
+    file the manifest does not list, or when a link would point at nothing.
+    """
+    site = tree / SITE
+    for pkg in AGENT_PACKAGES:
         dest = site / pkg
         shutil.rmtree(dest, ignore_errors=True)
-        shutil.copytree(REPO / pkg, dest, ignore=shutil.ignore_patterns("__pycache__", "dist"))
-    _write(
-        t / "usr/bin/tidehost-update",
-        "#!/usr/bin/python3\nimport sys\n\nfrom updater.cli import main\n\nsys.exit(main())\n",
-        0o755,
-    )
-    dist = REPO / "updater/dist"
-    if dist.is_dir():
-        for src in sorted(dist.rglob("*")):
-            rel = src.relative_to(dist)
-            if rel.parts[0] != "usr":
-                raise StageError(f"updater/dist/{rel}: the updater may only ship files in /usr")
-            dest = t / rel
-            if src.is_symlink():
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.unlink(missing_ok=True)
-                dest.symlink_to(os.readlink(src))
-            elif src.is_dir():
-                dest.mkdir(parents=True, exist_ok=True)
-            else:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dest)
-    site_in_tree = "/usr/lib/python3/dist-packages"
-    run(["chroot", t, "python3", "-m", "compileall", "-q",
-         f"{site_in_tree}/updater", f"{site_in_tree}/channels"])  # fmt: skip
+        shutil.copytree(package_dir(pkg), dest,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "dist", "*.md"))
+    _write(tree / "usr/bin/tidehost-update", AGENT_BIN, 0o755)
+    dist = package_dir("updater") / "dist"
+    manifest = dist / "MANIFEST"
+    if not manifest.is_file():
+        raise StageError(f"{manifest}: missing: the toolkit is installed without the agent's "
+                         "units (reinstall tidehost)")  # fmt: skip
+    files, links = dist_manifest(manifest.read_text())
+    found = {p.relative_to(dist).as_posix() for p in dist.rglob("*")
+             if p.is_file() or p.is_symlink()} - {"MANIFEST"}  # fmt: skip
+    if missing := [f for f in files if f not in found]:
+        raise StageError(f"{dist}: missing {', '.join(missing)}: the toolkit is installed "
+                         "without the agent's files (reinstall tidehost)")  # fmt: skip
+    if unlisted := sorted(found - set(files)):
+        raise StageError(f"{dist}: {', '.join(unlisted)} not in updater/dist/MANIFEST "
+                         "(list files there; symlinks as link lines)")  # fmt: skip
+    for rel in files:
+        dest = tree / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(dist / rel, dest)
+    for rel, target in links:
+        link = tree / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+        if not link.exists():
+            raise StageError(f"updater/dist/MANIFEST: /{rel} -> {target} points at nothing")
+
+
+def install_updater(ctx: BuildContext) -> None:
+    """Install the on-host agent into the tree and compile it with the tree's python3."""
+    install_agent_files(ctx.tree)
+    run(["chroot", ctx.tree, "python3", "-m", "compileall", "-q",
+         *(f"/{SITE}/{pkg}" for pkg in AGENT_PACKAGES)])  # fmt: skip
 
 
 def apply_overlay(ctx: BuildContext) -> None:

@@ -1,79 +1,21 @@
-"""Stages: ROOT and ESP filesystems, the GPT disk that holds them, and its output formats.
+"""Stages: ROOT and ESP filesystems, the GPT disk that holds them, and its qcow2.
 
 No loop mounts: ROOT is made with ``mkfs.ext4 -d``, the ESP with ``mkfs.vfat`` and mtools,
-and every partition is written into the disk image at its offset.
+and every partition is written into the disk image at its offset (``image.layout``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 
 from channels.bundle import Manifest, Slot, boot_entry
+from imagebuild.core.platforms import OutputFormat
 from imagebuild.core.run import require, run
-from imagebuild.image.config import OutputFormat, Partitions
 from imagebuild.image.context import BuildContext
+from imagebuild.image.layout import disk_size, layout, sfdisk_script
 
 log = logging.getLogger(__name__)
-MiB = 1 << 20
-SECTOR = 512
-
-# Discoverable Partitions Specification type GUIDs (x86-64).
-ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
-USR_TYPE = "8484680C-9521-48C6-9C11-B0720656F69E"
-USR_VERITY_TYPE = "77FF5F63-E7B6-4633-ACF4-1565B864C0E6"
-ROOT_TYPE = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
-LINUX_DATA_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"  # OEM: plain Linux data
-READ_ONLY_ATTR = "GUID:60"  # DPS: mount read-only
-
-
-@dataclass(frozen=True)
-class Part:
-    label: str
-    type_guid: str
-    start_mib: int
-    size_mib: int
-    attrs: str = ""
-
-    @property
-    def offset(self) -> int:
-        return self.start_mib * MiB
-
-
-def layout(p: Partitions) -> list[Part]:
-    """The partitions in disk order, 1 MiB aligned; ROOT last so it can grow (pure)."""
-    order = [
-        ("ESP", ESP_TYPE, p.esp, ""),
-        (Slot.A.usr_label, USR_TYPE, p.usr, READ_ONLY_ATTR),
-        (Slot.A.verity_label, USR_VERITY_TYPE, p.usr_verity, READ_ONLY_ATTR),
-        (Slot.B.usr_label, USR_TYPE, p.usr, READ_ONLY_ATTR),
-        (Slot.B.verity_label, USR_VERITY_TYPE, p.usr_verity, READ_ONLY_ATTR),
-        ("OEM", LINUX_DATA_TYPE, p.oem, ""),
-        ("ROOT", ROOT_TYPE, p.root, ""),
-    ]
-    parts, start = [], 1
-    for label, guid, size, attrs in order:
-        parts.append(Part(label, guid, start, size, attrs))
-        start += size
-    return parts
-
-
-def disk_size(parts: list[Part]) -> int:
-    """Bytes: the partitions plus 1 MiB at the end for the backup GPT."""
-    last = parts[-1]
-    return (last.start_mib + last.size_mib + 1) * MiB
-
-
-def sfdisk_script(parts: list[Part]) -> str:
-    lines = ["label: gpt", "unit: sectors", "first-lba: 2048", ""]
-    for part in parts:
-        attrs = f', attrs="{part.attrs}"' if part.attrs else ""
-        lines.append(
-            f"start={part.offset // SECTOR}, size={part.size_mib * MiB // SECTOR}, "
-            f'type={part.type_guid}, name="{part.label}"{attrs}'
-        )
-    return "\n".join(lines) + "\n"
 
 
 def make_root_fs(ctx: BuildContext) -> None:
@@ -151,23 +93,22 @@ def assemble_disk(ctx: BuildContext) -> None:
         src = ctx.parts / contents[part.label]
         run(["dd", f"if={src}", f"of={disk}", "bs=1M", f"seek={part.start_mib}",
              "conv=notrunc,sparse", "status=none"])  # fmt: skip
-    ctx.artifacts[OutputFormat.RAW.value] = disk
+    ctx.artifacts[OutputFormat.RAW] = disk
 
 
-def convert_formats(ctx: BuildContext) -> None:
-    raw = ctx.artifacts[OutputFormat.RAW.value]
-    if OutputFormat.QCOW2 in ctx.config.formats:
-        require("qemu-img")
-        qcow = raw.with_suffix(".qcow2")
-        run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow])
-        ctx.artifacts[OutputFormat.QCOW2.value] = qcow
-    platforms = [f for f in ctx.config.formats if f.is_platform]
-    if platforms:
-        from imagebuild.image import platforms as plat  # the cloud and Vagrant artifacts
+def make_qcow2(ctx: BuildContext) -> None:
+    """The qcow2 of the raw disk, when the image file asks for it."""
+    if OutputFormat.QCOW2 not in ctx.config.formats:
+        return
+    require("qemu-img")
+    raw = ctx.artifacts[OutputFormat.RAW]
+    qcow = raw.with_suffix(".qcow2")
+    run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow])
+    ctx.artifacts[OutputFormat.QCOW2] = qcow
 
-        for fmt in platforms:
-            ctx.artifacts.update(plat.make(ctx, fmt, raw))
-    if OutputFormat.RAW not in ctx.config.formats:
-        del ctx.artifacts[OutputFormat.RAW.value]
-        os.unlink(raw)
 
+def drop_raw(ctx: BuildContext) -> None:
+    """The raw disk, once every format is made from it, unless it is an output itself."""
+    if OutputFormat.RAW in ctx.config.formats:
+        return
+    os.unlink(ctx.artifacts.pop(OutputFormat.RAW))

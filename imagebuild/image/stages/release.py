@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from channels.bundle import FILES, MANIFEST, FileInfo, Manifest, sha256_file
-from imagebuild.image.context import BuildContext
+from imagebuild.image.context import Artifact, BuildContext
 
 log = logging.getLogger(__name__)
 
@@ -39,4 +39,4 @@ def assemble_bundle(ctx: BuildContext) -> None:
     bundle.mkdir()
     for name in (*FILES, MANIFEST):
         (bundle / name).hardlink_to(ctx.parts / name)
-    ctx.artifacts["release"] = bundle
+    ctx.artifacts[Artifact.RELEASE] = bundle

@@ -12,10 +12,10 @@ import json
 import logging
 import os
 import re
-from importlib import resources
 from pathlib import Path
 
 from imagebuild.core.errors import ConfigError
+from imagebuild.core.files import data_file
 from imagebuild.core.run import require, run
 from imagebuild.image.context import BuildContext
 
@@ -36,7 +36,7 @@ CACHE_FORMAT = 2  # bump when the way trees are made changes
 
 
 def dracut_conf() -> str:
-    return resources.files("imagebuild.image.data").joinpath("dracut-tidehost.conf").read_text()
+    return data_file("imagebuild.image.data", "dracut-tidehost.conf").read_text()
 
 
 def cache_key(suite: str, mirror: str | None, packages: tuple[str, ...]) -> str:
