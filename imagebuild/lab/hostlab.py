@@ -124,16 +124,17 @@ def wait_for(
     tick: Callable[[], None] | None = None,
 ) -> AgentStatus:
     """Poll a host's agent status until ``done``; report each new (version, slot, state)."""
-    last: list[tuple[Any, ...]] = [()]
+    last: tuple[Any, ...] = ()
 
     def look() -> AgentStatus | None:
+        nonlocal last
         if tick:
             tick()
         st = status(vm)
         if st is not None:
-            if st.step != last[0] and on_change:
+            if st.step != last and on_change:
                 on_change(st)
-            last[0] = st.step
+            last = st.step
             if done(st):
                 return st
         if not vm.alive():
@@ -145,7 +146,7 @@ def wait_for(
         print(f"--- last lines of {vm.hostname}'s console ({vm.serial_log}) ---\n"
               f"{vm.serial_tail()}", flush=True)  # fmt: skip
         raise VMError(f"host {vm.hostname} did not reach the expected state in {timeout:.0f}s "
-                      f"(last: {last[0]}, serial log {vm.serial_log})")  # fmt: skip
+                      f"(last: {last}, serial log {vm.serial_log})")  # fmt: skip
     return st
 
 
