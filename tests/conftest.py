@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild.config import parse_image_file
-from imagebuild.pipeline import BuildResult, build
+from imagebuild.image.config import parse_image_file
+from imagebuild.image.pipeline import BuildResult, build
 
 TEST_VERSION = "1.0.0"
 

@@ -22,7 +22,7 @@ import pytest
 
 from channels.bundle import FILES, Manifest, load_bundle
 from channels.errors import ChannelError
-from imagebuild.localetcd import LocalEtcd
+from imagebuild.lab.etcd import LocalEtcd
 
 
 def free_port() -> int:
