@@ -92,3 +92,7 @@ class HTTPStatusError(TransportError):
 
 class DownloadSizeError(TransportError):
     """A response was longer than allowed (endless data) or shorter than announced."""
+
+
+class SlowRetrievalError(TransportError):
+    """A response did not arrive within its whole-file deadline (floor + length / min rate)."""

@@ -43,7 +43,7 @@ from tuf.api.serialization.json import JSONSerializer
 from channels import keys
 from channels.bundle import CHANNELS
 from channels.errors import NotARepositoryError, SigningKeyError, UnknownChannelError
-from channels.layout import CONFIG_FORMAT, CONFIG_KIND, Layout, atomic_write, fsync_dir
+from channels.layout import CONFIG_FORMAT, CONFIG_KIND, Layout, atomic_write, fsync_dir, link
 
 log = logging.getLogger(__name__)
 TOP_ROLES = ("root", "targets", "snapshot", "timestamp")
@@ -165,8 +165,12 @@ class TufRepository:
         return md.to_bytes(_SERIALIZER)
 
     def commit(self, *, extra_root_signers: tuple[CryptoSigner, ...] = ()) -> None:
-        """Sign and publish every dirty role, then snapshot, then timestamp (last)."""
+        """Sign and publish every dirty role, then snapshot, then timestamp (last).
+
+        Every listed target is first linked at both its paths (``link_targets``).
+        """
         md_dir = self.layout.metadata
+        self.link_targets()
         if "root" in self._dirty:
             root = self.root
             root.signed.version += 1
@@ -270,7 +274,41 @@ class TufRepository:
     # --- reading ------------------------------------------------------------------------
 
     def target_file(self, target: TargetFile) -> Path:
-        return self.layout.target(target.hashes["sha256"], target.path)
+        """The stored bytes of ``target``: its spec-layout path (the flat one before migration)."""
+        path = self.layout.target(target.hashes["sha256"], target.path)
+        if not path.exists():
+            legacy = self.layout.legacy_target(target.hashes["sha256"], target.path)
+            if legacy.exists():
+                return legacy
+        return path
+
+    def link_targets(self) -> int:
+        """Give every listed target both its paths (spec layout and flat); returns links made.
+
+        A repository written before the consistent-snapshot layout stores only the flat
+        ``targets/<sha256>.<name>``; this hard-links each file into ``targets/<channel>/``
+        (no bytes copied), and keeps the flat name for hosts whose client still fetches it.
+        """
+        made = 0
+        for chan in CHANNELS:
+            for tf in self.channels[chan].signed.targets.values():
+                sha = tf.hashes.get("sha256")
+                if sha is None:
+                    continue
+                new = self.layout.target(sha, tf.path)
+                old = self.layout.legacy_target(sha, tf.path)
+                src = new if new.exists() else old if old.exists() else None
+                if src is None:
+                    log.warning("target %s (%s) is missing from %s", tf.path, sha[:12],
+                                self.layout.targets)
+                    continue
+                for dest in (new, old):
+                    if dest != src and link(src, dest):
+                        made += 1
+        if made:
+            fsync_dir(self.layout.targets)
+            log.info("linked %d target file(s) into the consistent-snapshot layout", made)
+        return made
 
     def describe(self) -> dict[str, Any]:
         def info(md: Metadata[Any]) -> dict[str, Any]:
