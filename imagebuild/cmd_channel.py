@@ -157,11 +157,10 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from channels.serve import ChannelServer, published_root
+    from channels.serve import ChannelServer
 
-    root = published_root(args.repo)
-    server = ChannelServer(root, args.bind, args.port)
-    print(f"serving {root} at {server.url}", flush=True)
+    server = ChannelServer(args.repo, args.bind, args.port)  # refuses all but published/
+    print(f"serving {server.root} at {server.url}", flush=True)
     try:
         server.serve_forever()
     finally:
