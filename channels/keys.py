@@ -25,9 +25,12 @@ def read_passphrase(passphrase_file: Path | None = None) -> bytes | None:
     """The passphrase from ``passphrase_file`` (first line) or the environment, else None."""
     if passphrase_file is not None:
         try:
-            text = Path(passphrase_file).read_text().splitlines()
+            text = Path(passphrase_file).read_bytes().decode("utf-8").splitlines()
         except OSError as e:
             raise PassphraseError(f"{passphrase_file}: cannot read ({e.strerror})") from None
+        except UnicodeDecodeError as e:
+            raise PassphraseError(f"{passphrase_file}: not UTF-8 ({e.reason} at byte "
+                                  f"{e.start})") from None
         if not text or not text[0]:
             raise PassphraseError(f"{passphrase_file}: the passphrase file is empty")
         return text[0].encode()

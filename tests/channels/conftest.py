@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 import time
@@ -156,6 +157,15 @@ def open_repo(repo: Path) -> RepoOpener:
         with open_repository(path, passphrase, **kw) as tuf:
             yield ChannelRepository(tuf)
     return ctx
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_log_handler() -> Iterator[None]:
+    """``main()`` logs to the stderr of its test (capsys); drop that handler afterwards so a
+    later test's log lines do not go to a closed stream ("Logging error" on stderr)."""
+    yield
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if type(h) is not logging.StreamHandler]
 
 
 @pytest.fixture(autouse=True)
