@@ -16,8 +16,9 @@ import pytest
 
 from channels.bundle import FILES, FileInfo, Manifest
 from channels.client import ChannelClient
+from channels.create import create
 from channels.releases import ChannelRepository
-from channels.repository import create, open_repository
+from channels.repository import open_repository
 from channels.serve import ChannelServer, StaticHandler
 
 BundleMaker = Callable[..., Path]

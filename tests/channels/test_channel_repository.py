@@ -11,6 +11,7 @@ import pytest
 from tuf.api.metadata import Metadata
 
 from channels import layout as layout_mod
+from channels.create import create
 from channels.errors import (
     BundleError,
     NotARepositoryError,
@@ -19,7 +20,7 @@ from channels.errors import (
     SigningKeyError,
     UnknownChannelError,
 )
-from channels.repository import create, open_repository
+from channels.repository import open_repository
 from channels.rollout import parse_waves
 
 
