@@ -131,6 +131,7 @@ class ChannelClient:
         self.timeout = timeout
         self.min_rate = min_rate
         self.session = new_session()
+        self._fetcher = RequestsFetcher(self.session, self.timeout, self.min_rate)
         self.last_decision: Decision | None = None
         self._updater: Updater | None = None
         self._index: ChannelIndex | None = None
@@ -151,9 +152,15 @@ class ChannelClient:
     # --- metadata ---------------------------------------------------------------------
 
     def _call(self, what: str, fn: Callable[..., R], *args: Any) -> R:
+        self._fetcher.last_url = None
         try:
             return fn(*args)
-        except (tuf_exc.RepositoryError, tuf_exc.DownloadError, OSError) as e:
+        except tuf_exc.RepositoryError as e:  # name the file: tuf's text may not
+            last = self._fetcher.last_url
+            name = last.rsplit("/", 1)[-1] if last else None
+            raise _translate(f"{what}: {name}" if name and name not in str(e) else what,
+                             e) from None
+        except (tuf_exc.DownloadError, OSError) as e:
             raise _translate(what, e) from None
         except ValueError as e:  # malformed local root or metadata
             raise MetadataVerificationError(f"{what}: {e}") from None
@@ -164,7 +171,7 @@ class ChannelClient:
             kwargs["bootstrap"] = (self._metadata / "root.json").read_bytes()
         return Updater(
             str(self._metadata), self.base_url + "metadata/", str(self.cache),
-            self.base_url + "targets/", RequestsFetcher(self.session, self.timeout, self.min_rate),
+            self.base_url + "targets/", self._fetcher,
             UpdaterConfig(), **kwargs,
         )
 

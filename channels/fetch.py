@@ -30,12 +30,23 @@ import requests
 from requests.adapters import HTTPAdapter
 from tuf.api import exceptions as tuf_exc
 from tuf.ngclient.fetcher import FetcherInterface
+from urllib3 import exceptions as urllib3_exc
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from channels.errors import DownloadSizeError, HTTPStatusError, SlowRetrievalError, TransportError
 
 log = logging.getLogger(__name__)
+
+
+def _one_line(record: logging.LogRecord) -> bool:
+    """urllib3 logs a malformed header block with a traceback: keep the one line."""
+    record.exc_info = None
+    record.exc_text = None
+    return True
+
+
+logging.getLogger("urllib3.connection").addFilter(_one_line)
 _CHUNK = 64 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 USER_AGENT = "tidehost-channels/1"
@@ -64,7 +75,7 @@ class Deadline:
         self.seconds = seconds
         self.started = time.monotonic()
         self.expired = False
-        self._conns: list[Any] = []
+        self._socks: list[socket.socket] = []
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
@@ -84,38 +95,51 @@ class Deadline:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def watch(self, conn: Any) -> None:
+    def watch(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
         with self._lock:
-            self._conns.append(conn)
+            self._socks.append(sock)
             expired = self.expired
         if expired:
-            _shut(conn)
+            _shut(sock)
 
     def _expire(self) -> None:
         with self._lock:
             self.expired = True
-            conns = list(self._conns)
-        for conn in conns:
-            _shut(conn)
+            socks = list(self._socks)
+        for sock in socks:
+            _shut(sock)
 
 
-def _shut(conn: Any) -> None:
-    sock = getattr(conn, "sock", None)
-    if sock is None:
-        return
+def _shut(sock: socket.socket) -> None:
     try:  # the plain socket's shutdown: wakes a reader blocked in recv (TLS included)
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except (OSError, TypeError):
         pass
 
 
+def _watch(sock: socket.socket | None) -> None:
+    d = _CURRENT.get()
+    if d is not None:
+        d.watch(sock)
+
+
 class _Watched:
-    """A urllib3 connection that puts itself under the current ``Deadline`` per request."""
+    """A urllib3 connection whose socket is put under the current ``Deadline``.
+
+    The socket itself, not the connection: http.client drops a connection's ``sock`` as soon
+    as a response says ``Connection: close``, while the response goes on reading from it.
+    """
+
+    sock: socket.socket | None
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        _watch(self.sock)
 
     def request(self, *args: Any, **kwargs: Any) -> Any:
-        d = _CURRENT.get()
-        if d is not None:
-            d.watch(self)
+        _watch(self.sock)  # a kept-alive connection (a new one is watched in connect)
         return super().request(*args, **kwargs)  # type: ignore[misc]
 
 
@@ -175,15 +199,13 @@ class RequestsFetcher(FetcherInterface):
         self.session = session
         self.timeout = timeout
         self.min_rate = min_rate
+        self.last_url: str | None = None  # for error messages that name the file
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         try:
             r = self.session.get(url, stream=True, timeout=self.timeout)
         except requests.RequestException as e:
             raise tuf_exc.DownloadError(f"{url}: {_why(e)}") from None
-        d = _CURRENT.get()
-        if d is not None:
-            d.watch(r.raw.connection if hasattr(r.raw, "connection") else None)
         if r.status_code != 200:
             r.close()
             raise tuf_exc.DownloadHTTPError(f"{url}: HTTP {r.status_code}", r.status_code)
@@ -192,6 +214,7 @@ class RequestsFetcher(FetcherInterface):
     @contextmanager
     def download_file(self, url: str, max_length: int) -> Iterator[IO[bytes]]:
         got = 0
+        self.last_url = url
         with tempfile.TemporaryFile() as f:
             with Deadline(deadline_seconds(max_length, self.timeout, self.min_rate)) as d:
                 chunks = None
@@ -214,6 +237,8 @@ class RequestsFetcher(FetcherInterface):
                 finally:
                     if chunks is not None and hasattr(chunks, "close"):
                         chunks.close()
+            if d.expired:  # cut off, maybe mid-headers: whatever arrived is not the file
+                raise tuf_exc.SlowRetrievalError(_slow(url, d, got, max_length, self.min_rate))
             f.seek(0)
             yield f
 
@@ -221,9 +246,26 @@ class RequestsFetcher(FetcherInterface):
     def _chunks(r: requests.Response, url: str) -> Iterator[bytes]:
         with r:
             try:
-                yield from r.iter_content(_CHUNK)
+                yield from body(r)
             except requests.RequestException as e:
                 raise tuf_exc.DownloadError(f"{url}: {_why(e)}") from None
+
+
+def body(r: requests.Response) -> Iterator[bytes]:
+    """A streamed response's bytes as they arrive (``read1``: a slow server's bytes reach the
+    caller, and the disk, before the deadline cuts it off, instead of waiting in a buffer)."""
+    read1 = getattr(r.raw, "read1", None)
+    if read1 is None or getattr(r.raw, "chunked", False):
+        yield from r.iter_content(_CHUNK)
+        return
+    while True:
+        try:
+            block = read1(_CHUNK)
+        except (urllib3_exc.HTTPError, OSError) as e:
+            raise requests.ConnectionError(str(e)) from None
+        if not block:
+            return
+        yield block
 
 
 _ERRNO = re.compile(r"\[Errno -?\d+\] [^'\")]+")
@@ -295,9 +337,6 @@ def _download(session: requests.Session, url: str, part: Path, length: int, have
         r = session.get(url, headers=headers, stream=True, timeout=timeout)
     except requests.RequestException as e:
         raise TransportError(f"{label}: {_why(e)}") from None
-    d = _CURRENT.get()
-    if d is not None:
-        d.watch(r.raw.connection if hasattr(r.raw, "connection") else None)
     with r:
         if r.status_code == 206:
             m = _CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
@@ -325,7 +364,7 @@ def _download(session: requests.Session, url: str, part: Path, length: int, have
                                                       os.O_TRUNC), 0o600)
         with os.fdopen(fd, "wb") as f:
             try:
-                for chunk in r.iter_content(_CHUNK):
+                for chunk in body(r):
                     if have + len(chunk) > length:
                         f.close()
                         part.unlink(missing_ok=True)
