@@ -282,6 +282,7 @@ def test_channel_check_survives(name: str, channel: str, attack: Callable, error
     assert re.search(line, errors[0]), errors[0]
     assert took < BOUND, f"{name}: {took:.1f} s"
     assert empty(dl)
+    print(f"{name} ({took:.1f} s): {errors[0]}")  # the table of attacks, with -s
 
 
 @pytest.mark.parametrize("name, channel, attack, error, line", ATTACKS,
