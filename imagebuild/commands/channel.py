@@ -17,7 +17,9 @@ from typing import Any
 
 from channels import keys
 from channels.bundle import CHANNELS
-from channels.repository import ROLES, create, open_repository
+from channels.create import create
+from channels.fetch import DEFAULT_MIN_RATE
+from channels.repository import ROLES, open_repository
 from channels.rollout import IMMEDIATE, Wave, parse_time, parse_waves
 from channels.serve import published_root
 from imagebuild.core.errors import ConfigError
@@ -56,7 +58,13 @@ def cmd_init(args: argparse.Namespace) -> int:
             expiry[role] = float(days)
         except ValueError:
             raise ConfigError(f"--expiry {item}: {days!r} is not a number of days") from None
-    create(args.repo, _passphrase(args), expiry_days=expiry)
+    signers: dict[str, str] = {}
+    for item in args.signer or []:
+        role, eq, uri = item.partition("=")
+        if not eq or role not in ROLES:
+            raise ConfigError(f"--signer {item}: give ROLE=URI, ROLE one of {', '.join(ROLES)}")
+        signers[role] = uri
+    create(args.repo, _passphrase(args), expiry_days=expiry, signers=signers)
     print(f"created {args.repo}: keys in {args.repo}/keys/, serve {args.repo}/published/; "
           f"hosts trust {args.repo}/published/metadata/root.json")
     return 0
@@ -151,17 +159,18 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate_key(args: argparse.Namespace) -> int:
-    keyid = _repo_op(args, lambda r: r.tuf.rotate_key(args.role))
-    print(f"role {args.role}: new key {keyid[:16]}; old key in {args.repo}/keys/retired/")
+    keyid = _repo_op(args, lambda r: r.tuf.rotate_key(args.role, args.key_uri))
+    print(f"role {args.role}: new key {keyid[:16]}"
+          f"{' at ' + args.key_uri if args.key_uri else ''}; a retired file key is kept in "
+          f"{args.repo}/keys/retired/")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from channels.serve import ChannelServer, published_root
+    from channels.serve import ChannelServer
 
-    root = published_root(args.repo)
-    server = ChannelServer(root, args.bind, args.port)
-    print(f"serving {root} at {server.url}", flush=True)
+    server = ChannelServer(args.repo, args.bind, args.port)  # refuses all but published/
+    print(f"serving {server.root} at {server.url}", flush=True)
     try:
         server.serve_forever()
     finally:
@@ -184,7 +193,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not args.root.is_file():
         raise ConfigError(f"--root {args.root}: no such file")
     mid = _machine_id(args.machine_id)
-    client = ChannelClient(args.url, args.channel, args.state, args.root, timeout=args.timeout)
+    client = ChannelClient(args.url, args.channel, args.state, args.root, timeout=args.timeout,
+                           min_rate=args.min_rate)
     now = datetime.now(UTC)
     offer = client.offer(mid, args.current, now)
     decision = client.last_decision
@@ -228,6 +238,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sp = cmd("init", cmd_init, "create keys and empty alpha/beta/stable channels")
     sp.add_argument("--expiry", action="append", metavar="ROLE=DAYS",
                     help="role lifetime in days (repeatable)")
+    sp.add_argument("--signer", action="append", metavar="ROLE=URI",
+                    help="keep ROLE's key at a signer URI: hsm:[KEYID][?label=TOKEN] "
+                         "(PIN: $TIDEHOST_HSM_PIN), awskms:, gcpkms:, azurekms: (repeatable)")
     sp = cmd("publish", cmd_publish, "publish a release bundle to a channel")
     sp.add_argument("bundle", type=Path)
     sp.add_argument("--channel", required=True, metavar="CHANNEL", help=CHANNEL_HELP)
@@ -255,6 +268,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sp.add_argument("--all", action="store_true", help="re-sign every role but root too")
     sp = cmd("rotate-key", cmd_rotate_key, "replace a role's signing key")
     sp.add_argument("--role", required=True, help=", ".join(ROLES))
+    sp.add_argument("--key-uri", metavar="URI",
+                    help="move the role onto this signer's key (hsm:..., awskms:, ...) "
+                         "instead of a fresh file key")
     sp = cmd("serve", cmd_serve, "serve the published tree over HTTP (Range, for local use)",
              writes=False)
     sp.add_argument("--port", type=int, default=8080)
@@ -268,5 +284,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sp.add_argument("--machine-id", help="default: /etc/machine-id")
     sp.add_argument("--current", default="0.0.0", help="the host's version (default 0.0.0)")
     sp.add_argument("--download", type=Path, metavar="DIR", help="fetch and verify the payload")
-    sp.add_argument("--timeout", type=float, default=30.0)
+    sp.add_argument("--timeout", type=float, default=30.0,
+                    help="seconds any read may wait, and the least any file may take")
+    sp.add_argument("--min-rate", type=float, default=DEFAULT_MIN_RATE, metavar="BYTES/S",
+                    help="slowest download accepted: each file must arrive within "
+                         "timeout + length / min-rate seconds (default %(default)g)")
     sp.add_argument("--json", action="store_true")

@@ -25,8 +25,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from channels import keys
+from channels.create import create
 from channels.releases import ChannelRepository
-from channels.repository import create, open_repository
+from channels.repository import open_repository
 from channels.serve import ChannelServer, published_root
 from imagebuild.cloudconfig.model import Cluster
 from imagebuild.core.errors import VMError
