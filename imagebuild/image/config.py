@@ -12,11 +12,22 @@ An image file is YAML::
     overlay: overlay/              # files copied over the tree (relative to the image file)
     kernel_cmdline: [console=ttyS0,115200]
     partitions: {esp: 256, usr: 768, usr_verity: 16, oem: 64, root: 1024}   # MiB
-    usr_filesystem: squashfs       # squashfs (zstd) | erofs (lz4hc)
-    compression_level: 12          # zstd level for squashfs
+    usr_filesystem: squashfs       # squashfs | erofs (lz4hc)
+    compression: zstd              # squashfs: zstd | xz
+    compression_level: 19          # squashfs zstd level (1-22)
+    compression_block_size: 1024   # squashfs block size in KiB: 4, 8, ... 1024
+    fragments: true                # squashfs: pack small files and tails into shared blocks
+    exclude: [/usr/share/doc/*, "!/usr/share/doc/*/copyright", /usr/bin/ctr]   # left out
     boot_tries: 3                  # tries a newly written slot gets
     formats: [raw, qcow2]
     channel_root: null             # a channel's root.json to bake into /usr (trust anchor)
+
+``exclude`` is an ordered list of path globs (dpkg's ``path-exclude`` patterns, where ``*``
+also matches ``/``); one that starts with ``!`` takes matching paths back in (``path-include``),
+the last matching pattern wins. They are dpkg filters of the bootstrap, so they apply to every
+file a package ships before /usr is made, and a file a package script would generate from
+excluded sources is not made either (udev's hwdb.bin from hwdb.d). Without the field:
+``DEFAULT_EXCLUDE`` (documentation, manual pages, translations; copyright files stay).
 
 Every mistake is a ``ConfigError`` naming the file and the field.
 """
@@ -33,7 +44,7 @@ from typing import Any
 from channels.bundle import CHANNELS
 from channels.version import Version
 from imagebuild.core.errors import ConfigError
-from imagebuild.core.fields import enum, int_range, name, string, yaml_mapping
+from imagebuild.core.fields import boolean, enum, int_range, name, string, yaml_mapping
 from imagebuild.core.files import data_file
 from imagebuild.core.platforms import OutputFormat
 
@@ -63,6 +74,26 @@ class UsrFilesystem(StrEnum):
     EROFS = "erofs"
 
 
+class Compression(StrEnum):
+    """The squashfs compressor of /usr (erofs images are lz4hc)."""
+
+    ZSTD = "zstd"
+    XZ = "xz"
+
+
+# Left out of every tree unless the image file says otherwise: documentation, manual pages
+# and translations (copyright files and the locale alias table stay).
+DEFAULT_EXCLUDE = (
+    "/usr/share/man/*",
+    "/usr/share/doc/*",
+    "!/usr/share/doc/*/copyright",
+    "/usr/share/info/*",
+    "/usr/share/locale/*",
+    "!/usr/share/locale/locale.alias",
+    "/usr/share/lintian/*",
+)
+
+
 @dataclass(frozen=True)
 class Partitions:
     """Partition sizes in MiB."""
@@ -88,7 +119,11 @@ class ImageConfig:
     kernel_cmdline: tuple[str, ...] = ("console=ttyS0,115200",)
     partitions: Partitions = field(default_factory=Partitions)
     usr_filesystem: UsrFilesystem = UsrFilesystem.SQUASHFS
-    compression_level: int = 12
+    compression: Compression = Compression.ZSTD
+    compression_level: int = 19
+    compression_block_size: int = 1024  # KiB
+    fragments: bool = True
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     boot_tries: int = 3
     formats: tuple[OutputFormat, ...] = (OutputFormat.RAW, OutputFormat.QCOW2)
     channel_root: Path | None = None
@@ -166,6 +201,24 @@ def _path_in(base: Path) -> Parser:
     return parse
 
 
+_GLOB = re.compile(r"^!?/[^\s]*$")
+
+
+def _exclude_glob(where: str, raw: Any) -> str:
+    s = string(where, raw)
+    if not _GLOB.match(s) or s.rstrip("*") in ("/", "!/", "/usr", "/usr/", "!/usr/"):
+        raise ConfigError(f"{where}: {s!r} is not an absolute path glob like /usr/share/doc/* "
+                          "(or !GLOB to take paths back in), nor all of / or /usr")
+    return s
+
+
+def _block_size(where: str, raw: Any) -> int:
+    kib = int_range(4, 1024)(where, raw)
+    if kib & (kib - 1):
+        raise ConfigError(f"{where}: {kib} is not a power of two from 4 to 1024 (KiB)")
+    return kib
+
+
 def _partitions(where: str, raw: Any) -> Partitions:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected a mapping of sizes in MiB")
@@ -194,7 +247,11 @@ def _field_parser(key: str, base: Path = Path(".")) -> Parser:
         "kernel_cmdline": _str_list(string),
         "partitions": _partitions,
         "usr_filesystem": enum(UsrFilesystem),
+        "compression": enum(Compression),
         "compression_level": int_range(1, 22),
+        "compression_block_size": _block_size,
+        "fragments": boolean,
+        "exclude": _str_list(_exclude_glob),
         "boot_tries": int_range(1, 9),
         "formats": _str_list(enum(OutputFormat)),
         "channel_root": _path_in(base),

@@ -37,8 +37,9 @@ class BuildContext:
     output_dir: Path
     cache_dir: Path
     work: Path  # a private folder inside output_dir, removed after the build
-    build_id: str
     # Filled in by stages as they run.
+    build_id: str = ""  # from the inputs, once the root tree is in place (image.epoch)
+    epoch: int = 0  # seconds: /usr's time and the newest time in it
     roothash: str = ""
     kernel_version: str = ""
     artifacts: Artifacts = field(default_factory=dict)

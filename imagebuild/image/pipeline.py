@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from imagebuild.core.errors import ConfigError
@@ -24,6 +22,7 @@ from imagebuild.core.run import require
 from imagebuild.image import platforms
 from imagebuild.image.config import ImageConfig, UsrFilesystem
 from imagebuild.image.context import Artifacts, BuildContext, default_cache_dir
+from imagebuild.image.epoch import env_epoch, epoch_and_build_id
 from imagebuild.image.stages import configure, disk, release, rootfs, usr
 
 log = logging.getLogger(__name__)
@@ -38,10 +37,6 @@ class BuildResult:
     roothash: str
     build_id: str
     seconds: float
-
-
-def new_build_id() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
 
 
 def preflight(config: ImageConfig, output_dir: Path) -> None:
@@ -68,8 +63,15 @@ def build(
     *,
     cache_dir: Path | None = None,
     keep_work: bool = False,
+    source_date_epoch: str | None = None,
 ) -> BuildResult:
+    """Build ``config`` into ``output_dir``. ``source_date_epoch``: the build's epoch as
+    the environment's ``SOURCE_DATE_EPOCH`` gives it (None: read the environment; "": the
+    newest input, see ``image.epoch``)."""
     output_dir = Path(output_dir).resolve()
+    if source_date_epoch is None:
+        source_date_epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    env_epoch(source_date_epoch)  # a bad value is an error before any slow work
     preflight(config, output_dir)
     start = time.monotonic()
     work = Path(tempfile.mkdtemp(dir=output_dir, prefix=f".build-{config.artifact_stem}-"))
@@ -78,12 +80,11 @@ def build(
         output_dir=output_dir,
         cache_dir=cache_dir or default_cache_dir(),
         work=work,
-        build_id=new_build_id(),
     )
-    log.info("Building %s %s (%s, %s) as %s", config.name, config.version,
-             config.channel.value, config.suite.value, ctx.build_id)  # fmt: skip
+    log.info("Building %s %s (%s, %s)", config.name, config.version,
+             config.channel.value, config.suite.value)  # fmt: skip
     try:
-        build_image(ctx)
+        build_image(ctx, source_date_epoch)
         with complete_step("Publishing outputs"):
             published = publish(ctx)
     finally:
@@ -96,9 +97,13 @@ def build(
     return BuildResult(published, ctx.roothash, ctx.build_id, seconds)
 
 
-def build_image(ctx: BuildContext) -> None:
+def prepare_tree(ctx: BuildContext, source_date_epoch: str = "") -> None:
+    """The configured tree: /usr complete, ROOT's contents staged (every stage before the
+    filesystems are made)."""
     with complete_step("Root tree (mmdebstrap, cached)"):
         rootfs.install_tree(ctx)
+        ctx.epoch, ctx.build_id = epoch_and_build_id(ctx.config, ctx.tree, source_date_epoch)
+        log.info("  build id %s, epoch %d", ctx.build_id, ctx.epoch)
     with complete_step("Configuring the tree"):
         configure.configure_tree(ctx)
         configure.install_updater(ctx)
@@ -106,6 +111,10 @@ def build_image(ctx: BuildContext) -> None:
         configure.take_kernel(ctx)
     with complete_step("Moving /etc defaults into /usr, staging ROOT"):
         configure.split_etc(ctx)
+
+
+def build_image(ctx: BuildContext, source_date_epoch: str = "") -> None:
+    prepare_tree(ctx, source_date_epoch)
     with complete_step(f"/usr image ({ctx.config.usr_filesystem.value})"):
         usr.make_usr_image(ctx)
     with complete_step("dm-verity hash tree"):

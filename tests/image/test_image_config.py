@@ -8,6 +8,7 @@ import pytest
 
 from imagebuild.core.errors import ConfigError
 from imagebuild.image.config import (
+    DEFAULT_EXCLUDE,
     REQUIRED_PACKAGES,
     Channel,
     OutputFormat,
@@ -76,6 +77,13 @@ formats: qcow2
         ("boot_tries: yes", r"^my\.yaml: boot_tries: True is not a whole number"),
         ("mirror: ftp.example", r"^my\.yaml: mirror: 'ftp\.example' is not an http"),
         ("overlay: nowhere", r"^my\.yaml: overlay: .*nowhere does not exist$"),
+        ("exclude: [usr/share/doc/*]", r"^my\.yaml: exclude\[0\]: 'usr/share/doc/\*' is not an absolute"),
+        ("exclude: ['/usr/*']", r"^my\.yaml: exclude\[0\]: '/usr/\*' is not an absolute path glob"),
+        ("exclude: ['/*']", r"^my\.yaml: exclude\[0\]: '/\*' is not"),
+        ("compression: gzip", r"^my\.yaml: compression: 'gzip' is not one of zstd, xz$"),
+        ("compression_block_size: 100", r"^my\.yaml: compression_block_size: 100 is not a power of two"),
+        ("compression_block_size: 2048", r"^my\.yaml: compression_block_size: 2048 is not a whole number from 4 to 1024$"),
+        ("fragments: maybe", r"^my\.yaml: fragments: expected true or false"),
         ("- a\n- b", r"^my\.yaml: the image file must be a YAML mapping$"),
         ("name: [unclosed", r"^my\.yaml: not valid YAML \(line 1\)$"),
     ],
@@ -84,6 +92,22 @@ def test_mistakes_are_one_line_errors_naming_the_field(text: str, message: str) 
     with pytest.raises(ConfigError, match=message) as exc:
         parse(text)
     assert "\n" not in str(exc.value)
+
+
+def test_exclude_and_compression_fields(tmp_path: Path) -> None:
+    c = parse("""
+exclude: [/usr/share/doc/*, "!/usr/share/doc/*/copyright", /usr/bin/ctr]
+compression: xz
+compression_block_size: 256
+fragments: false
+""", tmp_path)  # fmt: skip
+    assert c.exclude == ("/usr/share/doc/*", "!/usr/share/doc/*/copyright", "/usr/bin/ctr")
+    assert (c.compression.value, c.compression_block_size, c.fragments) == ("xz", 256, False)
+    plain = parse("name: x")
+    assert plain.exclude == DEFAULT_EXCLUDE  # documentation and manual pages stay out
+    ref = parse_image_file(None)
+    assert set(DEFAULT_EXCLUDE) <= set(ref.exclude) and "/usr/bin/ctr" in ref.exclude
+    assert ref.compression.value == "zstd" and ref.compression_level == 19
 
 
 def test_missing_file_names_the_file(tmp_path: Path) -> None:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
-import time
 from pathlib import Path
 
 from imagebuild.core.errors import StageError
 from imagebuild.core.files import data_file, package_dir
+from imagebuild.core.platforms import PLATFORMS, Provider
 from imagebuild.core.run import run
 from imagebuild.image.config import ImageConfig
 from imagebuild.image.context import BuildContext
+from imagebuild.image.stages import rootfs
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,14 @@ def os_release(c: ImageConfig, build_id: str) -> str:
         "TIDEHOST_SUITE": c.suite.value,
     }
     return "".join(f'{k}="{v}"\n' for k, v in fields.items())
+
+
+def datasource_cfg() -> str:
+    """cloud-init's datasource_list of the generic disk (pure): the platform table's NoCloud
+    row. ds-identify then probes that one datasource instead of every one it knows; platform
+    disks name theirs on the kernel command line (their OEM), which wins over this file."""
+    ds = json.dumps(list(PLATFORMS[Provider.NOCLOUD].datasources))
+    return f"# Tidehost generic disk (platforms.PLATFORMS[nocloud])\ndatasource_list: {ds}\n"
 
 
 def fstab() -> str:
@@ -112,19 +122,23 @@ def configure_tree(ctx: BuildContext) -> None:
     (t / "efi").mkdir(exist_ok=True)
     (t / "oem").mkdir(exist_ok=True)
     _write(t / "etc/cloud/cloud.cfg.d/10-tidehost.cfg", _data("cloud-tidehost.cfg"))
+    _write(t / "etc/cloud/cloud.cfg.d/20-tidehost-datasource.cfg", datasource_cfg())
+    _write(t / "etc/ssh/sshd_config.d/50-tidehost-hostkeys.conf", _data("sshd-hostkeys.conf"))
+    _write(t / "usr/lib/systemd/system/sshd-keygen.service.d/50-tidehost.conf",
+           _data("sshd-keygen-tidehost.conf"))
     _write(t / "usr/lib/systemd/network/89-tidehost-dhcp.network", _data("dhcp.network"))
     _write(
         t / "usr/lib/systemd/system/systemd-networkd-wait-online.service.d/10-tidehost.conf",
         "[Service]\nExecStart=\nExecStart=/usr/lib/systemd/systemd-networkd-wait-online"
         " --any --timeout=30\n",
     )
-    # Emulated hosts on busy machines are slow, not broken: 90 s for a device or a start job
-    # sent such boots to emergency mode. And emergency mode reboots instead of waiting at a
-    # console, so that a slot on trial falls back (see data/tidehost-emergency). Likewise a
-    # host that hangs is reset by its hardware watchdog where it has one (systemd pings it).
-    _write(t / "usr/lib/systemd/system.conf.d/50-tidehost.conf",
-           "[Manager]\nDefaultTimeoutStartSec=5min\nDefaultDeviceTimeoutSec=5min\n"
-           "RuntimeWatchdogSec=3min\nRebootWatchdogSec=10min\n")
+    # Slow (emulated) hosts get 5 minutes for a device or a start job; emergency mode reboots
+    # instead of waiting at a console (data/system-tidehost.conf, data/tidehost-emergency).
+    # The same drop-ins are in the initrd (rootfs.INITRD_FILES); written again here so that
+    # the host has them whatever the cached tree holds.
+    for name, dest in rootfs.INITRD_FILES:
+        if not dest.endswith("/"):
+            _write(t / dest.lstrip("/"), _data(name))
     _write(t / "usr/lib/tidehost/emergency", _data("tidehost-emergency"), 0o755)
     for mode in ("emergency", "rescue"):
         _write(t / f"usr/lib/systemd/system/{mode}.service.d/50-tidehost.conf",
@@ -248,16 +262,17 @@ def split_etc(ctx: BuildContext) -> None:
     for name in ("bin", "sbin", "lib", "lib64"):
         if (t / name).is_symlink():
             (s / name).symlink_to(os.readlink(t / name))
-    mark_updated(t, s)
+    mark_updated(t, s, ctx.epoch)
 
 
-def mark_updated(tree: Path, staging: Path) -> None:
-    """Stamp /usr with the build time and ROOT's /etc and /var as up to date with it.
+def mark_updated(tree: Path, staging: Path, epoch: int) -> None:
+    """Stamp /usr with the build's epoch and ROOT's /etc and /var as up to date with it.
 
     ConditionNeedsUpdate= units (ldconfig, the factory /etc copy, ...) then skip the factory
-    boot and run on the first boot of every newer /usr an update brings.
+    boot and run on the first boot of every newer /usr an update brings (``image.epoch``:
+    newer inputs, a newer epoch).
     """
-    now = time.time_ns()
+    now = epoch * 1_000_000_000
     os.utime(tree / "usr", ns=(now, now))
     for d in ("etc", "var"):
         stamp = staging / d / ".updated"

@@ -1,8 +1,14 @@
 """Stage: the Debian root tree, made by mmdebstrap and cached as tar.zst by its inputs.
 
 The cache key covers everything that decides the tree's contents: suite, mirror, the sorted
-package list, the dpkg path filters and the hook files (the dracut configuration). A second
-build with the same inputs restores the tree in seconds instead of bootstrapping again.
+package list, the dpkg path filters (the image file's ``exclude``) and the hook files (the
+dracut configuration and the initrd's drop-ins). A second build with the same inputs restores
+the tree in seconds instead of bootstrapping again.
+
+The initrd is made here, by dracut when the kernel package is installed, so it is part of the
+cached tree: two builds from one cache have byte-identical initrds (and a release that changes
+only /usr ships the same kernel and initrd). What the initrd must hold beyond dracut's own
+modules is copied into the tree before any package is installed (``INITRD_FILES``).
 """
 
 from __future__ import annotations
@@ -21,41 +27,51 @@ from imagebuild.image.context import BuildContext
 
 log = logging.getLogger(__name__)
 
-# Left out of /usr: documentation, manual pages and translations (copyright files stay).
-DPKG_FILTERS = (
-    "path-exclude=/usr/share/man/*",
-    "path-exclude=/usr/share/doc/*",
-    "path-include=/usr/share/doc/*/copyright",
-    "path-exclude=/usr/share/info/*",
-    "path-exclude=/usr/share/locale/*",
-    "path-include=/usr/share/locale/locale.alias",
-    "path-exclude=/usr/share/lintian/*",
-)
 APT_OPTIONS = ('APT::Install-Recommends "false"',)
-CACHE_FORMAT = 2  # bump when the way trees are made changes
+CACHE_FORMAT = 3  # bump when the way trees are made changes
+
+# Data files copied into the tree before its packages are installed, so that dracut puts them
+# into the initrd too: (data file, path in the tree). The host reads the same files from /usr.
+INITRD_FILES = (
+    ("dracut-tidehost.conf", "/etc/dracut.conf.d/"),
+    ("system-tidehost.conf", "/usr/lib/systemd/system.conf.d/50-tidehost.conf"),
+    ("veritysetup-tidehost.conf",
+     "/usr/lib/systemd/system/systemd-veritysetup@.service.d/50-tidehost.conf"),
+)  # fmt: skip
+
+
+def dpkg_filters(exclude: tuple[str, ...]) -> tuple[str, ...]:
+    """dpkg's path filters for the image file's ``exclude`` globs, in order (pure)."""
+    return tuple(f"path-include={g[1:]}" if g.startswith("!") else f"path-exclude={g}"
+                 for g in exclude)  # fmt: skip
+
+
+def _data(name: str) -> str:
+    return data_file("imagebuild.image.data", name).read_text()
 
 
 def dracut_conf() -> str:
-    return data_file("imagebuild.image.data", "dracut-tidehost.conf").read_text()
+    return _data("dracut-tidehost.conf")
 
 
-def cache_key(suite: str, mirror: str | None, packages: tuple[str, ...]) -> str:
+def cache_key(suite: str, mirror: str | None, packages: tuple[str, ...],
+              exclude: tuple[str, ...] = ()) -> str:  # fmt: skip
     """A stable digest of every input that decides the tree's contents."""
     doc = {
         "format": CACHE_FORMAT,
         "suite": suite,
         "mirror": mirror or "",
         "packages": sorted(packages),
-        "dpkg": list(DPKG_FILTERS),
+        "dpkg": list(dpkg_filters(exclude)),  # ordered: the last matching filter wins
         "apt": list(APT_OPTIONS),
-        "dracut": dracut_conf(),
+        "initrd": {dest: _data(name) for name, dest in INITRD_FILES},
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
 def cached_tree_path(ctx: BuildContext) -> Path:
     c = ctx.config
-    key = cache_key(c.suite.value, c.mirror, c.all_packages)
+    key = cache_key(c.suite.value, c.mirror, c.all_packages, c.exclude)
     return ctx.cache_dir / "roots" / f"{c.suite.value}-{key[:20]}.tar.zst"
 
 
@@ -70,15 +86,20 @@ def missing_package(output: str) -> str | None:
 def bootstrap(ctx: BuildContext, target: Path) -> None:
     """Run mmdebstrap into ``target`` (a .tar.zst), showing its progress."""
     c = ctx.config
-    conf = ctx.work / "dracut-tidehost.conf"
-    conf.write_text(dracut_conf())
+    hooks = []
+    for n, (name, dest) in enumerate(INITRD_FILES):
+        folder, base = dest.rsplit("/", 1)
+        src = ctx.work / "initrd-files" / str(n) / (base or name)
+        src.parent.mkdir(parents=True)
+        src.write_text(_data(name))
+        hooks += [f'--essential-hook=mkdir -p "$1{folder}"',
+                  f"--essential-hook=copy-in {src} {folder}/"]  # fmt: skip
     cmd: list[str | Path] = [
         "mmdebstrap", "--mode=root", "--variant=apt", "--format=tar",
         f"--include={','.join(c.all_packages)}",
         *(f"--aptopt={o}" for o in APT_OPTIONS),
-        *(f"--dpkgopt={o}" for o in DPKG_FILTERS),
-        '--essential-hook=mkdir -p "$1/etc/dracut.conf.d"',
-        f"--essential-hook=copy-in {conf} /etc/dracut.conf.d/",
+        *(f"--dpkgopt={o}" for o in dpkg_filters(c.exclude)),
+        *hooks,
         '--customize-hook=rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin',
         c.suite.value, target,
     ]  # fmt: skip
