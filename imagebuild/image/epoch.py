@@ -86,8 +86,9 @@ def build_inputs(config: ImageConfig, tree: Path) -> list[Path]:
 
 
 def settings_text(config: ImageConfig) -> str:
-    """The image file's settings, without where they came from (pure)."""
-    fields = {k: v for k, v in vars(config).items() if k != "source"}
+    """The image file's settings, without where they came from and which disk formats are
+    made of the image (pure)."""
+    fields = {k: v for k, v in vars(config).items() if k not in ("source", "formats")}
     return repr(sorted(fields.items()))
 
 

@@ -1,11 +1,16 @@
 """End to end: build the reference image, boot it under QEMU, check it over SSH (testinfra).
 
-One boot of the real image serves every check of the healthy host; a second, short boot of
-a copy with one corrupted byte in USR-A shows that dm-verity stops the boot.
+One boot of the real image serves every check of the healthy host. Its disk carries one
+more boot entry, a slot on trial whose /usr does not verify (a wrong root hash): systemd-boot
+tries it first, its initrd fails and reboots by itself (no console prompt), and the next boot
+takes the good slot A, which the checks then find. A second, short boot of a copy with one
+corrupted byte in USR-A shows that dm-verity stops the boot, and that the host reboots.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shutil
 import subprocess
 import time
@@ -15,7 +20,7 @@ from pathlib import Path
 import pytest
 import testinfra
 
-from channels.bundle import load_bundle
+from channels.bundle import Slot, boot_entry, load_bundle
 from imagebuild.image.config import Partitions
 from imagebuild.image.layout import layout
 from imagebuild.image.pipeline import BuildResult
@@ -24,15 +29,31 @@ from imagebuild.lab.vm import SSH_OPTIONS, VM
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
 
 
+TRIAL_ENTRY = "tidehost-trial+1.conf"  # systemd-boot: 1 try left
+
+
+def add_failing_trial_entry(disk: Path, bundle: Path) -> None:
+    """Give ``disk``'s ESP a boot entry newer than slot A's, with one try, that boots A's
+    kernel and initrd with a root hash /usr does not have."""
+    m = load_bundle(bundle, verify=False)
+    wrong = m.roothash[:-1] + ("0" if m.roothash[-1] != "0" else "1")
+    entry = boot_entry(dataclasses.replace(m, version="99.0.0", roothash=wrong), Slot.A, tries=1)
+    src = disk.parent / TRIAL_ENTRY
+    src.write_text(entry.text)
+    esp = next(p for p in layout(Partitions()) if p.label == "ESP")
+    subprocess.run(["mcopy", "-i", f"{disk}@@{esp.offset}", str(src),
+                    f"::/loader/entries/{TRIAL_ENTRY}"], check=True)  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def booted(reference_image: BuildResult, ssh_keypair: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[VM, object]]:  # fmt: skip
     tmp = tmp_path_factory.mktemp("boot")
-    disk = tmp / "disk.qcow2"
-    base = reference_image.artifacts["qcow2"]
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2",
-                    str(disk)], check=True)  # fmt: skip
-    subprocess.run(["qemu-img", "resize", "-q", str(disk), "6G"], check=True)
+    disk = tmp / "disk.raw"
+    subprocess.run(["cp", "--sparse=always", str(reference_image.artifacts["raw"]), str(disk)],
+                   check=True)  # fmt: skip
+    os.truncate(disk, 6 << 30)  # ROOT grows into the rest on first boot
+    add_failing_trial_entry(disk, reference_image.artifacts["release"])
     vm = VM(disk=disk, ssh_key=ssh_keypair, serial_log=tmp / "serial.log")
     vm.start()
     try:
@@ -51,6 +72,23 @@ def booted(reference_image: BuildResult, ssh_keypair: Path,
         yield vm, host
     finally:
         vm.stop()
+
+
+def test_a_failing_initrd_reboots_and_uses_up_the_trial(booted) -> None:
+    """The trial entry's initrd failed (its /usr did not verify) and rebooted by itself,
+    without a prompt; systemd-boot counted the try, and the good slot A booted."""
+    vm, host = booted
+    serial = vm.serial()
+    assert serial.count("Linux version") == 2, serial[-3000:]  # the failed try, then slot A
+    first, second = serial.split("Linux version")[1:3]
+    assert "Failed to start systemd-veritysetup@usr.service" in first or \
+        "is corrupted" in first, first[-3000:]  # fmt: skip
+    for prompt in ("Press Enter", "Give root password", "Entering emergency mode. Exit"):
+        assert prompt not in serial
+    assert "Reached target multi-user.target" not in first
+    entries = host.run("sudo ls /efi/loader/entries").stdout.split()
+    assert "tidehost-trial+0-1.conf" in entries and "tidehost-a.conf" in entries, entries
+    assert "tidehost.slot=a" in host.file("/proc/cmdline").content_string
 
 
 def test_usr_is_read_only_from_the_verity_device(booted, reference_image: BuildResult) -> None:
@@ -147,9 +185,13 @@ def test_a_corrupted_byte_in_usr_a_stops_the_boot(reference_image: BuildResult,
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and "is corrupted" not in vm.serial():
             time.sleep(2)
+        while time.monotonic() < deadline and vm.serial().count("Linux version") < 2:
+            time.sleep(2)  # emergency mode reboots (the only slot: it fails again)
         serial = vm.serial()
         assert "device-mapper: verity" in serial and "is corrupted" in serial
         assert "Reached target multi-user.target" not in serial
+        assert serial.count("Linux version") >= 2, serial[-2000:]  # rebooted, did not wait
+        assert "Press Enter" not in serial
         assert subprocess.run([*vm.ssh_args(), "true"], capture_output=True, timeout=30).returncode != 0
     finally:
         vm.stop(timeout=5)

@@ -228,7 +228,8 @@ def install_updater(ctx: BuildContext) -> None:
     """Install the on-host agent into the tree and compile it with the tree's python3."""
     install_agent_files(ctx.tree)
     run(["chroot", ctx.tree, "python3", "-m", "compileall", "-q",
-         *(f"/{SITE}/{pkg}" for pkg in AGENT_PACKAGES)])  # fmt: skip
+         *(f"/{SITE}/{pkg}" for pkg in AGENT_PACKAGES)],
+        env={**os.environ, "PYTHONHASHSEED": "0"})  # same bytecode every build  # fmt: skip
 
 
 def apply_overlay(ctx: BuildContext) -> None:
