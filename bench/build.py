@@ -86,7 +86,16 @@ class ConsoleClock:
         return min(starts) if starts else None
 
 
-def boot_once(qcow: Path, key: Path, work: Path, n: int) -> dict[str, float]:
+DETAILS = ("journalctl -b -o short-monotonic --no-pager -u systemd-networkd "
+           "-u systemd-networkd-wait-online -u cloud-init-main -u cloud-init-local "
+           "-u cloud-init-network | tail -60; systemd-analyze critical-chain --no-pager; "
+           "echo -n '/usr read at boot (page cache, MB): '; "
+           "sudo find /usr -xdev -type f -size +64k -print0 | sudo xargs -0 fincore -bno RES "
+           "| awk '{s+=$1} END {print s/1e6}'")
+
+
+def boot_once(qcow: Path, key: Path, work: Path, n: int, details: bool = False
+              ) -> dict[str, float]:  # fmt: skip
     disk = work / f"boot{n}.qcow2"
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", qcow, "-F", "qcow2", disk])
     serial = work / f"serial{n}.log"
@@ -102,6 +111,8 @@ def boot_once(qcow: Path, key: Path, work: Path, n: int) -> dict[str, float]:
         blame = vm.ssh("systemd-analyze blame --no-pager | head -25", check=False)
         chain = vm.ssh("systemd-analyze critical-chain --no-pager ssh.service", check=False)
         failed = vm.ssh("systemctl --failed --plain --no-legend", check=False).strip()
+        if details:
+            print(vm.ssh(DETAILS, check=False))
     finally:
         vm.stop(timeout=30)
         clock.stop()
@@ -118,11 +129,11 @@ def boot_once(qcow: Path, key: Path, work: Path, n: int) -> dict[str, float]:
     return figures
 
 
-def boot_figures(qcow: Path, boots: int) -> None:
+def boot_figures(qcow: Path, boots: int, details: bool = False) -> None:
     with tempfile.TemporaryDirectory(prefix="tidehost-bench-boot-") as tmp:
         key = Path(tmp) / "key"
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key])
-        results = [boot_once(qcow, key, Path(tmp), n) for n in range(1, boots + 1)]
+        results = [boot_once(qcow, key, Path(tmp), n, details) for n in range(1, boots + 1)]
     keys = [k for k in results[0] if all(k in r for r in results)]
     print(f"\nfirst boot under QEMU, median of {boots} (TCG if KVM cannot run guests, 2 vCPUs):")
     for k in keys:
@@ -145,10 +156,12 @@ def main() -> int:
     ap.add_argument("--skip-boot", action="store_true")
     ap.add_argument("--boots", type=int, default=3, help="first boots to take the median of")
     ap.add_argument("--disk", type=Path, help="boot this qcow2 instead of building one")
+    ap.add_argument("--details", action="store_true", help="also the network's and "
+                    "cloud-init's journal and the default target's critical chain")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.disk:
-        boot_figures(args.disk.resolve(), args.boots)
+        boot_figures(args.disk.resolve(), args.boots, args.details)
         return 0
     config = parse_image_file(None).with_overrides(version="1.0.0")
     with tempfile.TemporaryDirectory(prefix="tidehost-bench-") as tmp:
@@ -165,7 +178,7 @@ def main() -> int:
         print(f"qcow2 disk:                {qcow.stat().st_size / MB:8.1f} MB")
         sizes(result.artifacts["release"])
         if not args.skip_boot:
-            boot_figures(qcow, args.boots)
+            boot_figures(qcow, args.boots, args.details)
     return 0
 
 
