@@ -1,0 +1,30 @@
+"""Two real builds of the same inputs give the same release, byte for byte: usr.img,
+usr.verity (fixed salt), the kernel and the initrd (dracut's reproducible mode, cached with
+the tree), so a rebuild costs a delta update nothing and anyone can check a release."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from channels.bundle import load_bundle
+from imagebuild.image.config import parse_image_file
+from imagebuild.image.pipeline import BuildResult, build
+
+pytestmark = [pytest.mark.slow]
+
+
+def test_a_second_build_of_the_same_inputs_is_byte_identical(
+    reference_image: BuildResult, tmp_path: Path
+) -> None:
+    config = parse_image_file(None).with_overrides(version="1.0.0", channel="alpha", formats="raw")
+    again = build(config, tmp_path)
+    first = load_bundle(reference_image.artifacts["release"], verify=False)
+    second = load_bundle(again.artifacts["release"], verify=True)
+    assert second.files == first.files  # name -> (size, sha256) of usr.img, verity, kernel, initrd
+    assert (second.roothash, second.build_id) == (first.roothash, first.build_id)
+    total = sum(f.size for f in first.files.values())
+    print(f"release payload: {total / 1e6:.1f} MB "
+          + ", ".join(f"{n} {f.size / 1e6:.1f}" for n, f in first.files.items()))  # fmt: skip
+    assert total <= 160_000_000, total
