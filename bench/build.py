@@ -88,10 +88,7 @@ class ConsoleClock:
 
 DETAILS = ("journalctl -b -o short-monotonic --no-pager -u systemd-networkd "
            "-u systemd-networkd-wait-online -u cloud-init-main -u cloud-init-local "
-           "-u cloud-init-network | tail -60; systemd-analyze critical-chain --no-pager; "
-           "echo -n '/usr read at boot (page cache, MB): '; "
-           "sudo find /usr -xdev -type f -size +64k -print0 | sudo xargs -0 fincore -bno RES "
-           "| awk '{s+=$1} END {print s/1e6}'")
+           "-u cloud-init-network | tail -40; systemd-analyze critical-chain --no-pager")
 
 
 def boot_once(qcow: Path, key: Path, work: Path, n: int, details: bool = False
@@ -108,7 +105,8 @@ def boot_once(qcow: Path, key: Path, work: Path, n: int, details: bool = False
         vm.ssh("cloud-init status --wait >/dev/null; systemctl is-system-running --wait",
                check=False, timeout=600)  # fmt: skip
         analyze = vm.ssh("systemd-analyze", check=False).strip()
-        blame = vm.ssh("systemd-analyze blame --no-pager | head -25", check=False)
+        blame = vm.ssh("systemd-analyze blame --no-pager | grep -v "
+                       "'\\.device$' | head -20", check=False)
         chain = vm.ssh("systemd-analyze critical-chain --no-pager ssh.service", check=False)
         failed = vm.ssh("systemctl --failed --plain --no-legend", check=False).strip()
         if details:
