@@ -13,6 +13,7 @@ ETCD_TLS_DIR = f"{TIDEHOST_ETC}/etcd"
 ETCDCTL_ENV = f"{TIDEHOST_ETC}/etcdctl.env"
 UPDATE_YAML = f"{TIDEHOST_ETC}/update.yaml"
 CHANNEL_ROOT = f"{TIDEHOST_ETC}/channel-root.json"
+KUBEADM_CONFIG = f"{TIDEHOST_ETC}/kubeadm.yaml"
 ETCD_DATA_DIR = "/var/lib/etcd/tidehost"
 
 # The etcd keys the hosts share (documented in cloud-config/README.md).

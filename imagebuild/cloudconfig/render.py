@@ -9,6 +9,7 @@ and handed to the templates as text; the templates decide which files and units 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import jinja2
 import yaml
 from jinja2.sandbox import SandboxedEnvironment
 
+from channels.bundle import control_character
 from imagebuild.cloudconfig.certs import NodeCerts, load_node_certs
 from imagebuild.cloudconfig.model import (
     BIN_DIR,
@@ -24,6 +26,7 @@ from imagebuild.cloudconfig.model import (
     ETCD_DATA_DIR,
     ETCD_TLS_DIR,
     ETCDCTL_ENV,
+    KUBEADM_CONFIG,
     KUBEADM_PREFIX,
     NODES_PREFIX,
     SWARM_PREFIX,
@@ -61,8 +64,35 @@ def environment(template_dir: Path) -> SandboxedEnvironment:
     )
     env.filters["json"] = lambda v: json.dumps(v)
     env.filters["yaml"] = lambda v: json.dumps(v)  # a JSON scalar is a YAML flow scalar
-    env.filters["sh"] = lambda v: shlex.quote(str(v))
+    env.filters["sh"] = sh_word
+    env.filters["unit"] = unit_word
     return env
+
+
+def _printable(v: object, into: str) -> str:
+    s = str(v)
+    bad = control_character(s)
+    if bad:  # parse refuses these; a template must never write one either
+        raise ConfigError(f"refusing to write {s!r} into {into}: control character {bad}")
+    return s
+
+
+def sh_word(v: object) -> str:
+    """One word of a shell script (every value a ``.sh.j2`` writes goes through this)."""
+    return shlex.quote(_printable(v, "a shell script"))
+
+
+_UNIT_SAFE = re.compile(r"^[A-Za-z0-9_./:=,@+-]+$")
+
+
+def unit_word(v: object) -> str:
+    """One word of a unit's ``ExecStart=`` (systemd.service "Command lines"): double-quoted
+    with ``\\`` and ``"`` escaped when it is not plain; ``%`` (specifiers) and ``$``
+    (variables) doubled always."""
+    s = _printable(v, "a unit").replace("%", "%%").replace("$", "$$")
+    if _UNIT_SAFE.match(s):
+        return s
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def render_user_data(
@@ -161,6 +191,7 @@ def build_context(
         "nodes_prefix": NODES_PREFIX,
         "swarm_prefix": SWARM_PREFIX,
         "kubeadm_prefix": KUBEADM_PREFIX,
+        "kubeadm_config_path": KUBEADM_CONFIG,
     }
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cloudconfig_helpers import EXAMPLE, SSH_KEY, write_cluster
+from cloudconfig_helpers import EXAMPLE, SSH_KEY, host_env, materialise, write_cluster
 from cryptography import x509
 from cryptography.x509 import verification as v
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -80,34 +80,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _materialise(user_data: str, root: Path) -> dict[str, str]:
-    """Write the user-data's files under ``root``, with /etc/tidehost and /var paths moved."""
-    doc = yaml.safe_load(user_data)
-    moved = {}
-    for f in doc["write_files"]:
-        content = (
-            f["content"]
-            .replace("/etc/tidehost/", f"{root}/etc/tidehost/")
-            .replace("/var/lib/etcd/tidehost", f"{root}/var/lib/etcd/tidehost")
-        )
-        dest = root / f["path"].lstrip("/")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(content)
-        dest.chmod(int(f["permissions"], 8))
-        moved[f["path"]] = content
-    return moved
-
-
-def _env(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    for line in (root / "etc/tidehost/etcdctl.env").read_text().splitlines():
-        if line and not line.startswith("#"):
-            k, _, val = line.partition("=")
-            env[k] = val
-    env |= extra or {}
-    return env
-
-
 FAKE_DOCKER = r"""#!/bin/sh
 echo "$*" >> "$DOCKER_LOG"
 case "$*" in
@@ -140,8 +112,8 @@ def solo_cluster(tmp_path: Path) -> Path:
 def test_real_etcd_with_rendered_flags_and_certs(tmp_path: Path, solo_cluster: Path) -> None:
     cluster = parse_cluster_file(solo_cluster)
     solo_root, joiner_root = tmp_path / "solo", tmp_path / "joiner"
-    files = _materialise(render_user_data(cluster, "solo", Provider.NOCLOUD), solo_root)
-    _materialise(render_user_data(cluster, "joiner", Provider.NOCLOUD), joiner_root)
+    files = materialise(render_user_data(cluster, "solo", Provider.NOCLOUD), solo_root)
+    materialise(render_user_data(cluster, "joiner", Provider.NOCLOUD), joiner_root)
     dropin = files["/etc/systemd/system/etcd.service.d/10-tidehost.conf"].replace("\\\n", " ")
     exec_line = [ln for ln in dropin.splitlines() if ln.startswith("ExecStart=/")][-1]
     argv = shlex.split(exec_line.removeprefix("ExecStart="))
@@ -150,7 +122,7 @@ def test_real_etcd_with_rendered_flags_and_certs(tmp_path: Path, solo_cluster: P
     log = (tmp_path / "etcd.log").open("wb")
     etcd = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     try:
-        env = _env(solo_root)
+        env = host_env(solo_root)
         deadline = time.monotonic() + 30
         while run(["etcdctl", "endpoint", "health"], check=False, capture=True, env=env).returncode:
             assert etcd.poll() is None, (tmp_path / "etcd.log").read_text()[-2000:]
@@ -192,13 +164,13 @@ def test_real_etcd_with_rendered_flags_and_certs(tmp_path: Path, solo_cluster: P
             [solo_root / "etc/tidehost/bin/tidehost-swarm"],
             capture=True,
             timeout=30,
-            env=_env(solo_root, {"PATH": path, "DOCKER_LOG": str(dlog), "DOCKER_NODE": "solo"}),
+            env=host_env(solo_root, {"PATH": path, "DOCKER_LOG": str(dlog), "DOCKER_NODE": "solo"}),
         )
         run(
             [joiner_root / "etc/tidehost/bin/tidehost-swarm"],
             capture=True,
             timeout=30,
-            env=_env(joiner_root, {"PATH": path, "DOCKER_LOG": str(dlog), "DOCKER_NODE": "joiner"}),
+            env=host_env(joiner_root, {"PATH": path, "DOCKER_LOG": str(dlog), "DOCKER_NODE": "joiner"}),
         )
         calls = dlog.read_text().splitlines()
         assert (
@@ -248,7 +220,7 @@ def test_real_three_member_cluster(tmp_path: Path) -> None:
     try:
         for node in cluster.nodes:
             root = tmp_path / node.name
-            files = _materialise(render_user_data(cluster, node.name, Provider.NOCLOUD), root)
+            files = materialise(render_user_data(cluster, node.name, Provider.NOCLOUD), root)
             argv = _etcd_argv(files)
             if node.address != "127.0.0.1":
                 # On real hosts each member also listens on its own 127.0.0.1; here the three
@@ -257,7 +229,7 @@ def test_real_three_member_cluster(tmp_path: Path) -> None:
             log = (tmp_path / f"{node.name}.log").open("wb")
             procs.append((subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), log))
             roots.append(root)
-        env = _env(roots[2])
+        env = host_env(roots[2])
         deadline = time.monotonic() + 60
         health = ["etcdctl", "endpoint", "health", "--cluster"]
         while run(health, check=False, capture=True, env=env).returncode:
@@ -268,7 +240,7 @@ def test_real_three_member_cluster(tmp_path: Path) -> None:
         members = run(["etcdctl", "member", "list"], env=env, capture=True).stdout.decode()
         assert sorted(ln.split(", ")[2] for ln in members.splitlines()) == ["m1", "m2", "m3"]
         for root in roots:
-            run([root / "etc/tidehost/bin/tidehost-node-publish"], env=_env(root), capture=True,
+            run([root / "etc/tidehost/bin/tidehost-node-publish"], env=host_env(root), capture=True,
                 timeout=30)  # fmt: skip
         got = run(["etcdctl", "get", "--prefix", "--keys-only", "/tidehost/nodes/"], env=env,
                   capture=True)  # fmt: skip
