@@ -23,6 +23,8 @@ The format (every field, with its default; see cloud-config/examples/cluster.yam
       token: null                      # --initial-cluster-token; default: the cluster name
       heartbeat_ms: null               # --heartbeat-interval (etcd: 100); raise on slow hosts
       election_timeout_ms: null        # --election-timeout (etcd: 1000), >= 5 x heartbeat
+      auth: true                       # (default: tls) users per node, roles by key prefix;
+                                       #   the first member turns it on (cloudconfig/auth.py)
     docker:
       registry_mirrors: []             # URLs
       insecure_registries: []          # host[:port] or CIDR
@@ -170,7 +172,7 @@ def _etcd(w: str, raw: Any, nodes: tuple[Node, ...], cluster: str, base: Path) -
     where = f"{w}etcd"
     m = f.mapping(where, raw, ("bootstrap", "members", "discovery_domain", "client_port",
                                "peer_port", "tls", "cert_dir", "token", "heartbeat_ms",
-                               "election_timeout_ms"))  # fmt: skip
+                               "election_timeout_ms", "auth"))  # fmt: skip
     bootstrap = f.enum(Bootstrap)(f"{where}.bootstrap", m.get("bootstrap", "static"))
     by_name = {n.name: n for n in nodes}
     if m.get("members") is None:
@@ -202,13 +204,18 @@ def _etcd(w: str, raw: Any, nodes: tuple[Node, ...], cluster: str, base: Path) -
     if et is not None and et < 5 * (hb or 100):
         raise ConfigError(f"{where}.election_timeout_ms: {et} is less than 5 x the heartbeat "
                           f"({hb or 100} ms)")  # fmt: skip
+    tls = f.boolean(f"{where}.tls", m.get("tls", True))
+    auth = f.boolean(f"{where}.auth", m.get("auth", tls))
+    if auth and not tls:
+        raise ConfigError(f"{where}.auth: needs tls: true (certificates carry the users)")
     return Etcd(
         bootstrap=bootstrap,
         members=members,
         discovery_domain=f.domain(f"{where}.discovery_domain", discovery) if discovery else None,
         client_port=client_port,
         peer_port=peer_port,
-        tls=f.boolean(f"{where}.tls", m.get("tls", True)),
+        tls=tls,
+        auth=auth,
         cert_dir=cert_dir if cert_dir.is_absolute() else base / cert_dir,
         token=f.token(f"{where}.token", m["token"]) if m.get("token") is not None else cluster,
         heartbeat_ms=hb,

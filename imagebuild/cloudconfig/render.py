@@ -19,11 +19,13 @@ import yaml
 from jinja2.sandbox import SandboxedEnvironment
 
 from channels.bundle import control_character
-from imagebuild.cloudconfig.certs import NodeCerts, load_node_certs
+from imagebuild.cloudconfig.auth import node_users
+from imagebuild.cloudconfig.certs import NodeCerts, load_node_certs, node_passwords
 from imagebuild.cloudconfig.model import (
     BIN_DIR,
     CHANNEL_ROOT,
     ETCD_DATA_DIR,
+    ETCD_PASSWORD,
     ETCD_TLS_DIR,
     ETCDCTL_ENV,
     KUBEADM_CONFIG,
@@ -39,6 +41,7 @@ from imagebuild.cloudconfig.model import (
 )
 from imagebuild.cloudconfig.providers import PROVIDERS
 from imagebuild.core.errors import ConfigError
+from imagebuild.core.fields import read_text
 from imagebuild.core.files import data_dir
 from imagebuild.core.platforms import Provider
 
@@ -176,6 +179,10 @@ def build_context(
         "bootstrap": cluster.etcd.bootstrap.value,
         "tls": cluster.etcd.tls,
         "certs": _certs_context(certs),
+        "etcd_auth": cluster.etcd_auth,
+        "forms_etcd": cluster.forms_etcd(node),
+        "auth_users": _auth_users(cluster) if cluster.forms_etcd(node) else [],
+        "etcd_password_path": ETCD_PASSWORD,
         "client_endpoints": list(cluster.client_endpoints()),
         "etcd_flags": etcd_flags(cluster, node),
         "data_path_addr": cluster.docker.data_path_addr or node.address,
@@ -199,19 +206,23 @@ def _read_root(cluster: Cluster) -> str:
     path = cluster.updater.channel_root
     if path is None:
         return ""
-    try:
-        return path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{cluster.source}: updater.channel.root: {path}: {e.strerror}") from None
+    return read_text(path, "channel root.json (updater.channel.root)")
 
 
 def _certs_context(certs: NodeCerts | None) -> dict[str, str]:
     if certs is None:
         return {}
-    out = {"ca": certs.ca}
+    out = {"ca": certs.ca, "password": certs.password}
     for name, pem in certs.files:
         out[name.replace(".", "_")] = pem
     return out
+
+
+def _auth_users(cluster: Cluster) -> list[dict[str, Any]]:
+    """What the first member's tidehost-etcd-auth creates: each node's user, role, password."""
+    passwords = node_passwords(cluster)
+    return [{"name": u.name, "role": u.role, "grants": u.grants, "password": passwords[u.name]}
+            for u in node_users(cluster)]  # fmt: skip
 
 
 def etcd_flags(cluster: Cluster, node: Node) -> list[str]:
@@ -269,7 +280,11 @@ def update_mapping(cluster: Cluster, node: Node) -> dict[str, Any]:
     etcd: dict[str, Any] = {"endpoints": list(cluster.client_endpoints())}
     if e.bootstrap is Bootstrap.DNS:
         etcd["discovery_srv"] = e.discovery_domain
-    if e.tls:
+    if cluster.etcd_auth:  # the gateway refuses a certificate with a CN: the agent's has none
+        etcd |= {"cacert": f"{ETCD_TLS_DIR}/ca.crt", "cert": f"{ETCD_TLS_DIR}/agent.crt",
+                 "key": f"{ETCD_TLS_DIR}/agent.key", "user": node.name,
+                 "password_file": ETCD_PASSWORD}  # fmt: skip
+    elif e.tls:
         etcd |= {"cacert": f"{ETCD_TLS_DIR}/ca.crt", "cert": f"{ETCD_TLS_DIR}/client.crt",
                  "key": f"{ETCD_TLS_DIR}/client.key"}  # fmt: skip
     window = None

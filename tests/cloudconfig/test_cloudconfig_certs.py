@@ -22,7 +22,7 @@ import yaml
 from cloudconfig_helpers import EXAMPLE, SSH_KEY, host_env, materialise, write_cluster
 from cryptography import x509
 from cryptography.x509 import verification as v
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from imagebuild.cloudconfig import Provider, generate_certs, parse_cluster_file, render_user_data
 from imagebuild.core.run import run
@@ -52,23 +52,39 @@ def test_node_certs_verify_against_ca(certs_dir: Path) -> None:
             assert set(map(str, san.get_values_for_type(x509.IPAddress))) == {addr, "127.0.0.1"}
             eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
             assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
-        client = _load(certs_dir / name / "client.crt")
-        verified = v.PolicyBuilder().store(store).build_client_verifier().verify(client, [])
-        assert verified.chain[-1] == ca
-    key_mode = stat.S_IMODE((certs_dir / "node1" / "server.key").stat().st_mode)
-    assert key_mode == 0o600
-    assert stat.S_IMODE((certs_dir / "ca.key").stat().st_mode) == 0o600
+        for kind in ("client", "agent"):
+            client = _load(certs_dir / name / f"{kind}.crt")
+            verified = v.PolicyBuilder().store(store).build_client_verifier().verify(client, [])
+            assert verified.chain[-1] == ca
+        # etcdctl is the user NAME by its CN; the agent's gateway certificate has no CN
+        cn = NameOID.COMMON_NAME
+        assert [a.value for a in _load(certs_dir / name / "client.crt").subject] == [name]
+        assert not _load(certs_dir / name / "agent.crt").subject.get_attributes_for_oid(cn)
+    assert _load(certs_dir / "admin.crt").subject.get_attributes_for_oid(cn)[0].value == "root"
+    # every secret 0600, in a folder only its owner enters
+    for secret in ("ca.key", "admin.key", "gateway.key", "root.password", "node1/server.key", "node1/peer.key",
+                   "node1/client.key", "node1/agent.key", "node1/etcd.password"):
+        assert stat.S_IMODE((certs_dir / secret).stat().st_mode) == 0o600, secret
+    for folder in (certs_dir, certs_dir / "node1"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    passwords = {(certs_dir / n / "etcd.password").read_text() for n in ("node1", "node2")}
+    assert len(passwords) == 2 and all(len(p.strip()) >= 40 for p in passwords)
 
 
 def test_certs_keep_the_ca_and_fill_gaps(tmp_path: Path) -> None:
     cluster = parse_cluster_file(EXAMPLE)
     first = generate_certs(cluster, tmp_path)
-    assert len(first) == 2 + 2 + 3 * 6  # CA, admin, 3 nodes x (server, peer, client)
+    # CA, admin, gateway, root password, 3 nodes x (server, peer, client, agent, password)
+    assert len(first) == 2 + 2 + 2 + 1 + 3 * 9
     ca_before = (tmp_path / "ca.crt").read_bytes()
+    password = (tmp_path / "node2" / "etcd.password").read_bytes()
     (tmp_path / "node2" / "peer.crt").unlink()
+    (tmp_path / "node3" / "etcd.password").unlink()
     again = generate_certs(cluster, tmp_path)
-    assert sorted(p.name for p in again) == ["peer.crt", "peer.key"]
+    assert sorted(str(p.relative_to(tmp_path)) for p in again) == [
+        "node2/peer.crt", "node2/peer.key", "node3/etcd.password"]
     assert (tmp_path / "ca.crt").read_bytes() == ca_before
+    assert (tmp_path / "node2" / "etcd.password").read_bytes() == password
 
 
 # ---- real etcd ----

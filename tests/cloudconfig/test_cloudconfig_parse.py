@@ -142,6 +142,8 @@ BAD: list[tuple[str, Callable[[dict], None], str]] = [
      "nodes: there are workers but no node has the manager role"),
     ("no-nodes", _set("nodes", []), "nodes: expected a non-empty list of nodes"),
     ("no-cluster-name", _set("cluster", _DELETE), "cluster: missing"),
+    ("auth-without-tls", _set("etcd", {"tls": False, "auth": True}),
+     "etcd.auth: needs tls: true"),
     # issue 11, items 3 and 7: closed choices, strict types, bounds, no control characters
     ("channel-gamma", _set("updater.channel.name", "gamma"),
      "updater.channel.name: 'gamma' is not one of alpha, beta, stable"),

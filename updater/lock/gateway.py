@@ -4,13 +4,19 @@ The gateway prefix is detected per endpoint from ``GET /version`` (``/v3`` from 
 ``/v3beta`` on 3.3); keys and values travel base64-encoded, int64 values come back as strings,
 fields at their default are omitted (a failed txn has no ``succeeded``, a missing key no
 ``kvs``).  Every failure becomes a ``LockError`` with one line of text.
+
+With etcd's authentication on, ``user`` and ``password`` (a callable: the password file is
+read when a token is needed) get a token from ``/v3/auth/authenticate``, sent raw in the
+``Authorization`` header (SPECS §11.3); a token that expired or went stale (etcd: "invalid
+auth token", "revision of auth store is old") is replaced once and the request repeated.
+The gateway refuses a client certificate with a CN once auth is on: use one without.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +84,8 @@ class EtcdGateway:
         cert: Path | None = None,
         key: Path | None = None,
         timeout: float = 10.0,
+        user: str = "",
+        password: Callable[[], str] | None = None,
     ) -> None:
         if not endpoints:
             raise LockError("no etcd endpoints configured")
@@ -91,6 +99,9 @@ class EtcdGateway:
             self.tls["cert"] = (str(cert), str(key)) if key else str(cert)
         self._prefix: dict[str, str] = {}
         self._good = 0  # index of the endpoint that answered last
+        self.user = user
+        self._password = password
+        self._token = ""  # etcd's auth token for ``user``; "" until the first request
 
     def _api(self, endpoint: str) -> str:
         if endpoint not in self._prefix:
@@ -107,8 +118,7 @@ class EtcdGateway:
             idx = (self._good + i) % n
             ep = self.endpoints[idx]
             try:
-                r = self.session.post(f"{ep}{self._api(ep)}/{path}", json=body,
-                                      timeout=self.timeout, **self.tls)
+                r = self._post(ep, path, body)
             except (requests.ConnectionError, requests.Timeout) as e:
                 errors.append(f"{ep}: {type(e).__name__}")
                 continue
@@ -128,6 +138,44 @@ class EtcdGateway:
                 raise LockError(f"etcd {path}: HTTP {r.status_code}: {msg}")
             return data
         raise LockError(f"etcd unreachable ({'; '.join(errors)})")
+
+    # --- authentication ---------------------------------------------------------------------
+
+    _STALE = ("invalid auth token", "auth store is old", "user name is empty")
+
+    def _post(self, ep: str, path: str, body: dict[str, Any]) -> requests.Response:
+        """POST with the token of ``user`` (got first, replaced once when etcd refuses it)."""
+        url = f"{ep}{self._api(ep)}/{path}"
+        for fresh in (False, True):
+            headers = {}
+            if self.user:
+                if fresh or not self._token:
+                    self._token = self._authenticate(ep)
+                headers["Authorization"] = self._token
+            r = self.session.post(url, json=body, headers=headers, timeout=self.timeout,
+                                  **self.tls)
+            stale = r.status_code == 401 or any(m in r.text for m in self._STALE)
+            if not (self.user and stale) or fresh:
+                return r
+            log.info("etcd %s: the token of user %s expired: authenticating again", ep, self.user)
+        raise AssertionError("not reached")
+
+    def _authenticate(self, ep: str) -> str:
+        try:
+            password = self._password() if self._password else ""
+        except (OSError, ValueError) as e:  # ValueError: not UTF-8
+            raise LockError(f"etcd user {self.user}: cannot read the password: "
+                            f"{getattr(e, 'strerror', None) or e}") from None
+        r = self.session.post(f"{ep}{self._api(ep)}/auth/authenticate", timeout=self.timeout,
+                              json={"name": self.user, "password": password}, **self.tls)
+        try:
+            token = r.json().get("token") if r.status_code == 200 else None
+        except ValueError:
+            token = None
+        if not token:
+            raise LockError(f"etcd {ep}: user {self.user} could not authenticate: HTTP "
+                            f"{r.status_code}: {' '.join(r.text.split())[:200]}")
+        return str(token)
 
     # --- kv -------------------------------------------------------------------------------
 
