@@ -110,6 +110,7 @@ def test_three_members_with_authentication(tmp_path: Path) -> None:
         # key "health" is an answer from a quorum
         update = yaml.safe_load((roots["m1"] / "etc/tidehost/update.yaml").read_text())
         run(shlex.split(update["health"]["commands"][0]), capture=True, timeout=30)
+        assert _etcdctl(env["m3"], "endpoint", "health", "--cluster")[0] == 0  # vm cluster status
 
         # every node registers itself and the swarm forms, under its own user
         bindir = tmp_path / "fakebin"
