@@ -4,6 +4,7 @@ Keys, for group ``G`` (URL-escaped)::
 
     tidehost/rebootlock/groups/G/semaphore      locksmith JSON, no lease
     tidehost/rebootlock/groups/G/holders/<id>   one per holder, bound to its own lease
+    tidehost/rebootlock/groups/G/waiters/<id>   the queue of hosts waiting (``queue.py``)
 
 Every change of the semaphore is a compare-and-swap on its ``mod_revision``.  Taking the
 lock writes the semaphore and the holder's liveness key in one transaction.  The lease
@@ -26,16 +27,18 @@ import json
 import logging
 from urllib.parse import quote
 
+from channels.fleet import LOCK_ROOT
 from updater.errors import HolderConflict, LockBusy, LockError, LockExists, LockNotHeld
 from updater.lock.gateway import EtcdGateway, KeyValue
+from updater.lock.queue import WaitQueue
 from updater.lock.semaphore import Semaphore, check_holder, shown
 
 log = logging.getLogger(__name__)
-ROOT = "tidehost/rebootlock"
+ROOT = LOCK_ROOT
 CAS_TRIES = 50
 
 
-class EtcdLockClient:
+class EtcdLockClient(WaitQueue):
     def __init__(self, gateway: EtcdGateway, group: str = "default", lease: int = 900,
                  *, init_max: int = 1, token: str = "") -> None:
         self.gw = gateway
@@ -145,7 +148,8 @@ class EtcdLockClient:
                 if not lease:
                     lease = self.gw.lease_grant(self.lease)
                 op = self.gw.op_put(self.holder_key(holder), self._liveness(holder), lease)
-                if self._cas(rev, new, ghosts, [op]):
+                dequeue = self.gw.op_delete(self.waiter_key(holder))  # wakes the next waiter
+                if self._cas(rev, new, ghosts, [op, dequeue]):
                     log.info("reboot lock %s: taken by %s (%d of %d)", self.group, holder,
                              len(new.holders), new.max)
                     lease = 0
