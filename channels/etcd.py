@@ -32,8 +32,13 @@ from channels.errors import EtcdError, EtcdUnavailable
 log = logging.getLogger(__name__)
 
 
+def raw(text: str) -> bytes:
+    """A key's bytes: keys that are not UTF-8 come back from ``_kv`` as surrogate escapes."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 def b64(data: str | bytes) -> str:
-    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+    return base64.b64encode(raw(data) if isinstance(data, str) else data).decode()
 
 
 def unb64(text: str) -> bytes:
@@ -42,14 +47,14 @@ def unb64(text: str) -> bytes:
 
 def key_after(key: str) -> str:
     """``range_end`` for exactly the keys up to and including ``key`` (``key`` + NUL)."""
-    return b64(key.encode() + b"\0")
+    return b64(raw(key) + b"\0")
 
 
 def prefix_end(prefix: str) -> str:
     """``range_end`` for a prefix: the prefix with its last byte incremented."""
-    raw = bytearray(prefix.encode())
-    raw[-1] += 1
-    return b64(bytes(raw))
+    end = bytearray(raw(prefix))
+    end[-1] += 1
+    return b64(bytes(end))
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,7 @@ class KeyValue:
 
 def _kv(d: dict[str, Any]) -> KeyValue:
     return KeyValue(
-        key=unb64(d["key"]).decode(errors="replace"),
+        key=unb64(d["key"]).decode(errors="surrogateescape"),
         value=unb64(d.get("value", "")),
         mod_revision=int(d.get("mod_revision", 0)),
         version=int(d.get("version", 0)),
@@ -207,6 +212,22 @@ class EtcdGateway:
     def get_prefix(self, prefix: str, *, keys_only: bool = False) -> list[KeyValue]:
         opts = {"keys_only": True} if keys_only else {}
         return self.range(prefix, prefix_end(prefix), **opts)[0]
+
+    def get_prefix_paged(self, prefix: str, page: int = 1000) -> list[KeyValue]:
+        """Every key under ``prefix``, read ``page`` keys at a time at one revision (a large
+        fleet's reports would not fit one gRPC message)."""
+        out: list[KeyValue] = []
+        start, rev = prefix, 0
+        while True:
+            opts: dict[str, Any] = {"limit": str(page)}
+            if rev:
+                opts["revision"] = str(rev)
+            kvs, read_rev = self.range(start, prefix_end(prefix), **opts)
+            rev = rev or read_rev
+            out += kvs
+            if len(kvs) < page:
+                return out
+            start = kvs[-1].key + "\0"
 
     def put(self, key: str, value: str | bytes, lease: int = 0) -> None:
         body: dict[str, Any] = {"key": b64(key), "value": b64(value)}

@@ -187,8 +187,9 @@ def parse_reports(kvs: Iterable[tuple[str, bytes]]) -> tuple[list[HostReport], l
 
 def _decodes(text: str) -> bool:
     try:
+        text.encode("utf-8")
         unquote(text, errors="strict")
-    except UnicodeDecodeError:
+    except UnicodeError:
         return False
     return True
 
@@ -270,7 +271,7 @@ def summarize(reports: list[HostReport], locks: Mapping[str, Mapping[str, Any]],
     return {
         "hosts": [r.to_dict() for r in reports],
         "versions": dict(sorted(Counter(r.version for r in reports).items())),
-        "states": dict(sorted(Counter(r.state for r in reports).items())),
+        "states": dict(sorted(Counter(r.state or "?" for r in reports).items())),
         "groups": groups,
         "rolled_back": rolled,
         "halt_after": halt_after,

@@ -16,7 +16,7 @@ from channels.errors import ChannelError
 from imagebuild import log as tlog
 from imagebuild.errors import TidehostError
 
-VERBS = ("build", "vm", "channel", "cloudconfig", "vagrant", "demo")
+VERBS = ("build", "vm", "channel", "cloudconfig", "vagrant", "demo", "fleet")
 
 
 def parser() -> argparse.ArgumentParser:
