@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 from channels.fleet import LOCK_ROOT
 from updater.errors import HolderConflict, LockBusy, LockError, LockExists, LockNotHeld
-from updater.lock.gateway import EtcdGateway, KeyValue
+from updater.lock.gateway import EtcdGateway, KeyValue, key_after
 from updater.lock.queue import WaitQueue
 from updater.lock.semaphore import Semaphore, check_holder, shown
 
@@ -91,10 +91,6 @@ class EtcdLockClient(WaitQueue):
             self.gw.txn([self.gw.cmp_absent(self.key)], [self.gw.op_put(self.key, new.to_json())])
         raise LockError(f"{self.key}: cannot create the semaphore")
 
-    def _alive(self) -> dict[str, KeyValue]:
-        n = len(self.holder_prefix)
-        return {kv.key[n:]: kv for kv in self.gw.get_prefix(self.holder_prefix)}
-
     def status(self) -> Semaphore:
         return self._read()[0]
 
@@ -110,8 +106,16 @@ class EtcdLockClient(WaitQueue):
         return self.gw.txn(compare, [self.gw.op_put(self.key, new.to_json()), *(extra or [])])
 
     def _pruned(self) -> tuple[Semaphore, Semaphore, int, tuple[str, ...]]:
-        sem, rev = self._read()
-        alive = self._alive()
+        """The semaphore, it without its dead holders, its mod_revision and the dead: the
+        semaphore and the liveness keys read in one range, so they agree."""
+        kvs, _ = self.gw.range(self.holder_prefix, key_after(self.key))
+        sem_kv = next((kv for kv in kvs if kv.key == self.key), None)
+        if sem_kv is None:
+            sem, rev = self._read()
+        else:
+            sem, rev = Semaphore.from_json(sem_kv.value), sem_kv.mod_revision
+        n = len(self.holder_prefix)
+        alive = {kv.key[n:] for kv in kvs if kv.key.startswith(self.holder_prefix)}
         ghosts = tuple(h for h in sem.holders if quote(h, safe="") not in alive)
         if ghosts:
             log.warning("reboot lock %s: holders without liveness key: %s",

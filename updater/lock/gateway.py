@@ -8,10 +8,11 @@ from typing import Any
 
 from channels import etcd
 from channels.errors import EtcdError
-from channels.etcd import Event, KeyValue, Watch, api_prefix, b64, prefix_end
+from channels.etcd import Event, KeyValue, Watch, api_prefix, b64, key_after, prefix_end
 from updater.errors import LockError
 
-__all__ = ["EtcdGateway", "Event", "KeyValue", "Watch", "api_prefix", "b64", "prefix_end"]
+__all__ = ["EtcdGateway", "Event", "KeyValue", "Watch", "api_prefix", "b64", "key_after",
+           "prefix_end"]
 
 
 class EtcdGateway(etcd.EtcdGateway):
