@@ -222,8 +222,7 @@ class Agent(Staging, Rebooting):
             if s.halted:  # the group rolled this version back: look again each interval
                 if now < s.next_check:
                     return min(s.next_check - now, IDLE_SLEEP)
-                s = self.save(replace(s, halted=""))
-                if self.channel is not None:
+                if self.channel is not None:  # a newer release? then the lock step re-reads
                     s, delay = self.check_and_stage(s)
                     if s.phase is not Phase.STAGED:
                         return delay

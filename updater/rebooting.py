@@ -86,14 +86,17 @@ class Rebooting:
     # --- the lock: the halt rule, then a slot, waiting on a watch ------------------------------
 
     def _halted(self, s: State) -> str:
-        """Why the group does not take ``s.target_version`` ("" if it may).
-
-        Raises: LockError (the group's reports cannot be read).
-        """
+        """Why the group does not take ``s.target_version`` ("" if it may, or if the group's
+        rollbacks cannot be read: then the lock, in the same etcd, decides)."""
         cfg = self.config
         if self.fleet is None or cfg.halt_after <= 0 or not s.target_version:
             return ""
-        stop = fleet.halted(self.fleet.rollbacks(cfg.group), cfg.halt_after)
+        try:
+            rollbacks = self.fleet.rollbacks(cfg.group)
+        except UpdaterError as e:  # the lock decides whether etcd is there; do not block on this
+            log.warning("cannot read the rollbacks of group %s (%s): no halt check", cfg.group, e)
+            return ""
+        stop = fleet.halted(rollbacks, cfg.halt_after)
         v = s.target_version
         return fleet.halt_reason(v, stop[v], cfg.group, cfg.halt_after) if v in stop else ""
 
