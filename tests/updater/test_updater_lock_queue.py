@@ -96,8 +96,9 @@ def test_waiters_pass_in_order_one_transaction_per_hand_off(etcd) -> None:  # no
     assert sorted(order) == sorted(clients) and peak <= 2
     assert order == sorted(order)  # first come, first served
     takes = sum(c.gw.calls["kv/txn"] for c in clients.values())
-    # per waiter: joining the queue, taking the slot, giving it back; no failed tries
-    assert takes <= 3 * len(clients) + 2
+    # per waiter: joining the queue, taking the slot, giving it back; a compare-and-swap
+    # that lost to a release at the same moment now and then, not one try per waiter
+    assert takes <= 3 * len(clients) + 4
     assert first.status().holders == ()
 
 
