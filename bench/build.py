@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 from channels.bundle import load_bundle
-from imagebuild.config import parse_image_file
-from imagebuild.context import default_cache_dir
-from imagebuild.pipeline import build
-from imagebuild.vm import VM
+from imagebuild.image.config import parse_image_file
+from imagebuild.image.context import default_cache_dir
+from imagebuild.image.pipeline import build
+from imagebuild.lab.vm import VM
 
 MB = 1_000_000
 

@@ -21,8 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from channels import verity  # noqa: E402
 from channels.bundle import FileInfo, Manifest, sha256_file  # noqa: E402
 from channels.client import ChannelClient  # noqa: E402
+from channels.create import create  # noqa: E402
 from channels.releases import ChannelRepository  # noqa: E402
-from channels.repository import create, open_repository  # noqa: E402
+from channels.repository import open_repository  # noqa: E402
 from channels.serve import ChannelServer  # noqa: E402
 
 MB = 1 << 20

@@ -21,6 +21,8 @@ from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from imagebuild.run import run  # noqa: E402
+
 from channels.casync import fastchunk  # noqa: E402
 from channels.casync.assemble import AssembleResult, execute  # noqa: E402
 from channels.casync.chunker import DEFAULT_PARAMS, PYTHON_CUTTER  # noqa: E402
@@ -28,7 +30,6 @@ from channels.casync.make import index_blob, make_blob  # noqa: E402
 from channels.casync.plan import plan_assembly  # noqa: E402
 from channels.casync.seed import index_seed  # noqa: E402
 from channels.casync.store import ChunkStore  # noqa: E402
-from imagebuild.run import run  # noqa: E402
 
 T = TypeVar("T")
 MB = 1 << 20

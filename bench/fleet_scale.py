@@ -47,7 +47,7 @@ from channels.repository import create, open_repository  # noqa: E402
 from channels.rollout import RolloutPlan, host_position, parse_waves  # noqa: E402
 from channels.serve import ChannelServer  # noqa: E402
 from imagebuild.fleet import source, table  # noqa: E402
-from imagebuild.localetcd import LocalEtcd  # noqa: E402
+from imagebuild.lab.etcd import LocalEtcd  # noqa: E402
 from tests.channels.conftest import write_bundle  # noqa: E402
 from updater.lock.etcd import EtcdLockClient  # noqa: E402
 from updater.lock.gateway import EtcdGateway as LockGateway  # noqa: E402

@@ -14,8 +14,9 @@ import re
 import tempfile
 from pathlib import Path
 
-from imagebuild.config import OutputFormat, parse_image_file
-from imagebuild.pipeline import build
+from imagebuild.core.platforms import OutputFormat
+from imagebuild.image.config import parse_image_file
+from imagebuild.image.pipeline import build
 
 MB = 1_000_000
 _STEP = re.compile(r"✓ (\S+) \(.* OEM\) \(([\d.]+)s\)")

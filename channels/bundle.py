@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -56,6 +57,23 @@ CHANNELS = ("alpha", "beta", "stable")
 ESP_MOUNT = "/efi"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_TEXT_FIELDS = ("name", "version", "channel", "build_id", "arch", "suite", "usr_filesystem",
+                "roothash", "kernel_cmdline")
+
+
+def control_character(text: str) -> str | None:
+    """The first character of ``text`` that must not reach a boot entry, a unit or a shell
+    line (control characters: newline, tab, NUL, ESC, ...; format and line/paragraph
+    separators), shown as ``repr``; None if there is none."""
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            return repr(ch)
+    return None
+
+
+def is_int(value: object) -> bool:
+    """An int and not a bool (JSON's ``true`` is not the number 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class Slot(StrEnum):
@@ -110,6 +128,13 @@ class Manifest:
         def bad(fld: str, why: str) -> BundleError:
             return BundleError(f"{MANIFEST}: field '{fld}': {why}")
 
+        for fld in _TEXT_FIELDS:
+            value = getattr(self, fld)
+            if not isinstance(value, str):
+                raise bad(fld, f"{value!r} is not a string")
+            ch = control_character(value)
+            if ch is not None:
+                raise bad(fld, f"contains the control character {ch}")
         if not _NAME.match(self.name):
             raise bad("name", f"{self.name!r} is not a lowercase name of [a-z0-9-]")
         try:
@@ -122,14 +147,15 @@ class Manifest:
             raise bad("usr_filesystem", f"{self.usr_filesystem!r} is not squashfs or erofs")
         if not _HEX64.match(self.roothash):
             raise bad("roothash", "not 64 lowercase hex digits")
-        if not isinstance(self.boot_tries, int) or not 1 <= self.boot_tries <= 9:
+        if not is_int(self.boot_tries) or not 1 <= self.boot_tries <= 9:
             raise bad("boot_tries", f"{self.boot_tries!r} is not a whole number from 1 to 9")
         missing = [f for f in FILES if f not in self.files]
         if missing or set(self.files) - set(FILES):
             raise bad("files", f"must list exactly {', '.join(FILES)}")
         for fname, info in self.files.items():
-            if not _HEX64.match(info.sha256) or info.size < 0:
-                raise bad(f"files.{fname}", "needs a size and a 64-hex sha256")
+            if (not is_int(info.size) or info.size < 0 or not isinstance(info.sha256, str)
+                    or not _HEX64.match(info.sha256)):
+                raise bad(f"files.{fname}", "needs a whole-number size and a 64-hex sha256")
 
     @property
     def parsed_version(self) -> Version:
@@ -178,11 +204,11 @@ class Manifest:
             raise BundleError(f"{MANIFEST}: field 'files': not an object")
         files: dict[str, FileInfo] = {}
         for fname, info in files_raw.items():
-            try:
-                files[fname] = FileInfo(size=int(info["size"]), sha256=str(info["sha256"]))
-            except (KeyError, TypeError, ValueError):
-                why = "needs size and sha256"
-                raise BundleError(f"{MANIFEST}: field 'files.{fname}': {why}") from None
+            if not isinstance(info, Mapping) or not is_int(info.get("size")) or not isinstance(
+                    info.get("sha256"), str):
+                why = "needs a whole-number size and a sha256 string"
+                raise BundleError(f"{MANIFEST}: field 'files.{fname}': {why}")
+            files[fname] = FileInfo(size=info["size"], sha256=info["sha256"])
         extra = {k: v for k, v in d.items() if k not in known and k != "format"}
         return cls(
             **{k: d[k] for k in known if k != "files"},
@@ -193,7 +219,13 @@ class Manifest:
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
         try:
+            if isinstance(text, bytes):
+                text = text.decode("utf-8")
             return cls.from_dict(json.loads(text))
+        except UnicodeDecodeError as e:
+            raise BundleError(f"{MANIFEST}: not UTF-8 ({e.reason} at byte {e.start})") from None
+        except RecursionError:
+            raise BundleError(f"{MANIFEST}: nested too deeply") from None
         except json.JSONDecodeError as e:
             raise BundleError(f"{MANIFEST}: not valid JSON ({e.msg}, line {e.lineno})") from None
 
@@ -295,16 +327,25 @@ def boot_entry(
     ``sort-key`` and then by ``version``, newest first, so the newer slot is preferred while
     it has tries left. ``extra_cmdline``: see ``slot_cmdline``.
     """
+    if tries is not None and (not is_int(tries) or not 0 <= tries <= 99):
+        raise BundleError(f"boot entry of slot {slot.name}: tries {tries!r} is not a whole "
+                          "number from 0 to 99")
     stem = entry_stem(slot)
     filename = f"{stem}.conf" if tries is None else f"{stem}+{tries}.conf"
     kernel = f"/{slot.esp_dir}/vmlinuz"
     initrd = f"/{slot.esp_dir}/initrd"
-    text = (
-        f"title {manifest.name} {manifest.version} (slot {slot.name})\n"
-        f"sort-key {manifest.name}\n"
-        f"version {manifest.version}\n"
-        f"linux {kernel}\n"
-        f"initrd {initrd}\n"
-        f"options {slot_cmdline(manifest, slot, extra_cmdline)}\n"
+    lines = (
+        ("title", f"{manifest.name} {manifest.version} (slot {slot.name})"),
+        ("sort-key", manifest.name),
+        ("version", manifest.version),
+        ("linux", kernel),
+        ("initrd", initrd),
+        ("options", slot_cmdline(manifest, slot, extra_cmdline)),
     )
+    for key, value in lines:  # one line per key, whatever a manifest or OEM file holds
+        ch = control_character(value)
+        if ch is not None:
+            raise BundleError(f"boot entry {filename}: '{key}' would contain the control "
+                              f"character {ch}; refusing to write it")
+    text = "".join(f"{key} {value}\n" for key, value in lines)
     return BootEntry(filename=filename, text=text, kernel=kernel, initrd=initrd)

@@ -37,12 +37,14 @@ from channels.errors import (
     MetadataVerificationError,
     RollbackError,
     SignatureError,
+    SlowRetrievalError,
     StateError,
     TargetVerificationError,
     TransportError,
 )
-from channels.fetch import RequestsFetcher, download_resumable, new_session
+from channels.fetch import DEFAULT_MIN_RATE, RequestsFetcher, download_resumable, new_session
 from channels.index import BUNDLE_FILES, ChannelIndex, Release, check_channel, index_path
+from channels.layout import target_url_path
 from channels.policy import Decision, decide
 from channels.version import Version
 
@@ -94,6 +96,8 @@ def _translate(what: str, e: Exception) -> ChannelError:
         return MetadataVerificationError(msg)
     if isinstance(e, tuf_exc.DownloadLengthMismatchError):
         return DownloadSizeError(msg + " (longer than allowed)")
+    if isinstance(e, tuf_exc.SlowRetrievalError):
+        return SlowRetrievalError(msg)
     if isinstance(e, tuf_exc.DownloadHTTPError):
         return HTTPStatusError(msg, e.status_code)
     if isinstance(e, tuf_exc.DownloadError):
@@ -110,15 +114,24 @@ class ChannelClient:
 
     ``state_dir`` holds ``metadata/`` (the trusted TUF metadata, so a later replay of older
     metadata is caught) and ``cache/`` (verified and partial downloads).
+
+    ``timeout`` bounds every read and is the floor of every file's whole-file deadline,
+    ``timeout + length / min_rate`` seconds (``length``: the signed length, or the client's
+    maximum for timestamp.json and N.root.json); past it the fetch fails with
+    ``SlowRetrievalError`` (a partial target is kept and resumed next time).
     """
 
     def __init__(self, base_url: str, channel: str, state_dir: Path, root_json: Path | bytes,
-                 *, timeout: float = 30.0) -> None:
+                 *, timeout: float = 30.0, min_rate: float = DEFAULT_MIN_RATE) -> None:
         self.channel = check_channel(channel)
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.state_dir = Path(state_dir)
+        if not timeout > 0 or not min_rate > 0:
+            raise ChannelError(f"timeout {timeout!r} and min_rate {min_rate!r} must be > 0")
         self.timeout = timeout
+        self.min_rate = min_rate
         self.session = new_session()
+        self._fetcher = RequestsFetcher(self.session, self.timeout, self.min_rate)
         self.last_decision: Decision | None = None
         self._updater: Updater | None = None
         self._index: ChannelIndex | None = None
@@ -139,9 +152,15 @@ class ChannelClient:
     # --- metadata ---------------------------------------------------------------------
 
     def _call(self, what: str, fn: Callable[..., R], *args: Any) -> R:
+        self._fetcher.last_url = None
         try:
             return fn(*args)
-        except (tuf_exc.RepositoryError, tuf_exc.DownloadError, OSError) as e:
+        except tuf_exc.RepositoryError as e:  # name the file: tuf's text may not
+            last = self._fetcher.last_url
+            name = last.rsplit("/", 1)[-1] if last else None
+            raise _translate(f"{what}: {name}" if name and name not in str(e) else what,
+                             e) from None
+        except (tuf_exc.DownloadError, OSError) as e:
             raise _translate(what, e) from None
         except ValueError as e:  # malformed local root or metadata
             raise MetadataVerificationError(f"{what}: {e}") from None
@@ -152,7 +171,7 @@ class ChannelClient:
             kwargs["bootstrap"] = (self._metadata / "root.json").read_bytes()
         return Updater(
             str(self._metadata), self.base_url + "metadata/", str(self.cache),
-            self.base_url + "targets/", RequestsFetcher(self.session, self.timeout),
+            self.base_url + "targets/", self._fetcher,
             UpdaterConfig(), **kwargs,
         )
 
@@ -258,10 +277,20 @@ class ChannelClient:
                 return done
             done.unlink()
         part = done.with_name(done.name + ".part")
-        url = f"{self.base_url}targets/{sha}.{tf.path.rsplit('/', 1)[-1]}"
+        # TUF's consistent-snapshot layout: targets/<dir>/<sha256>.<name>; a repository not
+        # yet migrated by `channel refresh` has only the flat targets/<sha256>.<name>
+        url = f"{self.base_url}targets/{target_url_path(sha, tf.path)}"
+        flat = f"{self.base_url}targets/{sha}.{tf.path.rsplit('/', 1)[-1]}"
         try:
-            download_resumable(self.session, url, part, tf.length, self.timeout, progress,
-                               label=f"target {tf.path} from {url}")
+            try:
+                download_resumable(self.session, url, part, tf.length, self.timeout, progress,
+                                   label=f"target {tf.path} from {url}", min_rate=self.min_rate)
+            except HTTPStatusError as e:
+                if e.status_code != 404 or flat == url:
+                    raise
+                url = flat
+                download_resumable(self.session, url, part, tf.length, self.timeout, progress,
+                                   label=f"target {tf.path} from {url}", min_rate=self.min_rate)
         except OSError as e:
             raise StateError(f"{part}: {e.strerror}") from None
         if not self._verifies(tf, part):

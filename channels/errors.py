@@ -94,6 +94,10 @@ class DownloadSizeError(TransportError):
     """A response was longer than allowed (endless data) or shorter than announced."""
 
 
+class SlowRetrievalError(TransportError):
+    """A response did not arrive within its whole-file deadline (floor + length / min rate)."""
+
+
 class VerityError(BundleError):
     """A dm-verity hash tree is malformed, or does not match its data or its root hash."""
 

@@ -91,8 +91,14 @@ class Release:
             rollout=RolloutPlan.from_dict(d["rollout"]),
             published=parse_time(d["published"]),
             min_version=d.get("min_version"),
-            pulled=bool(d.get("pulled", False)),
+            pulled=_flag(d.get("pulled", False), "pulled"),
         )
+
+
+def _flag(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"field '{name}': {value!r} is not true or false")
+    return value
 
 
 @dataclass(frozen=True)
@@ -156,8 +162,10 @@ class ChannelIndex:
         """
         where = f"{channel}/{INDEX_NAME}"
         try:
-            d = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            d = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ChannelIndexError(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
+        except (json.JSONDecodeError, RecursionError) as e:
             raise ChannelIndexError(f"{where}: not valid JSON ({e})") from None
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ChannelIndexError(f"{where}: field 'format' is not {FORMAT}")

@@ -10,7 +10,10 @@
         metadata/              TUF metadata: N.root.json (and root.json, the newest root: the
                                file hosts bootstrap trust from), timestamp.json,
                                N.snapshot.json, N.targets.json, N.alpha.json, ...
-        targets/               every target once, by hash: <sha256>.<name>
+        targets/               TUF's consistent-snapshot layout: target path <dir>/<name>
+                               is stored as <dir>/<sha256>.<name> (alpha/<sha256>.x, ...),
+                               and also as <sha256>.<name> (the layout of clients before
+                               it); all of them hard links to one copy of the bytes
       .lock                    serialises writers
 
 Publication is atomic: every file is written to a temporary name beside its final one and
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +74,11 @@ class Layout:
         return self.keys / f"{role}.pem"
 
     def target(self, sha256: str, target_path: str) -> Path:
+        """Where TUF's consistent snapshots put ``target_path``: ``<dir>/<sha256>.<name>``."""
+        return self.targets / target_url_path(sha256, target_path)
+
+    def legacy_target(self, sha256: str, target_path: str) -> Path:
+        """The flat ``<sha256>.<name>`` that clients before the spec layout fetch."""
         return self.targets / f"{sha256}.{target_path.rsplit('/', 1)[-1]}"
 
     def read_config(self) -> dict[str, Any]:
@@ -77,12 +86,15 @@ class Layout:
         if not self.root.is_dir():
             raise NotARepositoryError(f"{self.root}: no such directory")
         try:
-            cfg = json.loads(self.config.read_text())
+            cfg = json.loads(self.config.read_bytes())
         except FileNotFoundError:
             raise NotARepositoryError(
                 f"{self.root}: not a channel repository (no {CONFIG_NAME}; "
                 "create one with 'tidehost channel init')"
             ) from None
+        except UnicodeDecodeError as e:
+            raise NotARepositoryError(f"{self.config}: not UTF-8 ({e.reason} at byte "
+                                      f"{e.start})") from None
         except (OSError, ValueError) as e:
             raise NotARepositoryError(f"{self.config}: unreadable ({e})") from None
         if not isinstance(cfg, dict) or cfg.get("kind") != CONFIG_KIND:
@@ -92,6 +104,36 @@ class Layout:
         if not (self.metadata / "timestamp.json").is_file():
             raise NotARepositoryError(f"{self.root}: published/metadata/timestamp.json is missing")
         return cfg
+
+
+def target_url_path(sha256: str, target_path: str) -> str:
+    """``beta/x.img`` -> ``beta/<sha256>.x.img``: the target's path under ``targets/``."""
+    head, _, name = target_path.rpartition("/")
+    return f"{head}/{sha256}.{name}" if head else f"{sha256}.{name}"
+
+
+def link(src: Path, dest: Path) -> bool:
+    """Make ``dest`` a hard link to ``src`` (atomically: a temporary name, then rename).
+
+    Returns False when ``dest`` already holds the same file. Falls back to a copy where the
+    filesystem has no hard links (then the bytes are stored twice).
+    """
+    if dest.exists() and os.path.samefile(src, dest):
+        return False
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.link-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+            os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return True
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:

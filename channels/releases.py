@@ -2,8 +2,9 @@
 
 Each operation reads the channel index (a target of the channel's role), changes it, writes
 the new index and any new payload targets, and commits the signed metadata (timestamp last).
-Payload targets are stored once by hash: promotion only re-lists the same hashes under the
-next channel's role, so it copies no payload bytes.
+Payload targets are stored in TUF's consistent-snapshot layout (``targets/<channel>/<sha256>.
+<name>``), one copy of the bytes per hash: promotion re-lists the same hashes under the next
+channel's role and hard-links the file into that channel's directory, so it copies no bytes.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from channels.index import (
     index_path,
     target_path,
 )
-from channels.layout import atomic_write, fsync_dir
+from channels.layout import atomic_write, fsync_dir, link
 from channels.repository import TufRepository
 from channels.rollout import IMMEDIATE, RolloutPlan, Wave, iso_time
 from channels.version import Version
@@ -50,6 +51,7 @@ def _store(src: Path, dest: Path, sha256: str, size: int) -> int:
     """Copy ``src`` to ``dest`` while hashing it; refuse it unless it matches. Returns bytes."""
     if dest.is_file() and dest.stat().st_size == size:
         return 0
+    dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
     h = hashlib.sha256()
     n = 0
@@ -126,7 +128,9 @@ class ChannelRepository:
         data = index.to_bytes()
         sha = hashlib.sha256(data).hexdigest()
         path = index_path(index.channel)
-        atomic_write(self.tuf.layout.target(sha, path), data)
+        dest = self.tuf.layout.target(sha, path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(dest, data)
         self.tuf.channel(index.channel).targets[path] = TargetFile(
             len(data), {"sha256": sha}, path
         )
@@ -203,27 +207,30 @@ class ChannelRepository:
         src_targets = self.tuf.channels[src].signed.targets
         role = self.tuf.channel(dst)
         files: dict[str, str] = {}
-        reused = 0
+        reused = copied = 0
         for fname, spath in rel.files.items():
             tf = src_targets.get(spath)
             if tf is None:
                 raise NotARepositoryError(f"role {src} does not list {spath} (index says so)")
             dpath = target_path(dst, rel.manifest, fname)
             stored = self.tuf.target_file(tf)
-            if self.tuf.layout.target(tf.hashes["sha256"], dpath) != stored:
-                raise NotARepositoryError(f"{spath} and {dpath} would be stored apart")
             if not stored.is_file():
                 raise NotARepositoryError(f"{stored}: target of {spath} is missing")
+            dest = self.tuf.layout.target(tf.hashes["sha256"], dpath)
+            link(stored, dest)  # the same bytes under the next channel's directory
+            if os.path.samefile(stored, dest):
+                reused += tf.length
+            else:  # a filesystem without hard links
+                copied += tf.length
             role.targets[dpath] = TargetFile(tf.length, dict(tf.hashes), dpath)
             files[fname] = dpath
-            reused += tf.length
         promoted = replace(
             rel, files=files, rollout=RolloutPlan(self.now, waves), published=self.now,
             pulled=False,
         )
         self._save(dindex.with_release(promoted))
         log.info("promoted %s from %s to %s", version, src, dst)
-        return promoted, CopyStats(0, reused)
+        return promoted, CopyStats(copied, reused)
 
     def _update(self, channel: str, version: str, change: str) -> Release:
         rel = self.release(channel, version)

@@ -24,10 +24,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from securesystemslib.signer import CryptoSigner, Key
+from securesystemslib.signer import Key, Signer
+from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import (
-    DelegatedRole,
-    Delegations,
     Metadata,
     MetaFile,
     Root,
@@ -43,7 +42,7 @@ from tuf.api.serialization.json import JSONSerializer
 from channels import keys
 from channels.bundle import CHANNELS
 from channels.errors import NotARepositoryError, SigningKeyError, UnknownChannelError
-from channels.layout import CONFIG_FORMAT, CONFIG_KIND, Layout, atomic_write, fsync_dir
+from channels.layout import Layout, atomic_write, fsync_dir, link
 
 log = logging.getLogger(__name__)
 TOP_ROLES = ("root", "targets", "snapshot", "timestamp")
@@ -73,7 +72,7 @@ class TufRepository:
         self.config = self.layout.read_config()
         self.passphrase = passphrase
         self.clock = clock
-        self._signers: dict[str, CryptoSigner] = {}
+        self._signers: dict[str, Signer] = {}
         self._dirty: set[str] = set()
         self.root: Metadata[Root]
         self.targets: Metadata[Targets]
@@ -126,17 +125,62 @@ class TufRepository:
         assert delegations is not None and delegations.roles is not None
         return list(delegations.roles[role].keyids)
 
-    def signer(self, role: str) -> CryptoSigner:
-        """The private key of ``role``, loaded once and checked against the metadata."""
+    def role_key(self, role: str) -> Key:
+        """The (first) public key the metadata names for ``role``."""
+        keyid = self.role_keyids(role)[0]
+        if role in TOP_ROLES:
+            return self.root.signed.keys[keyid]
+        assert self.targets.signed.delegations is not None
+        assert self.targets.signed.delegations.keys is not None
+        return self.targets.signed.delegations.keys[keyid]
+
+    def signer_uri(self, role: str) -> str:
+        """Where ``role``'s private key lives (``tidehost-channels.json`` "signers")."""
+        uri = (self.config.get("signers") or {}).get(role)
+        return uri if isinstance(uri, str) else keys.file_uri(role)
+
+    def key_available(self, role: str) -> bool:
+        """Whether ``role`` can sign now; a file key must be there, other signers must load."""
+        path = keys.signer_file(self.signer_uri(role), self.layout.root)
+        if path is not None:
+            return path.exists()
+        try:
+            self.signer(role)
+        except SigningKeyError as e:
+            log.warning("role %s: %s", role, e)
+            return False
+        return True
+
+    def signer(self, role: str) -> Signer:
+        """The signer of ``role``, loaded once and checked against the metadata's key."""
         if role not in self._signers:
-            path = self.layout.key(role)
-            signer = keys.load(path, self.passphrase)
-            if signer.public_key.keyid not in self.role_keyids(role):
-                raise SigningKeyError(
-                    f"{path}: key {signer.public_key.keyid[:12]} is not a key of role {role}"
-                )
+            uri = self.signer_uri(role)
+            path = keys.signer_file(uri, self.layout.root)
+            if path is not None:  # the message names the file, as it always has
+                signer: Signer = keys.load(path, self.passphrase)
+                if signer.public_key.keyid not in self.role_keyids(role):
+                    raise SigningKeyError(
+                        f"{path}: key {signer.public_key.keyid[:12]} is not a key of role {role}"
+                    )
+            else:
+                signer = keys.signer_for(uri, self.role_key(role), self.layout.root,
+                                         self.passphrase)
             self._signers[role] = signer
         return self._signers[role]
+
+    def _sign_as(self, role: str, md: Metadata[Any], signer: Signer) -> None:
+        try:
+            md.sign(signer, append=True)
+        except UnsignedMetadataError as e:  # an HSM or KMS failing mid-way
+            cause = e.__cause__ or e
+            raise SigningKeyError(f"role {role}: signing with {self.signer_uri(role)} failed "
+                                  f"({str(cause).splitlines()[0] if str(cause) else cause!r})"
+                                  ) from None
+
+    def _write_config(self, **changes: Any) -> None:
+        self.config = {**self.config, **changes}
+        atomic_write(self.layout.config,
+                     (json.dumps(self.config, indent=2, sort_keys=True) + "\n").encode())
 
     # --- editing -----------------------------------------------------------------------
 
@@ -161,19 +205,23 @@ class TufRepository:
             md.signed.version += 1
         md.signed.expires = self.expiry(role)
         md.signatures.clear()
-        md.sign(self.signer(role), append=True)
+        self._sign_as(role, md, self.signer(role))
         return md.to_bytes(_SERIALIZER)
 
-    def commit(self, *, extra_root_signers: tuple[CryptoSigner, ...] = ()) -> None:
-        """Sign and publish every dirty role, then snapshot, then timestamp (last)."""
+    def commit(self, *, extra_root_signers: tuple[Signer, ...] = ()) -> None:
+        """Sign and publish every dirty role, then snapshot, then timestamp (last).
+
+        Every listed target is first linked at both its paths (``link_targets``).
+        """
         md_dir = self.layout.metadata
+        self.link_targets()
         if "root" in self._dirty:
             root = self.root
             root.signed.version += 1
             root.signed.expires = self.expiry("root")
             root.signatures.clear()
             for s in (*extra_root_signers, self.signer("root")):
-                root.sign(s, append=True)
+                self._sign_as("root", root, s)
             data = root.to_bytes(_SERIALIZER)
             atomic_write(md_dir / f"{root.signed.version}.root.json", data)
         meta = self.snapshot.signed.meta
@@ -201,29 +249,47 @@ class TufRepository:
 
     # --- key rotation ------------------------------------------------------------------
 
-    def rotate_key(self, role: str) -> str:
-        """Replace ``role``'s key with a fresh one and publish; returns the new keyid.
+    def rotate_key(self, role: str, key_uri: str | None = None) -> str:
+        """Replace ``role``'s key and publish; returns the new keyid.
 
-        The new key is written as ``keys/<role>.pem.new`` and moved into place only once the
-        metadata naming it is published; the old one is kept in ``keys/retired/``.
+        Without ``key_uri`` a fresh file key is written as ``keys/<role>.pem.new`` and moved
+        into place only once the metadata naming it is published. With one (``hsm:...``,
+        ``awskms:...``), the role moves onto that key. A retired file key is kept in
+        ``keys/retired/``; ``tidehost-channels.json`` records the new signer URI.
         """
         if role not in ROLES:
             raise UnknownChannelError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
         old = self.signer(role)
+        old_file = keys.signer_file(self.signer_uri(role), self.layout.root)
         self.signer("root" if role in TOP_ROLES else "targets")
         for r in ("snapshot", "timestamp"):
             self.signer(r)  # every key the commit needs, before anything changes
         path = self.layout.key(role)
         fresh = path.with_name(path.name + ".new")
-        new_key = keys.generate(fresh, self.passphrase)
+        if key_uri is None:
+            new_uri = keys.file_uri(role)
+            new_key: Key = keys.generate(fresh, self.passphrase)
+            new_signer: Signer = keys.load(fresh, self.passphrase)
+        else:
+            new_uri, new_key = keys.import_uri(key_uri, self.passphrase)
+            new_signer = keys.signer_for(new_uri, new_key, self.layout.root, self.passphrase)
+        if new_key.keyid == old.public_key.keyid:
+            fresh.unlink(missing_ok=True)
+            raise SigningKeyError(f"role {role}: {new_uri} is the role's current key")
         self._replace_key(role, old.public_key, new_key)
-        self._signers[role] = keys.load(fresh, self.passphrase)
+        self._signers[role] = new_signer
         self.commit(extra_root_signers=(old,) if role == "root" else ())
-        self.layout.retired_keys.mkdir(mode=0o700, exist_ok=True)
-        shutil.copy2(path, self.layout.retired_keys / f"{role}-{old.public_key.keyid[:16]}.pem")
-        os.replace(fresh, path)
-        log.info("role %s: key %s replaced by %s", role, old.public_key.keyid[:16],
-                 new_key.keyid[:16])
+        if old_file is not None and old_file.exists():
+            self.layout.retired_keys.mkdir(mode=0o700, exist_ok=True)
+            retired = self.layout.retired_keys / f"{role}-{old.public_key.keyid[:16]}.pem"
+            shutil.copy2(old_file, retired)
+            if key_uri is not None:
+                old_file.unlink()  # the role's key is elsewhere now
+        if key_uri is None:
+            os.replace(fresh, path)
+        self._write_config(signers={**(self.config.get("signers") or {}), role: new_uri})
+        log.info("role %s: key %s replaced by %s (%s)", role, old.public_key.keyid[:16],
+                 new_key.keyid[:16], new_uri)
         return new_key.keyid
 
     def _replace_key(self, role: str, old: Key, new: Key) -> None:
@@ -258,9 +324,10 @@ class TufRepository:
             )
             life = self.expiry(role) - now
             if all_roles or md.signed.expires - now < life / 2:
-                if not all_roles and not self.layout.key(role).exists():
-                    log.warning("role %s expires %s but its key is not in %s: not re-signed",
-                                role, md.signed.expires.strftime("%Y-%m-%d"), self.layout.keys)
+                if not all_roles and not self.key_available(role):
+                    log.warning("role %s expires %s but its key (%s) is not at hand: not "
+                                "re-signed", role, md.signed.expires.strftime("%Y-%m-%d"),
+                                self.signer_uri(role))
                     continue
                 self.mark(role)
         extra = sorted(self._dirty)
@@ -270,7 +337,41 @@ class TufRepository:
     # --- reading ------------------------------------------------------------------------
 
     def target_file(self, target: TargetFile) -> Path:
-        return self.layout.target(target.hashes["sha256"], target.path)
+        """The stored bytes of ``target``: its spec-layout path (the flat one before migration)."""
+        path = self.layout.target(target.hashes["sha256"], target.path)
+        if not path.exists():
+            legacy = self.layout.legacy_target(target.hashes["sha256"], target.path)
+            if legacy.exists():
+                return legacy
+        return path
+
+    def link_targets(self) -> int:
+        """Give every listed target both its paths (spec layout and flat); returns links made.
+
+        A repository written before the consistent-snapshot layout stores only the flat
+        ``targets/<sha256>.<name>``; this hard-links each file into ``targets/<channel>/``
+        (no bytes copied), and keeps the flat name for hosts whose client still fetches it.
+        """
+        made = 0
+        for chan in CHANNELS:
+            for tf in self.channels[chan].signed.targets.values():
+                sha = tf.hashes.get("sha256")
+                if sha is None:
+                    continue
+                new = self.layout.target(sha, tf.path)
+                old = self.layout.legacy_target(sha, tf.path)
+                src = new if new.exists() else old if old.exists() else None
+                if src is None:
+                    log.warning("target %s (%s) is missing from %s", tf.path, sha[:12],
+                                self.layout.targets)
+                    continue
+                for dest in (new, old):
+                    if dest != src and link(src, dest):
+                        made += 1
+        if made:
+            fsync_dir(self.layout.targets)
+            log.debug("linked %d target file(s) at both their paths", made)
+        return made
 
     def describe(self) -> dict[str, Any]:
         def info(md: Metadata[Any]) -> dict[str, Any]:
@@ -287,70 +388,8 @@ class TufRepository:
             roles[chan] = info(self.channels[chan])
         for role, d in roles.items():
             d["keyids"] = [k[:16] for k in self.role_keyids(role)]
+            d["signer"] = self.signer_uri(role)
         return roles
-
-
-def create(path: Path, passphrase: bytes | None, clock: Clock = _utcnow,
-           expiry_days: dict[str, float] | None = None) -> None:
-    """Create keys and an empty, signed repository at ``path``.
-
-    Raises:
-        ChannelError: the directory already holds a repository (or other files).
-    """
-    layout = Layout(Path(path))
-    if layout.root.exists() and any(layout.root.iterdir()):
-        raise NotARepositoryError(f"{layout.root}: exists and is not empty; not initialising")
-    layout.root.mkdir(parents=True, exist_ok=True)
-    layout.keys.mkdir(mode=0o700)
-    layout.metadata.mkdir(parents=True)
-    layout.targets.mkdir()
-    pub = {role: keys.generate(layout.key(role), passphrase) for role in ROLES}
-    signers = {role: keys.load(layout.key(role), passphrase) for role in ROLES}
-    days = {**DEFAULT_EXPIRY_DAYS, **(expiry_days or {})}
-    now = clock()
-
-    def exp(role: str) -> datetime:
-        return now + timedelta(days=days[role])
-
-    root = Root(expires=exp("root"), consistent_snapshot=True)
-    for role in TOP_ROLES:
-        root.add_key(pub[role], role)
-    targets = Targets(expires=exp("targets"))
-    targets.delegations = Delegations(keys={}, roles={})
-    for chan in CHANNELS:
-        assert targets.delegations.roles is not None
-        targets.delegations.roles[chan] = DelegatedRole(chan, [], 1, True, [f"{chan}/*"])
-        targets.add_key(pub[chan], chan)
-    md_dir = layout.metadata
-    snapshot = Snapshot(expires=exp("snapshot"))
-    for chan in CHANNELS:
-        md = Metadata(Targets(expires=exp(chan)))
-        md.sign(signers[chan])
-        data = md.to_bytes(_SERIALIZER)
-        atomic_write(md_dir / f"1.{chan}.json", data)
-        snapshot.meta[f"{chan}.json"] = _meta_file(md, data)
-    tmd = Metadata(targets)
-    tmd.sign(signers["targets"])
-    data = tmd.to_bytes(_SERIALIZER)
-    atomic_write(md_dir / "1.targets.json", data)
-    snapshot.meta["targets.json"] = _meta_file(tmd, data)
-    smd = Metadata(snapshot)
-    smd.sign(signers["snapshot"])
-    sdata = smd.to_bytes(_SERIALIZER)
-    atomic_write(md_dir / "1.snapshot.json", sdata)
-    rmd = Metadata(root)
-    rmd.sign(signers["root"])
-    rdata = rmd.to_bytes(_SERIALIZER)
-    atomic_write(md_dir / "1.root.json", rdata)
-    atomic_write(md_dir / "root.json", rdata)
-    config = {"kind": CONFIG_KIND, "format": CONFIG_FORMAT, "expiry_days": days}
-    atomic_write(layout.config, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
-    tsmd = Metadata(Timestamp(expires=exp("timestamp"), snapshot_meta=_meta_file(smd, sdata)))
-    tsmd.sign(signers["timestamp"])
-    atomic_write(md_dir / "timestamp.json", tsmd.to_bytes(_SERIALIZER))
-    fsync_dir(md_dir)
-    log.info("created channel repository %s (keys %sencrypted)", layout.root,
-             "" if passphrase else "not ")
 
 
 @contextmanager

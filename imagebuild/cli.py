@@ -1,6 +1,6 @@
 """The ``tidehost`` command: the one error boundary of the workstation side.
 
-Each verb lives in its own module (``imagebuild.cmd_<verb>``) exposing
+Each verb lives in its own module of ``imagebuild.commands`` exposing
 ``register(subparsers)``, which adds its parser and sets ``func`` to a handler taking the
 parsed arguments and returning an exit status.
 """
@@ -8,15 +8,19 @@ parsed arguments and returning an exit status.
 from __future__ import annotations
 
 import argparse
-import importlib
+import contextlib
+import io
 import logging
+import shlex
 import sys
+from pathlib import Path
 
 from channels.errors import ChannelError
-from imagebuild import log as tlog
-from imagebuild.errors import TidehostError
+from imagebuild.commands import build, channel, cloudconfig, demo, fleet, vagrant, vm
+from imagebuild.core import log as tlog
+from imagebuild.core.errors import TidehostError
 
-VERBS = ("build", "vm", "channel", "cloudconfig", "vagrant", "demo", "fleet")
+VERBS = (build, vm, channel, cloudconfig, vagrant, demo, fleet)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -25,13 +29,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     for verb in VERBS:
-        try:
-            mod = importlib.import_module(f"imagebuild.cmd_{verb}")
-        except ModuleNotFoundError as e:
-            if e.name != f"imagebuild.cmd_{verb}":
-                raise
-            continue
-        mod.register(sub)
+        verb.register(sub)
     return p
 
 
@@ -53,6 +51,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tidehost: interrupted", file=sys.stderr)
         return 130
+
+
+def tidehost(*args: str | Path, quiet: bool = False) -> str:
+    """Run the ``tidehost`` command in this process, as a user would type it (echoed, with
+    its output, unless ``quiet``); return what it printed.
+
+    Raises:
+        TidehostError: the command failed (its message is on stderr, as for a user).
+    """
+    argv = [str(a) for a in args]
+    if not quiet:
+        print(f"$ tidehost {shlex.join(argv)}", flush=True)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(argv)
+    if not quiet and out.getvalue().strip():
+        print(out.getvalue().rstrip(), flush=True)
+    if status != 0:
+        raise TidehostError(f"tidehost {shlex.join(argv)} exited {status}")
+    return out.getvalue()
 
 
 if __name__ == "__main__":

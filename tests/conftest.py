@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild.config import parse_image_file
-from imagebuild.localetcd import LocalEtcd
-from imagebuild.pipeline import BuildResult, build
+from imagebuild.image.config import parse_image_file
+from imagebuild.image.pipeline import BuildResult, build
+from imagebuild.lab.etcd import LocalEtcd
 
 TEST_VERSION = "1.0.0"
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from imagebuild.cloudconfig.model import Cluster, Node
-from imagebuild.errors import ConfigError
+from imagebuild.core.errors import ConfigError
+from imagebuild.core.files import write_atomic
 
 NODE_FILES = ("server", "peer", "client")
 CA_DAYS = 3650
@@ -193,17 +192,3 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
 
 def _write(path: Path, text: str, mode: int) -> None:
     write_atomic(path, text, mode)
-
-
-def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -22,18 +22,6 @@ SWARM_PREFIX = f"{KEY_PREFIX}/swarm/"
 KUBEADM_PREFIX = f"{KEY_PREFIX}/kubeadm/"
 
 
-class Provider(StrEnum):
-    EC2 = "ec2"
-    GCE = "gce"
-    DIGITALOCEAN = "digitalocean"
-    VAGRANT = "vagrant"
-    NOCLOUD = "nocloud"
-
-    def has_metadata_service(self) -> bool:
-        """True where a metadata service tells the host its own address and hostname."""
-        return self in (Provider.EC2, Provider.GCE, Provider.DIGITALOCEAN)
-
-
 class Role(StrEnum):
     ETCD = "etcd"
     MANAGER = "manager"

@@ -57,7 +57,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from imagebuild.cloudconfig import fields as f
 from imagebuild.cloudconfig.model import (
     Bootstrap,
     Cluster,
@@ -75,7 +74,8 @@ from imagebuild.cloudconfig.model import (
     Weekday,
     Window,
 )
-from imagebuild.errors import ConfigError
+from imagebuild.core import fields as f
+from imagebuild.core.errors import ConfigError
 
 TOP = ("cluster", "domain", "network", "nodes", "etcd", "docker", "scheduler", "updater",
        "ssh_authorized_keys")  # fmt: skip

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from imagebuild.cloudconfig.model import Provider
+from imagebuild.core.platforms import PLATFORMS, Provider
 
 METADATA_IP = "169.254.169.254"
 
@@ -19,7 +19,6 @@ METADATA_IP = "169.254.169.254"
 @dataclass(frozen=True)
 class ProviderInfo:
     provider: Provider
-    datasources: tuple[str, ...]  # cloud-init datasource_list pinned for later boots
     address_url: str = ""  # metadata URL of the private IPv4 address ("" = static)
     hostname_url: str = ""
     headers: tuple[tuple[str, str], ...] = ()
@@ -27,11 +26,15 @@ class ProviderInfo:
     token_ttl_header: str = ""
     token_header: str = ""
 
+    @property
+    def datasources(self) -> tuple[str, ...]:
+        """The cloud-init datasource_list pinned for later boots (``core.platforms``)."""
+        return PLATFORMS[self.provider].datasources
+
 
 PROVIDERS: dict[Provider, ProviderInfo] = {
     Provider.EC2: ProviderInfo(
         Provider.EC2,
-        datasources=("Ec2", "None"),
         address_url=f"http://{METADATA_IP}/latest/meta-data/local-ipv4",
         hostname_url=f"http://{METADATA_IP}/latest/meta-data/local-hostname",
         token_url=f"http://{METADATA_IP}/latest/api/token",
@@ -40,18 +43,15 @@ PROVIDERS: dict[Provider, ProviderInfo] = {
     ),
     Provider.GCE: ProviderInfo(
         Provider.GCE,
-        datasources=("GCE", "None"),
         address_url=f"http://{METADATA_IP}/computeMetadata/v1/instance/network-interfaces/0/ip",
         hostname_url=f"http://{METADATA_IP}/computeMetadata/v1/instance/hostname",
         headers=(("Metadata-Flavor", "Google"),),
     ),
     Provider.DIGITALOCEAN: ProviderInfo(
         Provider.DIGITALOCEAN,
-        # ConfigDrive first: DigitalOcean breaks when NoCloud comes before it.
-        datasources=("ConfigDrive", "DigitalOcean", "None"),
         address_url=f"http://{METADATA_IP}/metadata/v1/interfaces/private/0/ipv4/address",
         hostname_url=f"http://{METADATA_IP}/metadata/v1/hostname",
     ),
-    Provider.VAGRANT: ProviderInfo(Provider.VAGRANT, datasources=("NoCloud", "None")),
-    Provider.NOCLOUD: ProviderInfo(Provider.NOCLOUD, datasources=("NoCloud", "None")),
+    Provider.VAGRANT: ProviderInfo(Provider.VAGRANT),
+    Provider.NOCLOUD: ProviderInfo(Provider.NOCLOUD),
 }

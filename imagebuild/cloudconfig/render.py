@@ -17,7 +17,6 @@ import jinja2
 import yaml
 from jinja2.sandbox import SandboxedEnvironment
 
-import imagebuild
 from imagebuild.cloudconfig.certs import NodeCerts, load_node_certs
 from imagebuild.cloudconfig.model import (
     BIN_DIR,
@@ -32,21 +31,22 @@ from imagebuild.cloudconfig.model import (
     Bootstrap,
     Cluster,
     Node,
-    Provider,
     Role,
     SchedulerKind,
     Strategy,
 )
 from imagebuild.cloudconfig.providers import PROVIDERS
-from imagebuild.errors import ConfigError
+from imagebuild.core.errors import ConfigError
+from imagebuild.core.files import data_dir
+from imagebuild.core.platforms import Provider
 
 MAIN_TEMPLATE = "user-data.yaml.j2"
 HEADER = "#cloud-config\n"
 
 
 def default_template_dir() -> Path:
-    """``cloud-config/`` next to the ``imagebuild`` package (the source checkout)."""
-    return Path(imagebuild.__file__).resolve().parent.parent / "cloud-config"
+    """The templates of ``cloud-config/``, shipped in this package as ``templates/``."""
+    return data_dir("imagebuild.cloudconfig", "templates")
 
 
 def environment(template_dir: Path) -> SandboxedEnvironment:

@@ -15,10 +15,11 @@ from typing import Any
 
 import yaml
 
-from imagebuild.cloudconfig.certs import write_atomic
-from imagebuild.cloudconfig.fields import mac
-from imagebuild.cloudconfig.model import Cluster, Node, Provider
-from imagebuild.errors import ConfigError
+from imagebuild.cloudconfig.model import Cluster, Node
+from imagebuild.core.errors import ConfigError
+from imagebuild.core.fields import mac
+from imagebuild.core.files import write_atomic
+from imagebuild.core.platforms import Provider
 
 SEED_PROVIDERS = (Provider.NOCLOUD, Provider.VAGRANT)
 

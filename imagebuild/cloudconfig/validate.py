@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imagebuild.errors import ConfigError
-from imagebuild.run import require, run
+from imagebuild.core.errors import ConfigError
+from imagebuild.core.run import require, run
 
 
 def validate_user_data(path: Path) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 from channels import fleet
 from channels.etcd import EtcdGateway
-from imagebuild.errors import ConfigError
+from imagebuild.core.errors import ConfigError
 
 
 def connect(endpoints: str | Sequence[str], *, cacert: Path | None = None,

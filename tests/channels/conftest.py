@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-import socket
-import time
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
@@ -13,12 +13,16 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: hostile_mirror
+from hostile_mirror import HostileMirror  # noqa: E402
+
 from channels import verity
 from channels.bundle import FILES, FileInfo, Manifest
 from channels.client import ChannelClient
+from channels.create import create
 from channels.releases import ChannelRepository
-from channels.repository import create, open_repository
-from channels.serve import ChannelServer, StaticHandler
+from channels.repository import open_repository
+from channels.serve import ChannelServer
 
 BundleMaker = Callable[..., Path]
 
@@ -63,72 +67,18 @@ def repo(tmp_path: Path) -> Path:
     return path
 
 
-class FaultyHandler(StaticHandler):
-    """The real handler, plus faults a test switches on per file-name suffix.
-
-    ``server.faults[suffix] = "endless"``: 200 without a length, then zeros forever;
-    ``"drop:N"``: announce the whole file, send N bytes, cut the connection (once);
-    ``"stall"``: send headers, then nothing for 1.5 s;
-    ``"lie"``: announce a Content-Length far beyond the file.
-    Every GET is recorded in ``server.seen`` as (file name, Range header).
-    """
-
-    def do_GET(self) -> None:  # noqa: N802
-        name = self.path.rsplit("/", 1)[-1]
-        self.server.seen.append((name, self.headers.get("Range")))  # type: ignore[attr-defined]
-        faults: dict[str, str] = self.server.faults  # type: ignore[attr-defined]
-        key = next((k for k in faults if name.endswith(k)), None)
-        fault = faults.get(key, "") if key else ""
-        if fault == "endless":
-            self.send_response(200)
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.close_connection = True
-            try:
-                for _ in range(100_000):  # ~6 GB: "forever" for any sane client
-                    self.wfile.write(b"\0" * 65536)
-            except OSError:
-                pass
-            return
-        if fault == "stall":  # headers, then silence
-            self.send_response(200)
-            self.send_header("Content-Length", "100")
-            self.end_headers()
-            self.wfile.flush()
-            time.sleep(1.5)
-            self.close_connection = True
-            return
-        if fault == "lie":
-            self.send_response(200)
-            self.send_header("Content-Length", str(1 << 40))
-            self.end_headers()
-            self.close_connection = True
-            return
-        if fault.startswith("drop:"):
-            del faults[key]  # type: ignore[arg-type]
-            path = self.resolve()
-            assert path is not None
-            data = path.read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data[: int(fault[5:])])
-            self.wfile.flush()
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        super().do_GET()
+@pytest.fixture
+def mirror(repo: Path) -> Iterator[HostileMirror]:
+    """The test repository served on a free port of 127.0.0.1 by ``channel serve``'s server,
+    turned into a hostile mirror: ``mirror.attack(pattern, Attack)`` (tests/hostile_mirror.py)."""
+    with HostileMirror(repo / "published") as m:
+        yield m
 
 
 @pytest.fixture
-def served(repo: Path) -> Iterator[ChannelServer]:
-    """``tidehost channel serve``'s server on a free port of 127.0.0.1, with fault hooks."""
-    server = ChannelServer(repo / "published", "127.0.0.1", 0, FaultyHandler)
-    server.faults = {}  # type: ignore[attr-defined]
-    server.seen = []  # type: ignore[attr-defined]
-    server.start()
-    yield server
-    server.stop()
+def served(mirror: HostileMirror) -> ChannelServer:
+    """The mirror's server (honest until attacked); ``served.seen`` records every GET."""
+    return mirror.server
 
 
 ClientMaker = Callable[..., ChannelClient]
@@ -163,6 +113,15 @@ def open_repo(repo: Path) -> RepoOpener:
         with open_repository(path, passphrase, **kw) as tuf:
             yield ChannelRepository(tuf)
     return ctx
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_log_handler() -> Iterator[None]:
+    """``main()`` logs to the stderr of its test (capsys); drop that handler afterwards so a
+    later test's log lines do not go to a closed stream ("Logging error" on stderr)."""
+    yield
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if type(h) is not logging.StreamHandler]
 
 
 @pytest.fixture(autouse=True)

@@ -108,14 +108,16 @@ def test_barrier_over_http(open_repo, make_bundle, make_client) -> None:  # noqa
     assert o is not None and o.version == "3.0.0" and o.min_version == "2.0.0"
 
 
-def test_download_resumes_with_range(open_repo, make_bundle, make_client,  # noqa: ANN001
+def test_download_resumes_with_range(open_repo, make_bundle, make_client, mirror,  # noqa: ANN001
                                      served: ChannelServer, tmp_path: Path) -> None:
+    from hostile_mirror import Drop
+
     with open_repo() as r:
         r.publish(make_bundle("1.2.0", size=300_000), "alpha")
     client = make_client("alpha")
     offer = client.offer("m", "1.0.0")
     usr = next(f for f in offer.files if f.name == "usr.img")
-    served.faults["usr.img"] = "drop:100000"  # type: ignore[attr-defined]
+    mirror.attack("targets/*usr.img", Drop(100_000))
     with pytest.raises(TransportError, match="usr.img"):
         client.download(offer, tmp_path / "dl")
     assert not (tmp_path / "dl").exists() or not any((tmp_path / "dl").iterdir())

@@ -11,6 +11,7 @@ import pytest
 from tuf.api.metadata import Metadata
 
 from channels import layout as layout_mod
+from channels.create import create
 from channels.errors import (
     BundleError,
     NotARepositoryError,
@@ -19,7 +20,7 @@ from channels.errors import (
     SigningKeyError,
     UnknownChannelError,
 )
-from channels.repository import create, open_repository
+from channels.repository import open_repository
 from channels.rollout import parse_waves
 
 
@@ -69,15 +70,27 @@ def test_publish_stores_targets_once_by_hash(open_repo, make_bundle, repo: Path)
 
 
 def test_promote_copies_no_payload_bytes(open_repo, make_bundle, repo: Path) -> None:  # noqa: ANN001
+    targets = repo / "published/targets"
+
+    def files() -> dict[str, int]:
+        return {str(p.relative_to(targets)): p.stat().st_ino
+                for p in targets.rglob("*") if p.is_file()}
+
     with open_repo() as r:
         alpha, _ = r.publish(make_bundle("1.2.0"), "alpha")
-    before = {p.name: p.stat().st_ino for p in (repo / "published/targets").iterdir()}
+    before = files()
     with open_repo() as r:
         beta, stats = r.promote("1.2.0", "alpha", "beta", waves=parse_waves("50%@0h,100%@1h"))
-    after = {p.name: p.stat().st_ino for p in (repo / "published/targets").iterdir()}
+    after = files()
     assert stats.bytes_copied == 0
     new = set(after) - set(before)
-    assert len(new) == 1 and next(iter(new)).endswith(".index.json")  # only beta's index
+    index = {n for n in new if n.endswith(".index.json")}
+    assert len(index) == 2 and len({after[n] for n in index}) == 1  # beta's index (+ flat link)
+    links = new - index
+    assert len(links) == 5 and all(n.startswith("beta/") for n in links)
+    # the release's files: hard links to alpha's, the same inodes (bytes stored once)
+    alpha_inodes = {ino for n, ino in before.items() if n.startswith("alpha/")}
+    assert {after[n] for n in links} <= alpha_inodes
     assert all(after[n] == ino for n, ino in before.items())  # nothing rewritten
     with open_repo() as r:
         a, b = r.tuf.channels["alpha"].signed.targets, r.tuf.channels["beta"].signed.targets

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imagebuild.run import run
+from imagebuild.core.run import run
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "cloud-config" / "examples" / "cluster.yaml"

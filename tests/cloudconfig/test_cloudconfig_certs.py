@@ -25,7 +25,7 @@ from cryptography.x509 import verification as v
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from imagebuild.cloudconfig import Provider, generate_certs, parse_cluster_file, render_user_data
-from imagebuild.run import run
+from imagebuild.core.run import run
 
 
 def _load(path: Path) -> x509.Certificate:

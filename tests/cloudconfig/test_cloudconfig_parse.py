@@ -11,7 +11,7 @@ from cloudconfig_helpers import EXAMPLE, example_data, write_cluster
 
 from imagebuild.cloudconfig import Role, Strategy, parse_cluster_file
 from imagebuild.cloudconfig.model import Bootstrap, SchedulerKind
-from imagebuild.errors import ConfigError
+from imagebuild.core.errors import ConfigError
 
 
 def test_example_parses() -> None:

@@ -12,8 +12,8 @@ import yaml
 from cloudconfig_helpers import EXAMPLE, MATRIX_NODES, SSH_KEY, cloud_init_schema, matrix_data
 
 from imagebuild.cloudconfig import Provider, parse_cluster_file, render_user_data
-from imagebuild.errors import ConfigError
-from imagebuild.run import run
+from imagebuild.core.errors import ConfigError
+from imagebuild.core.run import run
 
 ROLE_NODES = [n["name"] for n in MATRIX_NODES]
 

@@ -10,7 +10,7 @@ from cloudconfig_helpers import EXAMPLE, cloud_init_schema
 
 from imagebuild.cli import main
 from imagebuild.cloudconfig import parse_cluster_file
-from imagebuild.run import run
+from imagebuild.core.run import run
 
 
 def test_seed_folder(tmp_path: Path, cluster_file, capsys: pytest.CaptureFixture[str]) -> None:
@@ -49,7 +49,7 @@ def test_seed_refuses_cloud_providers(cluster_file, capsys: pytest.CaptureFixtur
 
 
 def test_duplicate_mac(tmp_path: Path, cluster_file) -> None:
-    from imagebuild.errors import ConfigError
+    from imagebuild.core.errors import ConfigError
 
     data = yaml.safe_load(EXAMPLE.read_text())
     data["nodes"][1]["mac"] = "52:54:00:4d:00:0b"  # node1's derived MAC

@@ -26,8 +26,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from imagebuild.cli import tidehost
 from imagebuild.cloudconfig.parse import parse_cluster_file
-from imagebuild.clusterdemo import (
+from imagebuild.image.config import parse_image_file
+from imagebuild.image.pipeline import BuildResult, build
+from imagebuild.lab.agent import print_status
+from imagebuild.lab.cluster import ClusterState, UpOptions, down, status, up
+from imagebuild.lab.demo import (
     ETCDCTL,
     deploy_web,
     etcd_healthy,
@@ -36,12 +41,9 @@ from imagebuild.clusterdemo import (
     wait_until,
     web_urls,
 )
-from imagebuild.clusterupdate import RESTING, Prober, lock_holders, watch
-from imagebuild.config import parse_image_file
-from imagebuild.pipeline import BuildResult, build
-from imagebuild.updatelab import print_status, tidehost
-from imagebuild.vm import log_tail
-from imagebuild.vmcluster import ClusterState, UpOptions, down, status, up
+from imagebuild.lab.probe import Prober
+from imagebuild.lab.rollout import RESTING, lock_holders, watch
+from imagebuild.lab.vm import log_tail
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
 

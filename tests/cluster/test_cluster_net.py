@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imagebuild import clusterchannel
 from imagebuild.cli import main
 from imagebuild.cloudconfig.parse import parse_cluster_file, parse_cluster_text
-from imagebuild.clusterchannel import serve_address, trust_repository
-from imagebuild.errors import ConfigError, VMError
-from imagebuild.vm import VM
-from imagebuild.vmcluster import (
+from imagebuild.core.errors import ConfigError, VMError
+from imagebuild.lab import channel as clusterchannel
+from imagebuild.lab.channel import serve_address, trust_repository
+from imagebuild.lab.cluster import (
     BRIDGE,
     ClusterState,
     NodeState,
@@ -34,6 +33,7 @@ from imagebuild.vmcluster import (
     up,
     user_mac,
 )
+from imagebuild.lab.vm import VM
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "cloud-config" / "examples" / "cluster.yaml"
 needs_root = pytest.mark.skipif(
@@ -221,4 +221,35 @@ def test_up_serve_runs_the_channel_inside_the_namespace(tmp_path: Path) -> None:
     finally:
         removed = down(cluster, tmp_path)
     assert f"channel server (pid {pid})" in removed
+    assert not clusterchannel.alive(pid)
+
+
+@needs_root
+def test_prober_asks_from_inside_the_namespace_only(tmp_path: Path) -> None:
+    """The rollout's probe runs in a thread that entered the namespace; the rest stays out."""
+    from imagebuild.lab.net import enter_netns
+    from imagebuild.lab.probe import Prober, probe
+
+    repo = tmp_path / "repo"
+    assert main(["channel", "init", str(repo)]) == 0
+    cluster = _cluster(f"t-pr{os.getpid() % 10000}", tmp_path)
+    sdir = tmp_path / cluster.name
+    sdir.mkdir()
+    state = ClusterState(cluster=cluster.name, netns=netns_name(cluster.name), bridge=BRIDGE,
+                         gateway=bridge_address(cluster), image="/i", ssh_key="/k",
+                         state_dir=str(sdir))  # fmt: skip
+    state.save()
+    url = "http://10.77.0.1:8080/metadata/root.json"
+    try:
+        create_network(state)
+        pid = clusterchannel.start(state.netns, repo, "10.77.0.1", 8080, sdir)
+        dataclasses.replace(state, server_pid=pid).save()
+        with Prober(state.netns, [url], every=0.2) as prober:
+            prober.wait_answering(20)
+        assert prober.last_answer.startswith("{")
+        assert probe([url], timeout=1) == "-"  # this thread is not in the namespace
+        with pytest.raises(VMError, match="netns th-nosuch"):
+            enter_netns("th-nosuch")
+    finally:
+        down(cluster, tmp_path)
     assert not clusterchannel.alive(pid)

@@ -7,8 +7,8 @@ import http.server
 import socket
 import threading
 
-from imagebuild.clusterupdate import NodeProgress, RolloutReport, longest_gap
-from imagebuild.probe import probe
+from imagebuild.lab.probe import probe
+from imagebuild.lab.rollout import NodeProgress, RolloutReport, longest_gap
 
 V = "1.1.0"
 

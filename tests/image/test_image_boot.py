@@ -16,10 +16,10 @@ import pytest
 import testinfra
 
 from channels.bundle import load_bundle
-from imagebuild.config import Partitions
-from imagebuild.pipeline import BuildResult
-from imagebuild.stages.disk import layout
-from imagebuild.vm import SSH_OPTIONS, VM
+from imagebuild.image.config import Partitions
+from imagebuild.image.layout import layout
+from imagebuild.image.pipeline import BuildResult
+from imagebuild.lab.vm import SSH_OPTIONS, VM
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild.config import (
+from imagebuild.core.errors import ConfigError
+from imagebuild.image.config import (
     REQUIRED_PACKAGES,
     Channel,
     OutputFormat,
@@ -15,7 +16,6 @@ from imagebuild.config import (
     parse_image_file,
     parse_image_text,
 )
-from imagebuild.errors import ConfigError
 
 
 def parse(text: str, tmp_path: Path | None = None):

@@ -11,10 +11,11 @@ import pytest
 
 from channels.bundle import FILES, BootEntry, FileInfo, Manifest, Slot, boot_entry, load_bundle
 from channels.errors import BundleError
-from imagebuild.config import Partitions, parse_image_file
-from imagebuild.errors import VMError
-from imagebuild.stages import configure, disk, rootfs
-from imagebuild.vm import user_data_with_key
+from imagebuild.core.errors import VMError
+from imagebuild.image import layout as disk
+from imagebuild.image.config import Partitions, parse_image_file
+from imagebuild.image.stages import configure, rootfs
+from imagebuild.lab.vm import user_data_with_key
 
 HASH = "ab" * 32
 

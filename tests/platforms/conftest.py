@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild.config import OutputFormat, parse_image_file
-from imagebuild.pipeline import BuildResult, build
+from imagebuild.core.platforms import OutputFormat
+from imagebuild.image.config import parse_image_file
+from imagebuild.image.pipeline import BuildResult, build
 
 PLATFORM_VERSION = "1.0.0"
 ALL_FORMATS = ",".join(f.value for f in OutputFormat)

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild.pipeline import BuildResult
-from imagebuild.platforms.catalog import BoxProvider
-from imagebuild.platforms.catalog_io import promote_box_catalog, write_box_catalog
-from imagebuild.platforms.oem import SPECS, Oem
+from imagebuild.core.platforms import BoxProvider
+from imagebuild.image.pipeline import BuildResult
+from imagebuild.image.platforms.oem import SPECS, Oem
+from imagebuild.vagrant.catalog_io import promote_box_catalog, write_box_catalog
 
 GiB = 1 << 30
 pytestmark = pytest.mark.slow

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild.pipeline import BuildResult
-from imagebuild.platforms.oem import SPECS, Oem
-from imagebuild.vm import VM
+from imagebuild.image.pipeline import BuildResult
+from imagebuild.image.platforms.oem import SPECS, Oem
+from imagebuild.lab.vm import VM
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
 

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 
 from imagebuild.cli import main
-from imagebuild.errors import ConfigError
-from imagebuild.platforms.catalog import (
+from imagebuild.core.errors import ConfigError
+from imagebuild.core.platforms import BoxProvider
+from imagebuild.vagrant.catalog import (
     BoxCatalog,
-    BoxProvider,
     ProviderEntry,
     add_version,
     empty_catalog,
 )
-from imagebuild.platforms.catalog_io import promote_box_catalog, write_box_catalog
+from imagebuild.vagrant.catalog_io import promote_box_catalog, write_box_catalog
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64

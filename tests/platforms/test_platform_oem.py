@@ -8,16 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild.cloudconfig.model import Provider
 from imagebuild.cloudconfig.providers import PROVIDERS
-from imagebuild.config import OutputFormat
-from imagebuild.errors import ConfigError
-from imagebuild.platforms import make
-from imagebuild.platforms.cloud import ec2_register_image
-from imagebuild.platforms.disk import whole_gib
-from imagebuild.platforms.oem import SPECS, Oem, spec_for
-from imagebuild.platforms.vagrant_box import libvirt_metadata
-from imagebuild.platforms.vagrant_user import add_vagrant_user, free_id
+from imagebuild.core.errors import ConfigError
+from imagebuild.core.platforms import OutputFormat, Provider
+from imagebuild.image.platforms import make
+from imagebuild.image.platforms.cloud import ec2_register_image
+from imagebuild.image.platforms.disk import whole_gib
+from imagebuild.image.platforms.oem import SPECS, Oem, spec_for
+from imagebuild.image.platforms.vagrant_box import libvirt_metadata
+from imagebuild.image.platforms.vagrant_user import add_vagrant_user, free_id
 
 
 def test_every_platform_format_has_an_oem() -> None:
@@ -92,7 +91,7 @@ def test_vagrant_user_is_added_to_a_root_tree(tmp_path: Path) -> None:
 def test_sizes_and_register_image_are_pure() -> None:
     assert whole_gib(1) == 1 << 30 and whole_gib(3 << 30) == 3 << 30
     assert libvirt_metadata((2 << 30) + 1)["virtual_size"] == 3
-    from imagebuild.config import parse_image_file
+    from imagebuild.image.config import parse_image_file
 
     doc = ec2_register_image(parse_image_file(None), 3 << 30)
     assert doc["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] == 3

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from imagebuild.cli import main
-from imagebuild.errors import ConfigError
-from imagebuild.platforms.vagrant_init import InitOptions, cluster_document, render_vagrantfile
+from imagebuild.core.errors import ConfigError
+from imagebuild.vagrant.vagrantfile import InitOptions, cluster_document, render_vagrantfile
 
 URL = "http://127.0.0.1:8080/"
 

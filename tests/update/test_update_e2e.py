@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild.config import parse_image_file
-from imagebuild.pipeline import BuildResult, build
-from imagebuild.updatelab import UpdateLab, bless_latency, print_status, status, wait_for
-from imagebuild.vm import VM
+from imagebuild.image.config import parse_image_file
+from imagebuild.image.pipeline import BuildResult, build
+from imagebuild.lab.agent import print_status, status
+from imagebuild.lab.hostlab import UpdateLab, bless_latency, wait_for
+from imagebuild.lab.vm import VM
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
 

@@ -68,18 +68,24 @@ def test_errors_become_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert e.value.code == 2
 
 
-def test_dist_tree_units_and_links() -> None:
+def test_dist_tree_units_and_links(tmp_path: Path) -> None:
     system = DIST / "usr/lib/systemd/system"
     svc = (system / "tidehost-update.service").read_text()
     assert "ExecStart=/usr/bin/tidehost-update daemon" in svc and "Restart=on-failure" in svc
     health = (system / "tidehost-update-health.service").read_text()
     assert "Before=boot-complete.target" in health and "tidehost-update health" in health
+    # The enablement links are data (dist/MANIFEST) that the image build makes in /usr.
+    from imagebuild.image.stages.configure import install_agent_files
+
+    install_agent_files(tmp_path)
+    system = tmp_path / "usr/lib/systemd/system"
     wants = system / "multi-user.target.wants/tidehost-update.service"
     req = system / "boot-complete.target.requires/tidehost-update-health.service"
     assert wants.is_symlink() and wants.resolve() == (system / "tidehost-update.service").resolve()
     assert req.is_symlink() and req.resolve() == (system / "tidehost-update-health.service"
                                                   ).resolve()
-    assert {p.parts[len(DIST.parts)] for p in DIST.rglob("*")} == {"usr"}  # only under usr/
+    # only under usr/, beside the manifest
+    assert {p.parts[len(DIST.parts)] for p in DIST.rglob("*")} == {"usr", "MANIFEST"}
     assert "d /var/lib/tidehost" in (DIST / "usr/lib/tmpfiles.d/tidehost-update.conf").read_text()
 
 

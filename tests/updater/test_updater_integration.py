@@ -21,12 +21,13 @@ pytestmark = pytest.mark.slow
 client_mod = pytest.importorskip("channels.client")
 releases = pytest.importorskip("channels.releases")
 repository = pytest.importorskip("channels.repository")
+create = pytest.importorskip("channels.create")
 serve = pytest.importorskip("channels.serve")
 
 
 def test_real_channel_and_etcd(tmp_path: Path, disk, bundles, host, etcd) -> None:  # noqa: ANN001
     repo = tmp_path / "repo"
-    repository.create(repo, None)
+    create.create(repo, None)
     with repository.open_repository(repo, None) as tuf:
         releases.ChannelRepository(tuf).publish(bundles["2.0.0"], "stable")
     server = serve.ChannelServer(repo / "published", "127.0.0.1", 0)

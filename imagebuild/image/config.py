@@ -1,0 +1,231 @@
+"""The image file: one table of settings, parsed once into a frozen ``ImageConfig``.
+
+An image file is YAML::
+
+    name: tidehost                 # image name, [a-z0-9-]
+    version: 1.2.0                 # MAJOR.MINOR.PATCH
+    channel: alpha                 # alpha | beta | stable
+    suite: trixie                  # trixie (default) | bookworm
+    mirror: null                   # Debian mirror URL; unset: mmdebstrap's own default
+    kernel: linux-image-cloud-amd64
+    packages: [openssh-server, ...]   # on top of what every Tidehost image needs to boot
+    overlay: overlay/              # files copied over the tree (relative to the image file)
+    kernel_cmdline: [console=ttyS0,115200]
+    partitions: {esp: 256, usr: 768, usr_verity: 16, oem: 64, root: 1024}   # MiB
+    usr_filesystem: squashfs       # squashfs (zstd) | erofs (lz4hc)
+    compression_level: 12          # zstd level for squashfs
+    boot_tries: 3                  # tries a newly written slot gets
+    formats: [raw, qcow2]
+    channel_root: null             # a channel's root.json to bake into /usr (trust anchor)
+
+Every mistake is a ``ConfigError`` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from channels.bundle import CHANNELS
+from channels.version import Version
+from imagebuild.core.errors import ConfigError
+from imagebuild.core.fields import enum, int_range, name, string, yaml_mapping
+from imagebuild.core.files import data_file
+from imagebuild.core.platforms import OutputFormat
+
+# What every Tidehost image needs to boot its A/B, verity-checked /usr and run the updater.
+REQUIRED_PACKAGES = (
+    "systemd", "systemd-sysv", "systemd-boot", "systemd-boot-efi", "systemd-cryptsetup",
+    "systemd-resolved", "systemd-timesyncd", "udev", "dbus", "dracut", "zstd", "kmod",
+    "e2fsprogs", "fdisk", "cryptsetup-bin", "iproute2", "ca-certificates", "sudo",
+    "libnss-myhostname",
+    "python3", "python3-requests", "python3-yaml", "python3-cryptography", "python3-tuf",
+)  # fmt: skip
+
+
+class Channel(StrEnum):
+    ALPHA = "alpha"
+    BETA = "beta"
+    STABLE = "stable"
+
+
+class Suite(StrEnum):
+    TRIXIE = "trixie"
+    BOOKWORM = "bookworm"
+
+
+class UsrFilesystem(StrEnum):
+    SQUASHFS = "squashfs"
+    EROFS = "erofs"
+
+
+@dataclass(frozen=True)
+class Partitions:
+    """Partition sizes in MiB."""
+
+    esp: int = 256
+    usr: int = 768
+    usr_verity: int = 16
+    oem: int = 64
+    root: int = 1024
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    source: str  # the image file's path (or "<built-in reference>"), for messages
+    name: str = "tidehost"
+    version: str = "0.1.0"
+    channel: Channel = Channel.ALPHA
+    suite: Suite = Suite.TRIXIE
+    mirror: str | None = None
+    kernel: str = "linux-image-cloud-amd64"
+    packages: tuple[str, ...] = ()
+    overlay: Path | None = None
+    kernel_cmdline: tuple[str, ...] = ("console=ttyS0,115200",)
+    partitions: Partitions = field(default_factory=Partitions)
+    usr_filesystem: UsrFilesystem = UsrFilesystem.SQUASHFS
+    compression_level: int = 12
+    boot_tries: int = 3
+    formats: tuple[OutputFormat, ...] = (OutputFormat.RAW, OutputFormat.QCOW2)
+    channel_root: Path | None = None
+
+    @property
+    def all_packages(self) -> tuple[str, ...]:
+        """Every package of the tree, sorted and unique: part of the root-tree cache key."""
+        return tuple(sorted({*REQUIRED_PACKAGES, self.kernel, *self.packages}))
+
+    @property
+    def artifact_stem(self) -> str:
+        return f"{self.name}-{self.version}"
+
+    def with_overrides(self, **kw: Any) -> ImageConfig:
+        """Apply command-line overrides, validating them like the file's fields."""
+        values: dict[str, Any] = {}
+        for key, raw in kw.items():
+            if raw is None:
+                continue
+            flag = {"formats": "format"}.get(key, key).replace("_", "-")
+            values[key] = _field_parser(key)(f"{self.source}: --{flag}", raw)
+        return replace(self, **values)
+
+
+# ---- field parsers: (where, raw) -> value; `where` names the file and field for errors ----
+
+Parser = Callable[[str, Any], Any]
+_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+
+
+def _version(where: str, raw: Any) -> str:
+    try:
+        return str(Version.parse(str(raw)))
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _str_list(item: Parser) -> Parser:
+    def parse(where: str, raw: Any) -> tuple[Any, ...]:
+        if isinstance(raw, str):
+            raw = [p for p in re.split(r"[,\s]+", raw) if p]
+        if not isinstance(raw, list):
+            raise ConfigError(f"{where}: expected a list, got {raw!r}")
+        return tuple(item(f"{where}[{i}]", v) for i, v in enumerate(raw))
+
+    return parse
+
+
+def _package(where: str, raw: Any) -> str:
+    s = string(where, raw)
+    if not _PACKAGE.match(s):
+        raise ConfigError(f"{where}: {s!r} is not a Debian package name")
+    return s
+
+
+def _mirror(where: str, raw: Any) -> str | None:
+    if raw is None:
+        return None
+    s = string(where, raw)
+    if not re.match(r"^(https?|file)://", s):
+        raise ConfigError(f"{where}: {s!r} is not an http(s):// or file:// URL")
+    return s
+
+
+def _path_in(base: Path) -> Parser:
+    def parse(where: str, raw: Any) -> Path | None:
+        if raw is None:
+            return None
+        p = Path(string(where, raw))
+        p = p if p.is_absolute() else base / p
+        if not p.exists():
+            raise ConfigError(f"{where}: {p} does not exist")
+        return p
+
+    return parse
+
+
+def _partitions(where: str, raw: Any) -> Partitions:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of sizes in MiB")
+    limits = {
+        "esp": (64, 4096), "usr": (128, 65536), "usr_verity": (4, 4096), "oem": (16, 4096),
+        "root": (64, 1 << 20),
+    }  # fmt: skip
+    values = {}
+    for key, val in raw.items():
+        if key not in limits:
+            raise ConfigError(f"{where}.{key}: unknown partition (known: {', '.join(limits)})")
+        values[key] = int_range(*limits[key])(f"{where}.{key}", val)
+    return Partitions(**values)
+
+
+def _field_parser(key: str, base: Path = Path(".")) -> Parser:
+    table: dict[str, Parser] = {
+        "name": name,
+        "version": _version,
+        "channel": enum(Channel),
+        "suite": enum(Suite),
+        "mirror": _mirror,
+        "kernel": _package,
+        "packages": _str_list(_package),
+        "overlay": _path_in(base),
+        "kernel_cmdline": _str_list(string),
+        "partitions": _partitions,
+        "usr_filesystem": enum(UsrFilesystem),
+        "compression_level": int_range(1, 22),
+        "boot_tries": int_range(1, 9),
+        "formats": _str_list(enum(OutputFormat)),
+        "channel_root": _path_in(base),
+    }
+    return table[key]
+
+
+SETTINGS = tuple(f.name for f in fields(ImageConfig) if f.name != "source")
+assert set(CHANNELS) == {c.value for c in Channel}
+
+
+def parse_image_file(path: Path | None) -> ImageConfig:
+    """Parse an image file (None: the built-in reference image)."""
+    if path is None:
+        text = data_file("imagebuild.image.data", "reference.yaml").read_text()
+        return parse_image_text(text, "<reference image>", Path("."))
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the image file ({e.strerror})") from None
+    return parse_image_text(text, str(path), path.parent)
+
+
+def parse_image_text(text: str, source: str, base: Path) -> ImageConfig:
+    raw = yaml_mapping(text, source, "image file", empty_ok=True)
+    values: dict[str, Any] = {}
+    for key, val in raw.items():
+        if key not in SETTINGS:
+            raise ConfigError(f"{source}: {key}: unknown field (known: {', '.join(SETTINGS)})")
+        values[key] = _field_parser(key, base)(f"{source}: {key}", val)
+    if "formats" in values and not values["formats"]:
+        raise ConfigError(f"{source}: formats: name at least one output format")
+    return ImageConfig(source=source, **values)

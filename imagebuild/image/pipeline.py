@@ -1,0 +1,140 @@
+"""The build: a flat sequence of stages over one BuildContext.
+
+Everything is made in a private work folder inside the output directory and moved to its
+final name only when the whole build succeeded, so a failed build never leaves a
+half-written image under the output name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from imagebuild.core.errors import ConfigError
+from imagebuild.core.log import complete_step
+from imagebuild.core.platforms import OutputFormat
+from imagebuild.core.run import require
+from imagebuild.image import platforms
+from imagebuild.image.config import ImageConfig, UsrFilesystem
+from imagebuild.image.context import Artifacts, BuildContext, default_cache_dir
+from imagebuild.image.stages import configure, disk, release, rootfs, usr
+
+log = logging.getLogger(__name__)
+
+TOOLS = ("mmdebstrap", "tar", "zstd", "veritysetup", "mkfs.ext4", "mkfs.vfat", "mmd", "mcopy",
+         "sfdisk", "dd", "chroot")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    artifacts: Artifacts  # OutputFormat.RAW, ..., Artifact.RELEASE -> published path
+    roothash: str
+    build_id: str
+    seconds: float
+
+
+def new_build_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
+
+
+def preflight(config: ImageConfig, output_dir: Path) -> None:
+    """Cheap checks before any slow work: tools and a writable output directory."""
+    tools = list(TOOLS)
+    tools.append("mksquashfs" if config.usr_filesystem is UsrFilesystem.SQUASHFS else "mkfs.erofs")
+    if OutputFormat.QCOW2 in config.formats:
+        tools.append("qemu-img")
+    require(*tools)
+    if os.geteuid() != 0:
+        raise ConfigError("tidehost build must run as root (mmdebstrap --mode=root, chroot)")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".tidehost-probe-"):
+            pass
+    except OSError as e:
+        why = e.strerror
+        raise ConfigError(f"{output_dir}: output directory is not writable ({why})") from None
+
+
+def build(
+    config: ImageConfig,
+    output_dir: Path,
+    *,
+    cache_dir: Path | None = None,
+    keep_work: bool = False,
+) -> BuildResult:
+    output_dir = Path(output_dir).resolve()
+    preflight(config, output_dir)
+    start = time.monotonic()
+    work = Path(tempfile.mkdtemp(dir=output_dir, prefix=f".build-{config.artifact_stem}-"))
+    ctx = BuildContext(
+        config=config,
+        output_dir=output_dir,
+        cache_dir=cache_dir or default_cache_dir(),
+        work=work,
+        build_id=new_build_id(),
+    )
+    log.info("Building %s %s (%s, %s) as %s", config.name, config.version,
+             config.channel.value, config.suite.value, ctx.build_id)  # fmt: skip
+    try:
+        build_image(ctx)
+        with complete_step("Publishing outputs"):
+            published = publish(ctx)
+    finally:
+        if not keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+    seconds = time.monotonic() - start
+    for kind, path in published.items():
+        log.info("  %-8s %s", kind, path)
+    log.info("Built %s in %.0fs", config.artifact_stem, seconds)
+    return BuildResult(published, ctx.roothash, ctx.build_id, seconds)
+
+
+def build_image(ctx: BuildContext) -> None:
+    with complete_step("Root tree (mmdebstrap, cached)"):
+        rootfs.install_tree(ctx)
+    with complete_step("Configuring the tree"):
+        configure.configure_tree(ctx)
+        configure.install_updater(ctx)
+        configure.apply_overlay(ctx)
+        configure.take_kernel(ctx)
+    with complete_step("Moving /etc defaults into /usr, staging ROOT"):
+        configure.split_etc(ctx)
+    with complete_step(f"/usr image ({ctx.config.usr_filesystem.value})"):
+        usr.make_usr_image(ctx)
+    with complete_step("dm-verity hash tree"):
+        usr.make_verity(ctx)
+    with complete_step("Release manifest"):
+        release.write_manifest(ctx)
+    with complete_step("ESP with systemd-boot and slot A's entry"):
+        disk.make_esp(ctx)
+    with complete_step("ROOT and OEM filesystems (ext4)"):
+        disk.make_root_fs(ctx)
+        disk.make_oem_fs(ctx)
+    with complete_step("GPT disk"):
+        disk.assemble_disk(ctx)
+    with complete_step(f"Output formats ({', '.join(f.value for f in ctx.config.formats)})"):
+        disk.make_qcow2(ctx)
+        platforms.make_platforms(ctx)  # each from a copy of the raw disk, with its OEM
+        disk.drop_raw(ctx)
+    with complete_step("Release bundle"):
+        release.assemble_bundle(ctx)
+
+
+def publish(ctx: BuildContext) -> Artifacts:
+    """Move every artifact to its final name (same file system: atomic renames)."""
+    published: Artifacts = {}
+    for kind, path in ctx.artifacts.items():
+        dest = ctx.output_dir / path.name
+        if dest.is_dir() and not dest.is_symlink():
+            old = ctx.work / f"old-{dest.name}"
+            os.replace(dest, old)
+        os.replace(path, dest)
+        published[kind] = dest
+    return published

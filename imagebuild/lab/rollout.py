@@ -1,0 +1,180 @@
+"""Watch a VM cluster update itself: each node's agent, the reboot lock, a replicated service.
+
+What ``make demo`` shows and the cluster end-to-end test asserts: after a release is
+published, every node's agent stages it, takes the reboot lock in the cluster's own etcd,
+reboots into the other slot, passes its health gate and releases the lock; the probe of the
+replicated service (``probe.Prober``, inside the cluster's namespace) records how long it
+ever went unanswered. The arithmetic (gaps, reboot spans, the report) is pure and tested
+without VMs; ``watch`` does the I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from imagebuild.core.errors import VMError
+from imagebuild.core.wait import poll
+from imagebuild.lab.agent import AgentStatus, Phase, status
+from imagebuild.lab.cluster import ClusterState
+from imagebuild.lab.probe import Prober
+from imagebuild.lab.vm import VM
+
+# Done with a version: at rest on it, or already polling the channel again (confirming ->
+# idle -> checking can pass between two looks of the watcher).
+RESTING = frozenset({Phase.IDLE, Phase.ROLLED_BACK, Phase.CHECKING})
+
+
+# --- pure ---------------------------------------------------------------------------------
+
+
+def longest_gap(answers: Sequence[tuple[float, bool]], start: float, end: float) -> float:
+    """The longest span inside [start, end] with no answered probe (answers sorted by time)."""
+    last, gap = start, 0.0
+    for t, ok in answers:
+        if ok and start <= t <= end:
+            gap, last = max(gap, t - last), t
+    return max(gap, end - last)
+
+
+@dataclass
+class NodeProgress:
+    """One node's way to the new version, in watcher time (time.time())."""
+
+    name: str
+    went_down: float | None = None  # first seen rebooting (or unreachable once staged)
+    updated: float | None = None  # first seen idle on the new version
+    staged: bool = False
+    last: AgentStatus | None = None
+
+    def observe(self, t: float, st: AgentStatus | Mapping[str, Any] | None,
+                version: str) -> None:  # fmt: skip
+        if self.updated is not None:
+            return
+        if st is None:  # unreachable: rebooting, if it had something to reboot into
+            if self.staged and self.went_down is None:
+                self.went_down = t
+            return
+        self.last = st = AgentStatus.parse(st)
+        if st.target_version == version or st.phase is Phase.REBOOTING:
+            self.staged = True
+        if st.phase in (Phase.REBOOTING, Phase.CONFIRMING) and self.went_down is None:
+            self.went_down = t
+        if st.version == version and st.phase in RESTING:
+            self.updated = t
+
+    @property
+    def reboot_seconds(self) -> float | None:
+        if self.went_down is None or self.updated is None:
+            return None
+        return self.updated - self.went_down
+
+
+@dataclass
+class RolloutReport:
+    version: str
+    started: float
+    finished: float | None = None
+    nodes: dict[str, NodeProgress] = field(default_factory=dict)
+    most_holders: int = 0
+    holders_seen: set[str] = field(default_factory=set)
+    answers: list[tuple[float, bool]] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return all(n.updated is not None for n in self.nodes.values())
+
+    @property
+    def total_seconds(self) -> float:
+        return (self.finished or time.time()) - self.started
+
+    @property
+    def reboot_sum(self) -> float:
+        return sum(n.reboot_seconds or 0.0 for n in self.nodes.values())
+
+    @property
+    def longest_gap(self) -> float:
+        return longest_gap(self.answers, self.started, self.finished or time.time())
+
+    def overlapping_reboots(self) -> list[tuple[str, str]]:
+        """Pairs of nodes whose down-to-updated spans overlap (must be none with max=1)."""
+        spans = sorted((n.went_down, n.updated, n.name) for n in self.nodes.values()
+                       if n.went_down is not None and n.updated is not None)  # fmt: skip
+        return [(a[2], b[2]) for i, a in enumerate(spans) for b in spans[i + 1:] if b[0] < a[1]]
+
+    def summary(self) -> str:
+        lines = [f"rollout of {self.version}: {self.total_seconds:.0f} s in all; "
+                 f"sum of single-node reboots {self.reboot_sum:.0f} s"]  # fmt: skip
+        for n in self.nodes.values():
+            secs = n.reboot_seconds
+            lines.append(f"  {n.name}: rebooting to updated {secs:.0f} s" if secs is not None
+                         else f"  {n.name}: {'updated' if n.updated else 'not updated'}, "
+                              "its reboot not observed")  # fmt: skip
+        ok = sum(1 for _, a in self.answers if a)
+        lines.append(f"service: {ok}/{len(self.answers)} probes answered, longest gap "
+                     f"{self.longest_gap:.1f} s; most reboot-lock holders at once: "
+                     f"{self.most_holders}")  # fmt: skip
+        return "\n".join(lines)
+
+
+# --- I/O ----------------------------------------------------------------------------------
+
+
+def lock_holders(vms: Sequence[VM]) -> list[str] | None:
+    """The reboot lock's holders, read on the first node that answers (None: none did)."""
+    for vm in vms:
+        try:
+            out = vm.ssh("sudo tidehost-update lock status --json", check=False, timeout=30)
+            return list(json.loads(out).get("holders", []))
+        except (VMError, ValueError):  # rebooting, busy or half-up: ask the next node
+            continue
+    return None
+
+
+def watch(
+    cluster: ClusterState,
+    version: str,
+    timeout: float,
+    prober: Prober | None = None,
+    on_change: Callable[[str, AgentStatus], None] | None = None,
+    every: float = 3.0,
+) -> RolloutReport:
+    """Poll every node until all run ``version``; raise VMError on timeout or a dead QEMU."""
+    report = RolloutReport(version=version, started=time.time())
+    vms = [cluster.vm(n.name) for n in cluster.nodes]
+    report.nodes = {vm.hostname: NodeProgress(vm.hostname) for vm in vms}
+    seen: dict[str, tuple[Any, ...]] = {}
+
+    def look() -> bool:
+        """One round over the nodes and the lock; True once every node runs ``version``."""
+        for vm in vms:
+            st = status(vm)
+            report.nodes[vm.hostname].observe(time.time(), st, version)
+            if st is not None and st.step[:3] != seen.get(vm.hostname) and on_change:
+                on_change(vm.hostname, st)
+            if st is not None:
+                seen[vm.hostname] = st.step[:3]
+
+        def resting_first(v: VM) -> bool:
+            last = report.nodes[v.hostname].last
+            return last is None or last.phase is not Phase.IDLE
+
+        holders = lock_holders(sorted(vms, key=resting_first))
+        if holders is not None:
+            report.most_holders = max(report.most_holders, len(holders))
+            report.holders_seen.update(holders)
+        if prober:
+            report.answers = prober.snapshot()
+        return report.done
+
+    if not poll(look, timeout, every=every):
+        left = [n for n, p in report.nodes.items() if p.updated is None]
+        raise VMError(f"rollout of {version}: {', '.join(left)} not updated within "
+                      f"{timeout:.0f}s\n{report.summary()}")  # fmt: skip
+    report.finished = time.time()
+    if prober:
+        report.answers = prober.snapshot()
+    return report
