@@ -41,9 +41,10 @@ import requests  # noqa: E402
 
 from channels import fleet  # noqa: E402
 from channels.client import ChannelClient  # noqa: E402
+from channels.create import create  # noqa: E402
 from channels.etcd import EtcdGateway  # noqa: E402
 from channels.releases import ChannelRepository  # noqa: E402
-from channels.repository import create, open_repository  # noqa: E402
+from channels.repository import open_repository  # noqa: E402
 from channels.rollout import RolloutPlan, host_position, parse_waves  # noqa: E402
 from channels.serve import ChannelServer  # noqa: E402
 from imagebuild.fleet import source, table  # noqa: E402

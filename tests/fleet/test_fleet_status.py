@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from channels.create import create
 from channels.etcd import EtcdGateway
 from channels.releases import ChannelRepository
-from channels.repository import create, open_repository
+from channels.repository import open_repository
 from imagebuild.cli import main
 from tests.channels.conftest import write_bundle
 from updater.lock.etcd import EtcdLockClient
