@@ -6,9 +6,11 @@ first build on a machine bootstraps Debian; every later build is warm.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,19 @@ from imagebuild.image.pipeline import BuildResult, build
 from imagebuild.lab.etcd import LocalEtcd
 
 TEST_VERSION = "1.0.0"
+
+
+def _load_by_path(name: str) -> None:
+    """Make ``tests/<name>.py`` importable as ``<name>`` without putting tests/ on sys.path
+    (its folders channels/ and updater/ would shadow the real packages)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+
+
+_load_by_path("hostile_mirror")
 
 
 @pytest.fixture(scope="session")

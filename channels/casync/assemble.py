@@ -110,15 +110,21 @@ class _Run:
             for cid in todo:
                 self._keep(cid, self._call(cid))
             return
+        error: BaseException | None = None
         with ThreadPoolExecutor(max_workers=workers) as pool:
             futures = {pool.submit(self._call, cid): cid for cid in todo}
-            try:
-                for fut in as_completed(futures):
-                    self._keep(futures[fut], fut.result())
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+            for fut in as_completed(futures):
+                try:
+                    raw = fut.result()
+                except BaseException as e:  # noqa: BLE001 - re-raised below, once
+                    if error is None:  # stop what has not started; keep what still arrives
+                        error = e
+                        for f in futures:
+                            f.cancel()
+                    continue
+                self._keep(futures[fut], raw)
+        if error is not None:
+            raise error
 
     # --- reading a step's bytes ------------------------------------------------------------
 

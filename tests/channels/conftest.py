@@ -5,16 +5,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: hostile_mirror
-from hostile_mirror import HostileMirror  # noqa: E402
+from hostile_mirror import HostileMirror  # loaded by tests/conftest.py
 
 from channels import verity
 from channels.bundle import FILES, FileInfo, Manifest
