@@ -10,11 +10,12 @@ key                                         access    who
 ==========================================  ========  =====================================
 ``/tidehost/nodes/NAME``                    rw        its registry (node-publish)
 ``/tidehost/nodes/``                        r prefix  every node
+``tidehost/rebootlock/groups/G/``           r prefix  every node (holders, queue, semaphore)
 ``tidehost/rebootlock/groups/G/semaphore``  rw        the lock's semaphore (compare-and-swap)
-``tidehost/rebootlock/groups/G/holders/``   r prefix  every node (dead holders are checked)
-``…/holders/NAME``                          rw        its own liveness key
+``…/holders/NAME``, ``…/waiters/NAME``      rw        its own liveness and queue keys
 ``tidehost/fleet/hosts/NAME``               rw        its fleet report
-``tidehost/fleet/hosts/``                   r prefix  every node (rollouts halt on reports)
+``tidehost/fleet/hosts/``                   r prefix  every node
+``tidehost/fleet/rollbacks/G/``             rw prefix the group's rollback marks (the halt rule)
 ``/tidehost/swarm/``                        rw prefix managers (tokens, managers/, members/)
 ``/tidehost/swarm/worker-token``,           r         workers: never the manager token
 ``manager-addr``, ``managers/`` (prefix)
@@ -30,7 +31,9 @@ authentication on, once, when the cluster forms (``forms_etcd``).
 
 etcd's permissions cannot tell a put from a delete: a node that may compare-and-swap the
 semaphore can also delete that one key; it cannot delete a range of the lock's keys nor
-another node's liveness key.
+another node's liveness key. The rollback marks are ``G/<version>/<id>`` (``channels.fleet``):
+no prefix is one node's, so a node may write or remove any mark of its group (it can halt or
+un-halt a version there, nothing more). Keys come from ``channels.fleet``, the agent's.
 """
 
 from __future__ import annotations
@@ -39,11 +42,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import quote
 
+from channels import fleet
 from imagebuild.cloudconfig.model import (
-    FLEET_PREFIX,
     KUBEADM_PREFIX,
     KUBERNETES_PREFIX,
-    LOCK_GROUPS_PREFIX,
     NODES_PREFIX,
     SWARM_PREFIX,
     Cluster,
@@ -75,20 +77,22 @@ class NodeUser:
     grants: tuple[Grant, ...]
 
 
-def lock_keys(group: str, holder: str) -> tuple[str, str, str]:
-    """The reboot lock's semaphore, holders prefix and ``holder``'s liveness key for ``group``
-    (``updater.lock.etcd``: ids URL-escaped)."""
-    base = f"{LOCK_GROUPS_PREFIX}{quote(group, safe='')}"
-    return f"{base}/semaphore", f"{base}/holders/", f"{base}/holders/{quote(holder, safe='')}"
+def lock_keys(group: str, holder: str) -> tuple[str, str, str, str]:
+    """The reboot lock's keys of ``group``: its prefix, the semaphore, and ``holder``'s
+    liveness and queue keys (``updater.lock``: ids URL-escaped)."""
+    base = f"{fleet.LOCK_GROUPS}{quote(group, safe='')}/"
+    mine = quote(holder, safe="")
+    return base, f"{base}semaphore", f"{base}holders/{mine}", f"{base}waiters/{mine}"
 
 
 def node_user(cluster: Cluster, node: Node) -> NodeUser:
     rw, r = Perm.READWRITE, Perm.READ
-    semaphore, holders, mine = lock_keys(cluster.updater.group, node.name)
+    group, semaphore, holder, waiter = lock_keys(cluster.updater.group, node.name)
     grants = [
         Grant(rw, f"{NODES_PREFIX}{node.name}"), Grant(r, NODES_PREFIX, prefix=True),
-        Grant(rw, semaphore), Grant(r, holders, prefix=True), Grant(rw, mine),
-        Grant(rw, f"{FLEET_PREFIX}{node.name}"), Grant(r, FLEET_PREFIX, prefix=True),
+        Grant(r, group, prefix=True), Grant(rw, semaphore), Grant(rw, holder), Grant(rw, waiter),
+        Grant(rw, fleet.host_key(node.name)), Grant(r, fleet.HOSTS, prefix=True),
+        Grant(rw, fleet.rollbacks_prefix(cluster.updater.group), prefix=True),
     ]  # fmt: skip
     kind = cluster.scheduler.kind
     if node.has(Role.MANAGER) and kind is SchedulerKind.SWARM:

@@ -22,9 +22,9 @@ import pytest
 import yaml
 from cloudconfig_helpers import EXAMPLE, host_env, materialise, write_cluster
 
+from channels import fleet
 from imagebuild.cloudconfig import Provider, generate_certs, parse_cluster_file, render_user_data
 from imagebuild.cloudconfig.auth import lock_keys
-from imagebuild.cloudconfig.model import LOCK_GROUPS_PREFIX
 from imagebuild.core.run import run
 from imagebuild.lab.net import free_port
 from updater.errors import LockError
@@ -49,10 +49,13 @@ esac
 
 
 def test_lock_keys_are_the_agents() -> None:
-    assert LOCK_GROUPS_PREFIX == f"{ROOT}/groups/"
+    assert fleet.LOCK_GROUPS == f"{ROOT}/groups/"
     gw = EtcdGateway(["http://127.0.0.1:1"])
     c = EtcdLockClient(gw, "web")
-    assert lock_keys("web", "node1") == (c.key, c.holder_prefix, c.holder_key("node1"))
+    base, semaphore, holder, waiter = lock_keys("web", "node1")
+    assert (semaphore, holder) == (c.key, c.holder_key("node1"))
+    assert holder.startswith(c.holder_prefix) and c.holder_prefix.startswith(base)
+    assert waiter == c.waiter_key("node1")
 
 
 def _etcdctl(env: dict[str, str], *args: str, stdin: str | None = None) -> tuple[int, str]:
