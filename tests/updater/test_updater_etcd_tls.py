@@ -175,7 +175,7 @@ def test_token_auth_and_renewal(pki: Path, tmp_path: Path, caplog: pytest.LogCap
         c = EtcdLockClient(gw, "tls")
         assert c.acquire("node1") and c.status().holders == ("node1",)
         first = gw._token
-        caplog.set_level(logging.INFO, logger="updater.lock.gateway")
+        caplog.set_level(logging.INFO, logger="channels.etcd")
         time.sleep(3)  # --auth-token-ttl 1: the token expired
         assert c.status().holders == ("node1",)
         assert gw._token and gw._token != first
@@ -198,6 +198,19 @@ def test_token_auth_and_renewal(pki: Path, tmp_path: Path, caplog: pytest.LogCap
         assert main(["--config", str(cfg), "--defaults", "/nonexistent", "lock", "status",
                      "--json"]) == 0
         assert '"holders": ["node1"]' in capsys.readouterr().out
+        # the operator's fleet view on the same auth-on etcd: as root, with a CN-less cert
+        from imagebuild.cli import main as tidehost
+
+        (tmp_path / "root.password").write_text("rootpw\n")
+        fleet = ["fleet", "status", "--etcd", url, "--cacert", str(pki / "ca.crt"),
+                 "--cert", str(pki / "agent.crt"), "--key", str(pki / "agent.key"), "--json"]
+        assert tidehost([*fleet, "--user", "root",
+                         "--password-file", str(tmp_path / "root.password")]) == 0
+        import json
+
+        assert json.loads(capsys.readouterr().out)["groups"]["tls"]["lock_holders"] == ["node1"]
+        assert tidehost([*fleet, "--user", "root"]) == 2
+        assert "--user and --password-file go together" in capsys.readouterr().err
         cfg.write_text(cfg.read_text().replace("  password_file", "  x_password_file"))
         assert main(["--config", str(cfg), "--defaults", "/nonexistent", "lock", "status"]) != 0
         assert "etcd.x_password_file" in capsys.readouterr().err
