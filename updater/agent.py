@@ -282,4 +282,5 @@ class Agent(Staging, Rebooting):
             "last_result": s.last_result, "lock_held": s.lock_held,
             "bad_versions": list(s.bad_versions), "reboots": s.reboots,
             "bad_releases": list(s.bad_releases),
+            "fetched_bytes": s.fetched_bytes, "reused_bytes": s.reused_bytes,
         }

@@ -95,6 +95,8 @@ class State:
     bad_versions: tuple[str, ...] = ()
     bad_releases: tuple[str, ...] = ()  # ``version@sha256`` of bytes that failed verification
     reboots: int = 0
+    fetched_bytes: int = 0  # the last download: bytes fetched over the network
+    reused_bytes: int = 0  # ... and bytes taken from what the host had (delta updates)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

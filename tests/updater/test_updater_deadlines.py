@@ -29,7 +29,7 @@ def test_a_hanging_download_is_ended_and_backed_off(rig: Rig, bundles, tmp_path:
     rig.channel.publish(bundles["2.0.0"])
     pids = tmp_path / "pids"
 
-    def trickle(offer: object, dest: Path, progress: object = None) -> Path:
+    def trickle(offer: object, dest: Path, progress: object = None, **kw: object) -> Path:
         pids.write_text(f"{os.getpid()}\n")
         run(["sleep", "300"], timeout=None)  # a mirror that never finishes, and a command
         raise AssertionError("not reached")
