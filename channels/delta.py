@@ -53,6 +53,9 @@ from channels.layout import STORE, atomic_write
 log = logging.getLogger(__name__)
 DEFAULT_WORKERS = 4
 CACHE_DIR = "chunks"
+FULL_ABOVE = 0.9
+"""A file whose seeds give less than a tenth of it comes whole: one resumable GET instead
+of thousands of chunk GETs for the same bytes."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,10 @@ class _Seeds:
         return out
 
 
+class _Whole(Exception):
+    """Not a failure: the full file is the better download."""
+
+
 class _Run:
     def __init__(self, client: ChannelClient, offer: Offer, seeds: Sequence[SeedSource],
                  workers: int) -> None:
@@ -155,6 +162,8 @@ class _Run:
         seeds = self.seeds.indexed(index.params)
         plan = plan_assembly(index, seeds, set(self.cache.ids()), name=itf.path,
                              expected_size=tf.length)
+        if plan.total_bytes and plan.fetch_fraction > FULL_ABOVE:
+            raise _Whole(f"the seeds hold {100 * (1 - plan.fetch_fraction):.0f}% of it")
         fetcher = ChunkFetcher(f"{self.client.base_url}{STORE}/",
                                {c.id: c.size for c in index.chunks},
                                timeout=self.client.timeout, min_rate=self.client.min_rate)
@@ -229,6 +238,8 @@ def download(client: ChannelClient, offer: Offer, dest_dir: Path,
                 verified[f.name], reports[f.name] = run.delta(f, tf)
             elif f.name == "usr.verity" and offer.verity is not None and "usr.img" in verified:
                 verified[f.name], reports[f.name] = run.rebuild(f, tf, verified["usr.img"])
+        except _Whole as e:
+            reason = str(e)
         except (ChannelError, OSError, ValueError) as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             log.warning("%s: delta path failed (%s); downloading the full file", f.target,

@@ -38,6 +38,7 @@ from channels.errors import NotARepositoryError
 CONFIG_NAME = "tidehost-channels.json"
 CONFIG_KIND = "tidehost-channel-repository"
 CONFIG_FORMAT = 1
+MIRROR_CONFIG = "tidehost-mirror.json"  # marks a mirror (channels.mirror), served like a repo
 STORE = "chunks.castr"
 """The chunk store's directory under ``published/``, and its URL below a repository's base."""
 
