@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import random
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from hostile_mirror import HostileMirror  # loaded by tests/conftest.py
+from delta_releases import release_pair  # loaded by tests/conftest.py
+from hostile_mirror import HostileMirror
 
 from channels import verity
 from channels.bundle import FILES, FileInfo, Manifest
@@ -51,40 +51,10 @@ def write_bundle(parent: Path, version: str, *, size: int = 4096, channel: str =
     return bundle
 
 
-def write_release(parent: Path, version: str, usr: bytes, kernel: bytes, initrd: bytes) -> Path:
-    """A bundle of the given payloads (usr.img padded to whole blocks), with a real verity
-    tree made with a fixed salt and uuid, so it can be rebuilt from usr.img."""
-    bundle = parent / f"tidehost-{version}.release"
-    bundle.mkdir(parents=True)
-    usr += bytes(-len(usr) % verity.BLOCK)
-    tree = verity.TreeBuilder(b"tidehost-salt", uuid=bytes(range(16)))
-    tree.update(usr)
-    hashes, roothash = tree.finish()
-    data = {"usr.img": usr, "usr.verity": hashes, "vmlinuz": kernel, "initrd": initrd}
-    files = {}
-    for fname in FILES:
-        (bundle / fname).write_bytes(data[fname])
-        files[fname] = FileInfo(len(data[fname]), hashlib.sha256(data[fname]).hexdigest())
-    m = Manifest(name="tidehost", version=version, channel="alpha", build_id=f"t-{version}",
-                 arch="x86-64", suite="trixie", usr_filesystem="erofs", roothash=roothash,
-                 kernel_cmdline="", boot_tries=3, files=files)
-    (bundle / "manifest.json").write_text(m.to_json())
-    return bundle
-
-
 @pytest.fixture
 def delta_pair(tmp_path: Path, fast_chunker: None) -> tuple[Path, Path]:
-    """1.0.0 and 1.1.0: a 6 MiB usr.img with two small edits, the same kernel, an initrd
-    with a byte inserted. Random bytes (a chunker finds boundaries in them)."""
-    rng = random.Random(5)
-    usr = bytearray(rng.randbytes(6 << 20))
-    kernel, initrd = rng.randbytes(300_000), rng.randbytes(600_000)
-    v1 = write_release(tmp_path / "bundles", "1.0.0", bytes(usr), kernel, initrd)
-    usr[1_000_000:1_000_008] = b"v=1.1.0\n"
-    usr[4_500_000:4_500_004] = b"edit"
-    v2 = write_release(tmp_path / "bundles", "1.1.0", bytes(usr), kernel,
-                       initrd[:70_000] + b"+" + initrd[70_000:])
-    return v1, v2
+    """1.0.0 and 1.1.0 that differ a little (tests/delta_releases.py)."""
+    return release_pair(tmp_path / "bundles")
 
 
 @pytest.fixture(scope="session")
