@@ -283,4 +283,5 @@ class Agent(Staging, Rebooting):
             "bad_versions": list(s.bad_versions), "reboots": s.reboots,
             "bad_releases": list(s.bad_releases),
             "fetched_bytes": s.fetched_bytes, "reused_bytes": s.reused_bytes,
+            "last_download": list(s.last_download),
         }

@@ -108,8 +108,10 @@ class Staging:
             report = getattr(self.channel, "last_report", None)
             fetched = report.fetched_bytes if report is not None else \
                 sum(i.size for i in offer.manifest.files.values())
-            s = self.save(s.to(Phase.VERIFYING, self.clock(), fetched_bytes=fetched,
-                               reused_bytes=report.reused_bytes if report is not None else 0))
+            s = self.save(s.to(
+                Phase.VERIFYING, self.clock(), fetched_bytes=fetched,
+                reused_bytes=report.reused_bytes if report is not None else 0,
+                last_download=tuple(f.line() for f in report.files) if report else ()))
             manifest = load_bundle(bundle, verify=True)
             if (manifest.version, manifest.roothash) != (offer.version, offer.manifest.roothash):
                 raise BadRelease(f"{bundle}: bundle is {manifest.version}, "

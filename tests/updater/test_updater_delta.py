@@ -103,6 +103,9 @@ def test_the_agent_stages_by_delta_and_reports_the_figures(
     assert 0 < s.fetched_bytes < full / 20 and s.reused_bytes > full * 0.9
     st = a.status()
     assert (st["fetched_bytes"], st["reused_bytes"]) == (s.fetched_bytes, s.reused_bytes)
+    assert [ln.split(",")[0] for ln in st["last_download"]] == [
+        "manifest.json: full download", "usr.img: delta", "usr.verity: rebuilt from usr.img",
+        "vmlinuz: delta", "initrd: delta"]
     b = layout.devices[Slot.B]
     img, tree = (v2 / "usr.img").read_bytes(), (v2 / "usr.verity").read_bytes()
     assert b.usr.read_bytes()[:len(img)] == img and b.verity.read_bytes()[:len(tree)] == tree
