@@ -32,6 +32,7 @@ from channels.create import create
 from channels.releases import ChannelRepository
 from channels.repository import open_repository
 from updater.agent import Agent, Layout
+from updater.channel import HostChannel
 from updater.config import AgentConfig, Strategy
 from updater.slots import SlotDevices
 from updater.state import Phase, StateStore
@@ -101,7 +102,8 @@ def tamper_timestamp(s: Scene) -> None:
 
 
 def truncate_target(s: Scene) -> None:
-    s.mirror.attack(s.target("stable/*.tidehost-2.0.0.usr.verity"), Truncate(1000))
+    # usr.img, not usr.verity: a seeded download rebuilds usr.verity instead of fetching it
+    s.mirror.attack(s.target("stable/*.tidehost-2.0.0.usr.img"), Truncate(1000))
 
 
 def endless_timestamp(s: Scene) -> None:
@@ -179,7 +181,7 @@ CHECK, STAGE = r"^check failed: ", r"^staging 2\.0\.0 failed: "
 ATTACKS = [
     ("tamper target", tamper_target, STAGE, r"usr\.img .*differs from what role stable signed"),
     ("tamper timestamp", tamper_timestamp, CHECK, r"timestamp\.json"),
-    ("truncate target", truncate_target, STAGE, r"usr\.verity .*\(truncated\)"),
+    ("truncate target", truncate_target, STAGE, r"usr\.img .*\(truncated\)"),
     ("endless timestamp", endless_timestamp, CHECK, r"timestamp\.json: .*exceeding the maximum"),
     ("endless target", endless_target, STAGE, r"initrd .*\(endless data\)"),
     ("lie about length", lie_target, STAGE, r"usr\.img .*server announces 1099511627776 bytes"),
@@ -224,7 +226,7 @@ def test_agent_survives(name: str, attack: Callable[[Scene], None], step: str, l
                            scene.md / "1.root.json", timeout=TIMEOUT)
     client.refresh()  # the host polled the honest mirror before it turned
     now = [1_800_000_000.0]
-    a = Agent(cfg, host, fake_lock, client, layout=Layout(esp, devices),
+    a = Agent(cfg, host, fake_lock, HostChannel(client), layout=Layout(esp, devices),
               clock=lambda: now[0], rand=lambda: 0.5)
     a.startup()
     attack(scene)
@@ -277,7 +279,7 @@ def test_agent_stages_through_the_honest_mirror(scene: Scene, bundles: dict[str,
         written.append((load_bundle(bundle, verify=True).version, target))
 
     devices = {s: SlotDevices(tmp_path / "usr", tmp_path / "verity") for s in Slot}
-    a = Agent(cfg, host, fake_lock, client, layout=Layout(esp, devices), write_slot=write_slot)
+    a = Agent(cfg, host, fake_lock, HostChannel(client), layout=Layout(esp, devices), write_slot=write_slot)
     a.startup()
     a.step()
     assert written == [("2.0.0", Slot.B)]
