@@ -44,6 +44,7 @@ REQUIRED_PACKAGES = (
     "e2fsprogs", "fdisk", "cryptsetup-bin", "iproute2", "ca-certificates", "sudo",
     "libnss-myhostname",
     "python3", "python3-requests", "python3-yaml", "python3-cryptography", "python3-tuf",
+    "python3-zstandard",
 )  # fmt: skip
 
 
