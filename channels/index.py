@@ -7,12 +7,19 @@ It lists the channel's releases, oldest first::
        "manifest": {...the bundle's manifest...},
        "files": {"manifest.json": "stable/tidehost-1.2.0.manifest.json",
                  "usr.img": "stable/tidehost-1.2.0.usr.img", ...},
+       "indexes": {"usr.img": "stable/tidehost-1.2.0.usr.img.caibx", ...},
+       "verity": {"salt": "<hex>", "uuid": "<hex>", "algorithm": "sha256", "block": 4096},
        "rollout": {"start": "...", "waves": [[1, 0], [100, 259200]],
                    "paused_at": null, "paused_seconds": 0},
        "min_version": "1.1.0", "pulled": false}]}
 
 ``files`` maps each bundle file to a TUF target path *inside this channel* (``<channel>/``):
-length and hashes come from the signed targets metadata, never from the index. Pure, no I/O.
+length and hashes come from the signed targets metadata, never from the index. ``indexes``
+(optional) maps the chunked files (usr.img, vmlinuz, initrd) to their casync ``.caibx``
+index, a target of the same role; the chunks are in the repository's one store
+(``channels.layout.STORE``). ``verity`` (optional) is what a host needs to rebuild usr.verity
+from usr.img instead of fetching it: the tree's superblock parameters. A client that predates
+them ignores both keys. Pure, no I/O.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from channels.version import Version
 FORMAT = 1
 INDEX_NAME = "index.json"
 BUNDLE_FILES = (MANIFEST, *FILES)
+CHUNKED_FILES = ("usr.img", "vmlinuz", "initrd")  # cut into chunks at publish
+INDEX_SUFFIX = ".caibx"
 
 
 def check_channel(channel: str) -> str:
@@ -49,6 +58,33 @@ def target_path(channel: str, manifest: Manifest, fname: str) -> str:
 
 
 @dataclass(frozen=True)
+class TreeParams:
+    """What rebuilds a release's dm-verity tree from its usr.img, byte for byte: the
+    superblock's salt, uuid, hash algorithm and block size (data and hash blocks alike)."""
+
+    salt: bytes
+    uuid: bytes
+    algorithm: str = "sha256"
+    block: int = 4096
+
+    def __post_init__(self) -> None:
+        if len(self.salt) > 256 or len(self.uuid) != 16:
+            raise ValueError("verity: salt longer than 256 bytes or uuid not 16 bytes")
+        if self.algorithm not in ("sha256", "sha512", "sha1") or not isinstance(self.block, int) \
+                or isinstance(self.block, bool) or self.block not in (512 << i for i in range(11)):
+            raise ValueError(f"verity: algorithm {self.algorithm!r} / block {self.block!r} unknown")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"salt": self.salt.hex(), "uuid": self.uuid.hex(), "algorithm": self.algorithm,
+                "block": self.block}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TreeParams:
+        return cls(bytes.fromhex(str(d["salt"])), bytes.fromhex(str(d["uuid"])),
+                   str(d["algorithm"]), d["block"])
+
+
+@dataclass(frozen=True)
 class Release:
     version: str
     manifest: Manifest
@@ -57,6 +93,8 @@ class Release:
     published: datetime
     min_version: str | None = None
     pulled: bool = False
+    indexes: Mapping[str, str] = field(default_factory=dict)  # chunked file -> .caibx target
+    verity: TreeParams | None = None
 
     def __post_init__(self) -> None:
         Version.parse(self.version)
@@ -66,13 +104,15 @@ class Release:
             raise ValueError(f"manifest version {self.manifest.version} is not {self.version}")
         if set(self.files) != set(BUNDLE_FILES):
             raise ValueError(f"files must list exactly {', '.join(BUNDLE_FILES)}")
+        if set(self.indexes) - set(CHUNKED_FILES):
+            raise ValueError(f"indexes may list only {', '.join(CHUNKED_FILES)}")
 
     @property
     def parsed_version(self) -> Version:
         return Version.parse(self.version)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "version": self.version,
             "published": iso_time(self.published),
             "manifest": self.manifest.to_dict(),
@@ -81,6 +121,11 @@ class Release:
             "min_version": self.min_version,
             "pulled": self.pulled,
         }
+        if self.indexes:
+            d["indexes"] = dict(sorted(self.indexes.items()))
+        if self.verity is not None:
+            d["verity"] = self.verity.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Release:
@@ -92,6 +137,8 @@ class Release:
             published=parse_time(d["published"]),
             min_version=d.get("min_version"),
             pulled=_flag(d.get("pulled", False), "pulled"),
+            indexes={str(k): str(v) for k, v in dict(d.get("indexes") or {}).items()},
+            verity=TreeParams.from_dict(d["verity"]) if d.get("verity") is not None else None,
         )
 
 
@@ -113,7 +160,7 @@ class ChannelIndex:
             if r.version in seen:
                 raise ChannelIndexError(f"{self.where}: release {r.version} is listed twice")
             seen.add(r.version)
-            for fname, path in r.files.items():
+            for fname, path in (*r.files.items(), *r.indexes.items()):
                 if not path.startswith(f"{self.channel}/") or path.count("/") != 1:
                     raise ChannelIndexError(
                         f"{self.where}: release {r.version} file {fname} is target {path!r}, "

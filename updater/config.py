@@ -17,6 +17,8 @@ Example /etc/tidehost/update.yaml (cloud-config writes one like it)::
     etcd:
       endpoints: [https://10.0.0.1:2379, https://10.0.0.2:2379]
       ca: /etc/tidehost/etcd-ca.pem
+      user: node1                  # with etcd's auth on: a token from this user's password
+      password_file: /etc/tidehost/etcd/password
       lease: 15m
     window: {days: [sat, sun], start: "02:00", length: 3h, tz: Europe/Berlin}
     health:
@@ -24,6 +26,9 @@ Example /etc/tidehost/update.yaml (cloud-config writes one like it)::
       commands: ["/usr/bin/docker info"]
       deadline: 5m
     deadline: {download: 2h, write: 1h}   # per step kind; see ``Deadlines``
+    halt_after: 2                  # a version 2 hosts of the group rolled back halts (0: off)
+    drain: {swarm: true, timeout: 5m, on_timeout: reboot,
+            pre_reboot: [], post_health: []}
 
 ``strategy: off`` may be written unquoted (YAML reads it as false).  ``window.days`` takes
 systemd's calendar weekdays: ``mon``/``monday``, ranges ``mon-fri`` or ``mon..fri``, lists
@@ -54,6 +59,13 @@ CONFIG_FILE = Path("/etc/tidehost/update.yaml")
 LEASE = fv.bounded(fv.duration, 5, 7 * fv.DAY, fv.human)  # etcd.lease and lock --lease
 DEADLINE = fv.bounded(fv.duration, fv.MINUTE, 2 * fv.DAY, fv.human)
 WINDOW_LENGTH = fv.bounded(fv.duration, fv.MINUTE, 7 * fv.DAY, fv.human)
+
+
+class OnTimeout(StrEnum):
+    """What a drain that passed ``drain.timeout`` leads to."""
+
+    REBOOT = "reboot"  # log it and reboot anyway
+    WAIT = "wait"  # keep the lock and try the drain again
 
 
 class Strategy(StrEnum):
@@ -102,6 +114,27 @@ class Deadlines:
     confirm: int = 1800
 
 
+@dataclass(frozen=True)
+class Drain:
+    """Moving work off the node once it holds the lock, and back after the health gate.
+
+    swarm: ``docker node update --availability drain`` this node and wait until its tasks
+    run elsewhere (a manager's own command; a worker logs that it cannot); pre_reboot:
+    commands run then (``kubectl drain``, a load balancer); post_health: commands run after
+    the health gate, before the lock is released (``kubectl uncordon``).
+    """
+
+    swarm: bool = False
+    timeout: int = 300
+    on_timeout: OnTimeout = OnTimeout.REBOOT
+    pre_reboot: tuple[tuple[str, ...], ...] = ()
+    post_health: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def wanted(self) -> bool:
+        return self.swarm or bool(self.pre_reboot or self.post_health)
+
+
 DEADLINES = MappingProxyType({k.name: k.default for k in fields(Deadlines)})
 
 
@@ -120,6 +153,8 @@ class AgentConfig:
     etcd_ca: Path | None = None
     etcd_cert: Path | None = None
     etcd_key: Path | None = None
+    etcd_user: str = ""  # etcd's authentication: this host's user (cloud-config: the node)
+    etcd_password_file: Path | None = None
     etcd_discovery_srv: str = ""
     lease: int = 900
     fleetlock_url: str = ""
@@ -132,6 +167,8 @@ class AgentConfig:
     metrics_file: Path | None = Path("/var/lib/prometheus/node-exporter/tidehost.prom")
     esp: Path = Path("/efi")
     deadlines: Deadlines = Deadlines()
+    halt_after: int = 2  # hosts of the group that rolled a version back before it halts
+    drain: Drain = Drain()
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -148,6 +185,19 @@ def _strategy(v: Any) -> Strategy:
         raise ValueError(f"{v!r} is not one of {', '.join(s.value for s in Strategy)}") from None
 
 
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"{v!r} is not true or false")
+    return v
+
+
+def _on_timeout(v: Any) -> OnTimeout:
+    try:
+        return OnTimeout(fv.text(v))
+    except ValueError:
+        raise ValueError(f"{v!r} is not one of reboot, wait") from None
+
+
 def _channel(v: Any) -> str:
     s = fv.text(v)
     if s not in CHANNELS:
@@ -158,7 +208,7 @@ def _channel(v: Any) -> str:
 @dataclass(frozen=True)
 class Setting:
     key: str  # dotted YAML path
-    dest: str  # AgentConfig field, or "window.*"/"deadlines.*" for their parts
+    dest: str  # AgentConfig field, or "window.*"/"deadlines.*"/"drain.*" for their parts
     parse: Callable[[Any], Any]
     help: str
 
@@ -179,6 +229,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("etcd.cacert", "etcd_ca", fv.path_or_none, "the same as etcd.ca"),
     Setting("etcd.cert", "etcd_cert", fv.path_or_none, "client certificate for etcd"),
     Setting("etcd.key", "etcd_key", fv.path_or_none, "client key for etcd"),
+    Setting("etcd.user", "etcd_user", fv.text, "etcd user (with auth on; its certificate: no CN)"),
+    Setting("etcd.password_file", "etcd_password_file", fv.path_or_none,
+            "file holding the etcd user's password (0600)"),
     Setting("etcd.discovery_srv", "etcd_discovery_srv", fv.text,
             "DNS SRV domain of the cluster (informational: the endpoints are used)"),
     Setting("etcd.lease", "lease", LEASE, "lifetime of a holder's liveness key"),
@@ -195,6 +248,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("state_dir", "state_dir", fv.path, "where the agent keeps its state"),
     Setting("metrics_file", "metrics_file", fv.path_or_none, "Prometheus textfile ('' = off)"),
     Setting("esp", "esp", fv.path, "mount point of the ESP"),
+    Setting("halt_after", "halt_after", fv.bounded(fv.count, 0, fv.MAX_SLOTS),
+            "hosts of the group that rolled a version back before the rest stop taking it "
+            "(0: never)"),
+    Setting("drain.swarm", "drain.swarm", _bool, "drain this swarm node before rebooting"),
+    Setting("drain.timeout", "drain.timeout", fv.bounded(fv.duration, 1, 2 * fv.DAY, fv.human),
+            "how long the drain may take"),
+    Setting("drain.on_timeout", "drain.on_timeout", _on_timeout,
+            "reboot (log it and go on) or wait (keep the lock, drain again)"),
+    Setting("drain.pre_reboot", "drain.pre_reboot", fv.commands,
+            "commands run once the lock is held, before the reboot"),
+    Setting("drain.post_health", "drain.post_health", fv.commands,
+            "commands run after the health gate, before the lock is released"),
     *(Setting(f"deadline.{k}", f"deadlines.{k}", DEADLINE,
               f"longest {k} step before the daemon stops it (default {fv.human(v)})")
       for k, v in DEADLINES.items()),
@@ -250,6 +315,7 @@ def parse(values: Mapping[str, tuple[Any, str]], sources: tuple[str, ...] = ()) 
     kwargs: dict[str, Any] = {}
     win: dict[str, Any] = {}
     deadlines: dict[str, int] = {}
+    drain: dict[str, Any] = {}
     for key, (raw, source) in values.items():
         s = _BY_KEY[key]
         try:
@@ -260,10 +326,14 @@ def parse(values: Mapping[str, tuple[Any, str]], sources: tuple[str, ...] = ()) 
             win[s.dest.split(".", 1)[1]] = val
         elif s.dest.startswith("deadlines."):
             deadlines[s.dest.split(".", 1)[1]] = val
+        elif s.dest.startswith("drain."):
+            drain[s.dest.split(".", 1)[1]] = val
         else:
             kwargs[s.dest] = val
     if deadlines:
         kwargs["deadlines"] = Deadlines(**deadlines)
+    if drain:
+        kwargs["drain"] = Drain(**drain)
     if win:
         if "start" not in win or "length" not in win:
             src = next(src for k, (_, src) in values.items() if k.startswith("window."))
@@ -275,6 +345,9 @@ def parse(values: Mapping[str, tuple[Any, str]], sources: tuple[str, ...] = ()) 
             tz=win.get("tz", "UTC"),
         )
     cfg = AgentConfig(**kwargs, sources=sources)
+    if cfg.etcd_user and cfg.etcd_password_file is None:
+        raise ConfigError(f"{sources[-1] if sources else 'config'}: field "
+                          "'etcd.password_file': required with etcd.user")
     if cfg.strategy is Strategy.FLEETLOCK and not cfg.fleetlock_url:
         raise ConfigError(
             f"{sources[-1] if sources else 'config'}: field 'fleetlock.url': "

@@ -66,8 +66,9 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
                           _P.ROLLED_BACK}),
     _P.WAITING_FOR_WINDOW: frozenset({_P.WAITING_FOR_LOCK, _P.IDLE, _P.ERROR, _P.CONFIRMING,
                                       _P.ROLLED_BACK}),
+    # waiting-for-lock → staged: the version halted in the group (the agent checks again)
     _P.WAITING_FOR_LOCK: frozenset({_P.REBOOTING, _P.WAITING_FOR_WINDOW, _P.IDLE, _P.ERROR,
-                                    _P.CONFIRMING, _P.ROLLED_BACK}),
+                                    _P.CONFIRMING, _P.ROLLED_BACK, _P.STAGED}),
     _P.REBOOTING: frozenset({_P.CONFIRMING, _P.ROLLED_BACK, _P.WAITING_FOR_LOCK, _P.ERROR}),
     _P.CONFIRMING: frozenset({_P.IDLE, _P.REBOOTING, _P.ROLLED_BACK}),
     _P.ROLLED_BACK: frozenset({_P.CHECKING, _P.IDLE, _P.STAGED}),
@@ -95,6 +96,11 @@ class State:
     bad_versions: tuple[str, ...] = ()
     bad_releases: tuple[str, ...] = ()  # ``version@sha256`` of bytes that failed verification
     reboots: int = 0
+    halted: str = ""  # why the staged version is not taken (the group's rollbacks), if so
+    drained: bool = False  # work was moved off this node; move it back after the health gate
+    fetched_bytes: int = 0  # the last download: bytes fetched over the network
+    reused_bytes: int = 0  # ... and bytes taken from what the host had (delta updates)
+    last_download: tuple[str, ...] = ()  # ... one line per file: delta, rebuilt or full
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -102,6 +108,7 @@ class State:
         d["attempted_versions"] = list(self.attempted_versions)
         d["bad_versions"] = list(self.bad_versions)
         d["bad_releases"] = list(self.bad_releases)
+        d["last_download"] = list(self.last_download)
         return d
 
     @classmethod
@@ -110,7 +117,7 @@ class State:
         kw = {k: v for k, v in d.items() if k in known}
         try:
             kw["phase"] = Phase(kw.get("phase", "idle"))
-            for k in ("attempted_versions", "bad_versions", "bad_releases"):
+            for k in ("attempted_versions", "bad_versions", "bad_releases", "last_download"):
                 kw[k] = tuple(str(x) for x in kw.get(k, ()))
             return cls(**kw)
         except (TypeError, ValueError) as e:

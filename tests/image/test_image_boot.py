@@ -167,6 +167,9 @@ def test_host_stack_is_installed(booted) -> None:
     assert "multi-user.target" in wanted_by
     assert host.service("tidehost-update").is_running
     assert host.run("tidehost-update --help").rc == 0
+    # every module the agent imports is there (status reaches the channel and delta code)
+    status = host.run("tidehost-update status --json")
+    assert status.rc == 0, status.stderr
 
 
 def test_a_corrupted_byte_in_usr_a_stops_the_boot(reference_image: BuildResult,

@@ -122,3 +122,38 @@ def test_command_line_overrides_are_validated_like_the_file() -> None:
         c.with_overrides(channel="nightly")
     with pytest.raises(ConfigError, match=r"--format\[0\]: 'vhd' is not one of"):
         c.with_overrides(formats="vhd")
+
+
+# The Debian package that gives the host each third-party module the agent's code imports.
+HOST_MODULES = {
+    "yaml": "python3-yaml", "requests": "python3-requests", "urllib3": "python3-urllib3",
+    "tuf": "python3-tuf", "securesystemslib": "python3-securesystemslib",
+    "cryptography": "python3-cryptography", "zstandard": "python3-zstandard",
+}  # fmt: skip
+# Pulled in by a required package rather than listed (python3-tuf, python3-requests).
+DEPENDENCIES = {"python3-urllib3", "python3-securesystemslib"}
+
+
+def test_every_module_the_host_imports_comes_with_the_image() -> None:
+    import ast
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    imported: dict[str, str] = {}
+    for pkg in ("updater", "channels"):
+        for path in sorted((root / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for top in {n.split(".")[0] for n in names}:
+                    if top not in sys.stdlib_module_names and top not in ("updater", "channels",
+                                                                          "__future__"):  # fmt: skip
+                        imported.setdefault(top, str(path.relative_to(root)))
+    unknown = {m: where for m, where in imported.items() if m not in HOST_MODULES}
+    assert not unknown, f"host code imports modules with no Debian package named here: {unknown}"
+    missing = {HOST_MODULES[m] for m in imported} - set(REQUIRED_PACKAGES) - DEPENDENCIES
+    assert not missing, f"the image lacks {sorted(missing)}"

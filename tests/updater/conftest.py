@@ -22,7 +22,6 @@ import pytest
 
 from channels.bundle import FILES, Manifest, load_bundle
 from channels.errors import ChannelError
-from imagebuild.lab.etcd import LocalEtcd
 
 
 def free_port() -> int:
@@ -31,21 +30,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# --- etcd ---------------------------------------------------------------------------------
-
-
-# The same single-member etcd the demo and the QEMU update test use.
-Etcd = LocalEtcd
-
-
-@pytest.fixture(scope="session")
-def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
-    if not shutil.which("etcd"):
-        pytest.skip("etcd (Debian etcd-server) is not installed")
-    e = Etcd(tmp_path_factory.mktemp("etcd") / "data")
-    e.start()
-    yield e
-    e.stop()
+# --- etcd: the session's real etcd is the ``etcd`` fixture of tests/conftest.py ------------
 
 
 # --- FleetLock server, written to SPECS §1 -------------------------------------------------
@@ -280,6 +265,8 @@ class FakeChannel:
         self.error: Exception | None = None
         self.download_error: Exception | None = None
         self.downloads: list[str] = []
+        self.seeds: list[object] = []  # the seeds of each download
+        self.last_report = None
 
     def publish(self, bundle: Path) -> None:
         self.published[load_bundle(bundle, verify=False).version] = bundle
@@ -295,10 +282,12 @@ class FakeChannel:
         v = max(self.published, key=Version.parse)
         return FakeOffer(v, load_bundle(self.published[v], verify=False))
 
-    def download(self, offer: FakeOffer, dest_dir: Path, progress: object = None) -> Path:
+    def download(self, offer: FakeOffer, dest_dir: Path, progress: object = None, *,
+                 seeds: object = ()) -> Path:
         if self.download_error:
             raise self.download_error
         self.downloads.append(offer.version)
+        self.seeds.append(list(seeds))  # type: ignore[call-overload]
         dest = Path(dest_dir) / offer.manifest.bundle_name
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(self.published[offer.version], dest)
