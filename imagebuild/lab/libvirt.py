@@ -31,14 +31,17 @@ import contextlib
 import json
 import os
 import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from channels.serve import ChannelServer, published_root
 from imagebuild.core.errors import CommandTimeout, VMError
 from imagebuild.core.files import write_atomic
 from imagebuild.core.run import require, run
 from imagebuild.core.wait import poll
-from imagebuild.lab.net import in_netns, netns_exists
+from imagebuild.lab.net import enter_netns, in_netns, netns_exists
 
 URI = "qemu:///system"
 NETNS = "tidehost-libvirt"
@@ -184,6 +187,44 @@ def start(netns: str = NETNS, service_address: str = SERVICE_ADDRESS,
         stop(force=True)
         raise
     return state
+
+
+@contextlib.contextmanager
+def session() -> Iterator[LibvirtState]:
+    """libvirt for the block: started if nothing runs it, and then stopped again after."""
+    before = running()
+    state = before or start()
+    try:
+        yield state
+    finally:
+        if before is None:
+            stop()
+
+
+def serve_channel(state: LibvirtState, repo: Path, port: int = 0) -> ChannelServer:
+    """A channel server (this process, a thread) for ``repo``'s published tree where
+    libvirt's guests and vagrant reach it: on the service address inside libvirtd's
+    namespace, or on 127.0.0.1 when libvirtd shares ours. ``stop()`` it when done."""
+    made: list[ChannelServer] = []
+    failed: list[BaseException] = []
+    root = published_root(Path(repo))
+    host = state.service_address or "127.0.0.1"
+
+    def bind() -> None:  # the socket lives in the namespace of the thread that opens it
+        try:
+            if state.netns:
+                enter_netns(state.netns)
+            made.append(ChannelServer(root, host, port))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            failed.append(e)
+
+    t = threading.Thread(target=bind, name="tidehost-libvirt-bind")
+    t.start()
+    t.join()
+    if failed:
+        raise VMError(f"channel server on {host}:{port} in netns {state.netns}: {failed[0]}")
+    made[0].start()
+    return made[0]
 
 
 def leftovers() -> list[str]:

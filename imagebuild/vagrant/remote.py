@@ -25,19 +25,24 @@ class Unreachable(ConfigError):
     """The server does not answer at all (refused, timed out, no route)."""
 
 
+class NotFound(ConfigError):
+    """The server answers 404."""
+
+
 def get(url: str, what: str, timeout: float = TIMEOUT) -> bytes:
     """The body at ``url``.
 
     Raises:
         Unreachable: nothing answers there.
-        ConfigError: it answers with an HTTP error (404: ``what`` is not there).
+        NotFound: ``what`` is not there (404).
+        ConfigError: another HTTP error.
     """
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - http(s) only
             return r.read(64 << 20)
     except urllib.error.HTTPError as e:
         if e.code == 404:
-            raise ConfigError(f"{url}: no {what} there (HTTP 404)") from None
+            raise NotFound(f"{url}: no {what} there (HTTP 404)") from None
         raise ConfigError(f"{url}: HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
@@ -69,8 +74,11 @@ def check_catalog(url: str, box_name: str, provider: BoxProvider) -> BoxCatalog:
         Unreachable: nothing answers at ``url``.
         ConfigError: no catalog there, another box's, or none for ``provider``.
     """
-    text = get(url, "box catalog for this channel (publish one: tidehost vagrant catalog "
-                    "publish REPO --channel CHANNEL ...)").decode(errors="replace")  # fmt: skip
+    try:
+        text = get(url, "box catalog for this channel").decode(errors="replace")
+    except NotFound as e:
+        raise ConfigError(f"{e}: publish the channel's boxes (tidehost vagrant catalog "
+                          "publish REPO --channel CHANNEL ...)") from None
     catalog = BoxCatalog.from_json(text, url)
     problem = catalog_problem(catalog, box_name, provider)
     if problem:
