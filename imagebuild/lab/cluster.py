@@ -39,7 +39,7 @@ from imagebuild.core.platforms import Provider
 from imagebuild.core.run import reap, require, run
 from imagebuild.core.wait import poll
 from imagebuild.lab import channel as clusterchannel
-from imagebuild.lab.bootstage import BootWatch
+from imagebuild.lab.bootstage import BootWatch, Stage
 from imagebuild.lab.net import netns_exists
 from imagebuild.lab.vm import VM
 
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 DEFAULT_STATE_ROOT = Path("/run/tidehost/clusters")
 BRIDGE = "thbr0"
 SSH_PORT_BASE = 22000  # inside the namespace: its loopback is ours alone
+SILENT = 180  # seconds: try SSH even if the console has not shown the real root yet
 TOOLS = ("ip", "nc", "qemu-system-x86_64", "qemu-img", "genisoimage", "ssh", "ssh-keygen")
 
 
@@ -252,7 +253,8 @@ def wait_ssh(state: ClusterState, timeout: float) -> dict[str, float]:
     """Wait until every node answers SSH; return seconds since ``up`` started each QEMU.
 
     Meanwhile each node's boot stage (firmware, kernel, initrd, system, cloud-init, ssh) is
-    logged as it changes, read from its serial console, with the time so far.
+    logged as it changes, read from its serial console, with the time so far. SSH is tried
+    once a node runs its real root (or after ``SILENT`` seconds, for a quiet console).
     """
     t0 = time.monotonic()
     watch = BootWatch(t0)
@@ -263,8 +265,9 @@ def wait_ssh(state: ClusterState, timeout: float) -> dict[str, float]:
         for n in list(pending):
             if not qemu_alive(n):
                 raise VMError(f"{n.name}: QEMU exited (see {Path(n.workdir) / 'qemu.log'})")
-            watch.console(n.name, n.serial_log)
-            if state.vm(n.name).answers(timeout=45):
+            seen = watch.console(n.name, n.serial_log)
+            early = seen.stage.rank < Stage.SYSTEM.rank and time.monotonic() - t0 < SILENT
+            if not early and state.vm(n.name).answers(timeout=120):
                 watch.answered(n.name)
                 times[n.name] = time.monotonic() - t0
                 pending.remove(n)
