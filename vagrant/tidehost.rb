@@ -37,6 +37,12 @@ module Tidehost
     File.basename(dir).gsub(/[^-a-z0-9_.]/i, "") + "_"
   end
 
+  # Each domain's own copy of the firmware's variable store (libvirt makes it from the
+  # template when the domain starts; TIDEHOST_NVRAM_DIR for a libvirt that keeps them elsewhere).
+  def self.nvram(domain)
+    File.join(ENV.fetch("TIDEHOST_NVRAM_DIR", "/var/lib/libvirt/qemu/nvram"), "#{domain}_VARS.fd")
+  end
+
   def self.seed_iso(dir, name)
     File.join(dir, ".vagrant", "tidehost", "#{name}-cidata.iso")
   end
@@ -164,6 +170,13 @@ module Tidehost
     nil
   end
 
+  # virsh's output (libvirt's own client: the plugin's connection may be gone after destroy).
+  def self.virsh(machine, *args)
+    out, status = Open3.capture2e("virsh", "-c", machine.provider_config.uri, *args)
+    raise Error, "virsh #{args.join(' ')}: #{out.strip.lines.last}" unless status.success?
+    out
+  end
+
   # After destroy: the domain's NVRAM copy, and the box's images in the storage pool that
   # no volume is backed by any more.
   def self.clean_up(machine, box)
@@ -176,15 +189,14 @@ module Tidehost
         machine.ui.warn("tidehost: #{path} is left (#{e.message}): sudo rm #{path}")
       end
     end
-    conn = libvirt(machine)
-    pool = conn.lookup_storage_pool_by_name(machine.provider_config.storage_pool_name || "default")
-    pool.refresh
-    vols = pool.list_all_volumes
+    pool = machine.provider_config.storage_pool_name || "default"
+    vols = virsh(machine, "vol-list", "--pool", pool).lines.drop(2).map { |l| l.split }.reject(&:empty?)
+    backing = vols.map { |name, _| virsh(machine, "vol-dumpxml", "--pool", pool, name)[%r{<backingStore>\s*<path>([^<]+)</path>}, 1] }
     stem = "#{box.gsub('/', '-VAGRANTSLASH-')}_vagrant_box_image_"
-    backing = vols.map { |v| v.xml_desc[%r{<backingStore>\s*<path>([^<]+)</path>}, 1] }.compact
-    vols.select { |v| v.name.start_with?(stem) && !backing.include?(v.path) }.each do |v|
-      v.delete
-      machine.ui.info("tidehost: removed the box image #{v.name} (no domain uses it)")
+    vols.each do |name, vpath|
+      next unless name.start_with?(stem) && !backing.include?(vpath)
+      virsh(machine, "vol-delete", "--pool", pool, name)
+      machine.ui.info("tidehost: removed the box image #{name} (no domain uses it)")
     end
   rescue Error, StandardError => e
     machine.ui.warn("tidehost: clean-up after destroy: #{last_line(e)}")

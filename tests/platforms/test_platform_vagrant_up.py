@@ -124,7 +124,10 @@ def test_the_node_answers_with_etcd_swarm_and_the_updater_on_the_channel(cluster
     assert "status: done" in status, status
     health = cluster.ssh("sudo /etc/tidehost/bin/tidehost-etcdctl endpoint health --cluster")
     assert "is healthy" in health, health
-    nodes = cluster.ssh("sudo docker node ls --format '{{.Hostname}} {{.ManagerStatus}}'")
+    # tidehost-swarm forms the swarm after cloud-init, once etcd answers
+    wait = ("for i in $(seq 120); do systemctl is-active -q tidehost-swarm && break; sleep 5; "
+            "done; sudo docker node ls --format '{{.Hostname}} {{.ManagerStatus}}'")
+    nodes = cluster.ssh(wait, timeout=900)
     assert "node1 Leader" in nodes, nodes
     update = cluster.ssh("sudo cat /etc/tidehost/update.yaml")
     assert cluster.url in update and "/etc/tidehost/channel-root.json" in update, update
