@@ -18,7 +18,7 @@ APT_FLEET := chromium chromium-driver
 APT_VAGRANT := vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients dnsmasq-base
 APT_PACKAGES := $(APT_IMAGE) $(APT_VM) $(APT_TEST) $(APT_BOOT) $(APT_FLEET) $(APT_VAGRANT)
 
-.PHONY: setup apt venv demo test test-fast bench clean
+.PHONY: setup apt venv demo demo-vagrant demo-vagrant-down test test-fast bench clean
 
 setup: apt venv
 
@@ -44,6 +44,13 @@ venv: $(VENV)/.installed
 
 demo: setup
 	$(VENV)/bin/tidehost demo
+
+# The 3-node Vagrant cluster from a served channel (vagrant/demo.sh; NODES=1 for one node).
+demo-vagrant: setup
+	vagrant/demo.sh up
+
+demo-vagrant-down:
+	vagrant/demo.sh down
 
 test: setup
 	$(VENV)/bin/pytest -v --durations=20

@@ -39,6 +39,7 @@ from imagebuild.core.platforms import Provider
 from imagebuild.core.run import reap, require, run
 from imagebuild.core.wait import poll
 from imagebuild.lab import channel as clusterchannel
+from imagebuild.lab.bootstage import BootWatch, Stage
 from imagebuild.lab.net import netns_exists
 from imagebuild.lab.vm import VM
 
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 DEFAULT_STATE_ROOT = Path("/run/tidehost/clusters")
 BRIDGE = "thbr0"
 SSH_PORT_BASE = 22000  # inside the namespace: its loopback is ours alone
+SILENT = 180  # seconds: try SSH even if the console has not shown the real root yet
 TOOLS = ("ip", "nc", "qemu-system-x86_64", "qemu-img", "genisoimage", "ssh", "ssh-keygen")
 
 
@@ -247,23 +249,33 @@ def qemu_alive(n: NodeState) -> bool:
 
 
 def wait_ssh(state: ClusterState, timeout: float) -> dict[str, float]:
-    """Wait until every node answers SSH; return seconds since ``up`` started each QEMU."""
-    t0 = time.monotonic()
-    times: dict[str, float] = {}
-    for n in state.nodes:
-        vm = state.vm(n.name)
-        vm.started = t0
+    """Wait until every node answers SSH; return seconds since ``up`` started each QEMU.
 
-        def answers(n: NodeState = n, vm: VM = vm) -> bool:
+    Meanwhile each node's boot stage (firmware, kernel, initrd, system, cloud-init, ssh) is
+    logged as it changes, read from its serial console, with the time so far. SSH is tried
+    once a node runs its real root (or after ``SILENT`` seconds, for a quiet console).
+    """
+    t0 = time.monotonic()
+    watch = BootWatch(t0)
+    times: dict[str, float] = {}
+    pending = list(state.nodes)
+
+    def all_answer() -> bool:
+        for n in list(pending):
             if not qemu_alive(n):
                 raise VMError(f"{n.name}: QEMU exited (see {Path(n.workdir) / 'qemu.log'})")
-            return vm.answers(timeout=120)
+            seen = watch.console(n.name, n.serial_log)
+            early = seen.stage.rank < Stage.SYSTEM.rank and time.monotonic() - t0 < SILENT
+            if not early and state.vm(n.name).answers(timeout=120):
+                watch.answered(n.name)
+                times[n.name] = time.monotonic() - t0
+                pending.remove(n)
+        return not pending
 
-        if not poll(answers, t0 + timeout - time.monotonic(), every=3):
-            raise VMError(f"{n.name}: SSH did not answer within {timeout:.0f}s "
-                          f"(serial log {n.serial_log})")  # fmt: skip
-        times[n.name] = time.monotonic() - t0
-        log.info("%s: SSH answers (%.0fs)", n.name, times[n.name])
+    if not poll(all_answer, timeout, every=3):
+        n = pending[0]
+        raise VMError(f"{n.name}: SSH did not answer within {timeout:.0f}s (last seen: "
+                      f"{watch.last.get(n.name, '-')}; serial log {n.serial_log})")  # fmt: skip
     return times
 
 

@@ -191,3 +191,12 @@ def add_version(
     entry_v = CatalogVersion(version, tuple(merged[k] for k in sorted(merged)))
     others = tuple(v for v in catalog.versions if v.version != version)
     return replace(catalog, versions=(*others, entry_v))
+
+
+def catalog_problem(catalog: BoxCatalog, box_name: str, provider: BoxProvider) -> str | None:
+    """Why ``vagrant up`` of box ``box_name`` from ``catalog`` cannot work, or None (pure)."""
+    if catalog.name != box_name:
+        return f"the catalog of {catalog.name!r}, not {box_name!r}"
+    if not any(p.name is provider for v in catalog.versions for p in v.providers):
+        return f"no {provider.value} box listed (publish one: --box {provider.value}=FILE)"
+    return None

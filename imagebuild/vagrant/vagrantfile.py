@@ -2,14 +2,17 @@
 
 The cluster file is generated (or given), each node's user-data is rendered by the
 cloud-config renderer for provider ``vagrant`` and written as a NoCloud seed folder, and the
-Vagrantfile (``vagrant/Vagrantfile.j2``) takes the box from the channel's catalog.
+Vagrantfile (``vagrant/Vagrantfile.j2``, with its helpers ``vagrant/tidehost.rb``) takes the
+box from the channel's catalog and gives each node its seed as a ``cidata`` CD-ROM. The
+channel's root.json goes beside the cluster file (``updater.channel.root``), so the nodes'
+agents can verify the channel.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,12 @@ from imagebuild.core.platforms import BoxProvider, Provider
 from imagebuild.vagrant.catalog import catalog_name, catalog_path
 
 TEMPLATE = "Vagrantfile.j2"
+HELPERS = "tidehost.rb"
+ROOT_FILE = "channel-root.json"
 MAX_NODES = 9
+DRIVERS = ("kvm", "qemu")
+# `vagrant up` waits this long for SSH: one TCG node took 326-399 s here, three at once more.
+BOOT_TIMEOUT = {"kvm": 300, "qemu": 1800}
 
 
 @dataclass(frozen=True)
@@ -40,8 +48,11 @@ class InitOptions:
     subnet: str = "192.168.56.0/24"  # VirtualBox's default host-only range
     memory: int = 2048
     cpus: int = 2
+    driver: str = "kvm"  # libvirt's domain type where /dev/kvm opens: kvm, or qemu (TCG)
 
     def __post_init__(self) -> None:
+        if self.driver not in DRIVERS:
+            raise ConfigError(f"--driver: {self.driver!r} is not one of {', '.join(DRIVERS)}")
         if not 1 <= self.nodes <= MAX_NODES:
             raise ConfigError(f"--nodes: {self.nodes} is not from 1 to {MAX_NODES}")
         if not self.channel_url:
@@ -67,15 +78,19 @@ class InitOptions:
         return f"{self.channel_url.rstrip('/')}/{catalog_path(self.channel)}"
 
 
-def cluster_document(o: InitOptions) -> dict[str, Any]:
+def cluster_document(o: InitOptions, root: bool = False) -> dict[str, Any]:
     """A cluster file for ``o`` (pure): an odd number of etcd members and swarm managers (up
-    to three), so that one rebooting node leaves both their quorum; the rest are workers."""
+    to three), so that one rebooting node leaves both their quorum; the rest are workers.
+    With ``root``, the channel's root.json beside it (``updater.channel.root``)."""
     net = ipaddress.IPv4Network(o.subnet)
     core = 3 if o.nodes >= 3 else 1
     nodes = []
     for i in range(o.nodes):
         roles = ["etcd", "manager"] if i < core else ["worker"]
         nodes.append({"name": f"node{i + 1}", "address": str(net[11 + i]), "roles": roles})
+    channel: dict[str, Any] = {"url": o.channel_url, "name": o.channel}
+    if root:
+        channel["root"] = ROOT_FILE
     return {
         "cluster": "vagrant",
         "domain": "tidehost.test",
@@ -84,7 +99,7 @@ def cluster_document(o: InitOptions) -> dict[str, Any]:
         "etcd": {"bootstrap": "static", "tls": True, "cert_dir": "certs"},
         "scheduler": {"kind": "swarm"},
         "updater": {
-            "channel": {"url": o.channel_url, "name": o.channel},
+            "channel": channel,
             "strategy": "etcd-lock",
             "group": "default",
             "max": 1,
@@ -93,9 +108,9 @@ def cluster_document(o: InitOptions) -> dict[str, Any]:
     }
 
 
-def cluster_yaml(o: InitOptions) -> str:
+def cluster_yaml(o: InitOptions, root: bool = False) -> str:
     head = "# Written by `tidehost vagrant init`; edit and pass it back with --cluster.\n"
-    return head + yaml.safe_dump(cluster_document(o), sort_keys=False)
+    return head + yaml.safe_dump(cluster_document(o, root), sort_keys=False)
 
 
 def _rb(value: object) -> str:
@@ -130,19 +145,28 @@ def init_cluster(
     cluster_file: Path | None = None,
     ssh_keys: tuple[str, ...] = (),
     command: str = "tidehost vagrant init",
+    root_json: bytes | None = None,
 ) -> list[Path]:
-    """Write OUT/Vagrantfile, OUT/seeds/<node>/ and (if not given) OUT/cluster.yaml.
+    """Write OUT/Vagrantfile, OUT/tidehost.rb, OUT/seeds/<node>/ and (if not given)
+    OUT/cluster.yaml; ``root_json`` (the channel's root.json) as OUT/channel-root.json
+    for a cluster file that names no root of its own.
 
     Everything is rendered before the Vagrantfile is written, so a bad cluster leaves no
     Vagrantfile behind.
     """
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    if root_json is not None:
+        write_atomic(out / ROOT_FILE, root_json, 0o644)
+        written.append(out / ROOT_FILE)
     if cluster_file is None:
         cluster_file = out / "cluster.yaml"
-        write_atomic(cluster_file, cluster_yaml(o))
+        write_atomic(cluster_file, cluster_yaml(o, root=root_json is not None))
         written.append(cluster_file)
     cluster = parse_cluster_file(cluster_file)
+    if cluster.updater.channel_root is None and root_json is not None:
+        root = (out / ROOT_FILE).resolve()
+        cluster = replace(cluster, updater=replace(cluster.updater, channel_root=root))
     if cluster.etcd.tls and cluster.etcd.cert_dir is not None:
         generate_certs(cluster, cluster.etcd.cert_dir)
     rendered = {n.name: render(cluster, n.name, Provider.VAGRANT, extra_ssh_keys=ssh_keys)
@@ -157,13 +181,19 @@ def init_cluster(
         "network_name": f"tidehost-{cluster.name}",
         "memory": o.memory,
         "cpus": o.cpus,
+        "driver": o.driver,
+        "boot_timeout_tcg": BOOT_TIMEOUT["qemu"],
+        "boot_timeout_kvm": BOOT_TIMEOUT["kvm"],
         "nodes": [
             {"name": n.name, "address": n.address, "mac": n.cluster_mac} for n in cluster.nodes
         ],  # fmt: skip
     }
     vagrantfile = render_vagrantfile(context)
+    helpers = (template_dir() / HELPERS).read_text()
     for node in cluster.nodes:
         written += write_seed(out / "seeds" / node.name, cluster, node, rendered[node.name])
+    write_atomic(out / HELPERS, helpers, 0o644)
+    written.append(out / HELPERS)
     write_atomic(out / "Vagrantfile", vagrantfile)
     written.append(out / "Vagrantfile")
     return written

@@ -31,6 +31,13 @@ def box_vagrantfile(provider: BoxProvider) -> str:
 
     UEFI only (systemd-boot), no synced folder (no guest additions, rsync or NFS client in
     /usr), user ``vagrant`` with the insecure key that ``vagrant up`` replaces.
+
+    libvirt: OVMF's code as a read-only pflash loader with a writable variable store per
+    machine. vagrant-libvirt 0.11 writes ``<loader type='pflash'>`` only when ``nvram`` is
+    set (else ``type='rom'``, which QEMU refuses for a code-only image: "could not load PC
+    BIOS"); an empty ``<nvram/>`` path makes libvirt give each domain its own copy of the
+    firmware's template, ``/var/lib/libvirt/qemu/nvram/<domain>_VARS.fd`` (the firmware
+    descriptors in /usr/share/qemu/firmware name the template for OVMF_CODE_4M.fd).
     """
     common = (
         "# Tidehost box defaults; a project's Vagrantfile may override any of them.\n"
@@ -40,9 +47,17 @@ def box_vagrantfile(provider: BoxProvider) -> str:
     )
     if provider is BoxProvider.LIBVIRT:
         body = (
+            "  # KVM where it runs guests, else QEMU's emulation (TCG), which boots slower.\n"
+            '  driver = ENV.fetch("TIDEHOST_LIBVIRT_DRIVER") '
+            '{ File.writable?("/dev/kvm") ? "kvm" : "qemu" }\n'
+            '  config.vm.boot_timeout = driver == "qemu" ? 1200 : 300\n'
             "  config.vm.provider :libvirt do |lv|\n"
+            "    lv.driver = driver\n"
             '    lv.machine_type = "q35"\n'
+            "    # UEFI: OVMF's code read-only (pflash) plus this machine's own variable store\n"
+            "    # (an empty path: libvirt copies the firmware's template per domain).\n"
             f'    lv.loader = ENV.fetch("TIDEHOST_OVMF_CODE", "{OVMF_CODE}")\n'
+            '    lv.nvram = ""\n'
             '    lv.disk_bus = "virtio"\n'
             '    lv.nic_model_type = "virtio"\n'
             "    lv.memory = 2048\n"
