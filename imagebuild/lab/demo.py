@@ -199,7 +199,8 @@ def run_cluster_demo(out: Path, *, keep: bool = False, v1: str = "1.0.0",
             print(f"\n== publishing {v2} to alpha; the nodes update one at a time", flush=True)
             channel.publish(repo, r2.artifacts[Artifact.RELEASE], "alpha")
             report = watch(state, v2, 3600, prober=probe,
-                           on_change=lambda name, st: changed(spec, state, name, st))
+                           on_change=lambda name, st: changed(spec, state, name, st),
+                           say=lambda line: print(line, flush=True))
         print("\n" + report.summary(), flush=True)
         print(f"\n$ tidehost fleet status --etcd {spec.client_endpoints()[0]} ...\n"
               + fleetview.fleet_table(spec, state.netns), flush=True)

@@ -120,6 +120,64 @@ class RolloutReport:
         return "\n".join(lines)
 
 
+GATE_VERDICTS = {Phase.IDLE: "passed", Phase.CHECKING: "passed",
+                 Phase.ROLLED_BACK: "failed (rolled back)"}  # fmt: skip
+
+
+@dataclass
+class Narrator:
+    """What a person watching the rollout is told besides each node's state changes (pure):
+    who takes, hands on and releases the reboot lock and who waits for it, and how long a
+    node has been in its health gate (every ``gate_every`` seconds while it is there)."""
+
+    started: float
+    gate_every: float = 30.0
+    holders: tuple[str, ...] = ()
+    gate_since: dict[str, float] = field(default_factory=dict)
+    gate_told: dict[str, float] = field(default_factory=dict)
+
+    def stamp(self, t: float) -> str:
+        return f"  [{time.strftime('%H:%M:%S', time.localtime(t))} +{t - self.started:.0f}s]"
+
+    def lock(self, t: float, holders: Sequence[str],
+             waiting: Sequence[str]) -> str | None:  # fmt: skip
+        """A line when the lock's holders change (None when they did not)."""
+        now, before = tuple(sorted(holders)), self.holders
+        if now == before:
+            return None
+        self.holders = now
+        gone = [h for h in before if h not in now]
+        came = [h for h in now if h not in before]
+        if gone and came:
+            what = f"handed on from {', '.join(gone)} to {', '.join(came)}"
+        elif came:
+            what = f"taken by {', '.join(came)}"
+        else:
+            what = f"released by {', '.join(gone)}"
+        queue = f"; waiting: {', '.join(sorted(waiting))}" if waiting else "; nobody waiting"
+        return f"{self.stamp(t)} reboot lock {what}{queue}"
+
+    def gate(self, t: float, name: str, st: AgentStatus | None) -> str | None:
+        """A line when ``name`` enters its health gate, then every ``gate_every`` s in it,
+        and when it leaves it (None otherwise; an unreachable node says nothing)."""
+        if st is None:
+            return None
+        since = self.gate_since.get(name)
+        if st.phase is Phase.CONFIRMING:
+            if since is None:
+                self.gate_since[name] = self.gate_told[name] = t
+                return f"{self.stamp(t)} {name}: health gate on {st.version} started"
+            if t - self.gate_told[name] >= self.gate_every:
+                self.gate_told[name] = t
+                return f"{self.stamp(t)} {name}: health gate, {t - since:.0f} s so far"
+            return None
+        if since is not None:
+            del self.gate_since[name], self.gate_told[name]
+            verdict = GATE_VERDICTS.get(st.phase, f"left for {st.phase}")
+            return f"{self.stamp(t)} {name}: health gate {verdict} after {t - since:.0f} s"
+        return None
+
+
 # --- I/O ----------------------------------------------------------------------------------
 
 
@@ -141,9 +199,12 @@ def watch(
     prober: Prober | None = None,
     on_change: Callable[[str, AgentStatus], None] | None = None,
     every: float = 3.0,
+    say: Callable[[str], None] | None = None,
 ) -> RolloutReport:
-    """Poll every node until all run ``version``; raise VMError on timeout or a dead QEMU."""
+    """Poll every node until all run ``version``; raise VMError on timeout or a dead QEMU.
+    ``say`` is told the lock's hand-offs and the health gates' progress (``Narrator``)."""
     report = RolloutReport(version=version, started=time.time())
+    narrator = Narrator(report.started)
     vms = [cluster.vm(n.name) for n in cluster.nodes]
     report.nodes = {vm.hostname: NodeProgress(vm.hostname) for vm in vms}
     seen: dict[str, tuple[Any, ...]] = {}
@@ -157,6 +218,8 @@ def watch(
                 on_change(vm.hostname, st)
             if st is not None:
                 seen[vm.hostname] = st.step[:3]
+            if say and (line := narrator.gate(time.time(), vm.hostname, st)):
+                say(line)
 
         def resting_first(v: VM) -> bool:
             last = report.nodes[v.hostname].last
@@ -166,6 +229,10 @@ def watch(
         if holders is not None:
             report.most_holders = max(report.most_holders, len(holders))
             report.holders_seen.update(holders)
+            lasts = {name: p.last for name, p in report.nodes.items() if p.last is not None}
+            waiting = [n for n, st in lasts.items() if st.phase is Phase.WAITING_FOR_LOCK]
+            if say and (line := narrator.lock(time.time(), holders, waiting)):
+                say(line)
         if prober:
             report.answers = prober.snapshot()
         return report.done

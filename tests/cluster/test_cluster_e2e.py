@@ -215,7 +215,8 @@ def test_rolling_update_one_node_at_a_time_while_the_service_answers(
         probe.wait_answering(120)
         tidehost("channel", "publish", channel, v2.artifacts["release"], "--channel", "alpha")
         report = watch(cluster, V2, ROLLOUT_TIMEOUT, prober=probe,
-                       on_change=lambda name, st: print_status(st, name))  # fmt: skip
+                       on_change=lambda name, st: print_status(st, name),
+                       say=lambda line: print(line, flush=True))  # fmt: skip
     TIMES["rollout"] = report.total_seconds
     print("\n" + report.summary())
     assert report.most_holders == 1, "two nodes held the reboot lock at once"

@@ -7,8 +7,9 @@ import http.server
 import socket
 import threading
 
+from imagebuild.lab.agent import AgentStatus
 from imagebuild.lab.probe import probe
-from imagebuild.lab.rollout import NodeProgress, RolloutReport, longest_gap
+from imagebuild.lab.rollout import Narrator, NodeProgress, RolloutReport, longest_gap
 
 V = "1.1.0"
 
@@ -100,3 +101,38 @@ def _closed_url() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"http://127.0.0.1:{s.getsockname()[1]}/"
+
+
+def test_the_narrator_tells_each_lock_hand_off_and_who_waits() -> None:
+    n = Narrator(started=1000.0)
+    assert n.lock(1001, [], []) is None  # nobody holds it yet: nothing to say
+    line = n.lock(1010, ["node1"], ["node2", "node3"])
+    assert line is not None and line.endswith(
+        "+10s] reboot lock taken by node1; waiting: node2, node3"
+    )
+    assert n.lock(1020, ["node1"], ["node3", "node2"]) is None  # unchanged
+    line = n.lock(1100, ["node2"], ["node3"])
+    assert line is not None and line.endswith(
+        "+100s] reboot lock handed on from node1 to node2; waiting: node3"
+    )
+    line = n.lock(1200, [], [])
+    assert line is not None and line.endswith(
+        "+200s] reboot lock released by node2; nobody waiting"
+    )
+
+
+def test_the_narrator_follows_a_health_gate_until_it_passes_or_fails() -> None:
+    n = Narrator(started=0.0, gate_every=30)
+    confirming = AgentStatus.parse(_st(V, "confirming", V))
+    assert n.gate(5, "node1", None) is None  # unreachable: rebooting
+    line = n.gate(10, "node1", confirming)
+    assert line is not None and line.endswith("node1: health gate on 1.1.0 started")
+    assert n.gate(20, "node1", confirming) is None
+    line = n.gate(41, "node1", confirming)
+    assert line is not None and line.endswith("node1: health gate, 31 s so far")
+    line = n.gate(50, "node1", AgentStatus.parse(_st(V, "idle")))
+    assert line is not None and line.endswith("node1: health gate passed after 40 s")
+    assert n.gate(60, "node1", AgentStatus.parse(_st(V, "idle"))) is None
+    n.gate(70, "node2", confirming)
+    line = n.gate(99, "node2", AgentStatus.parse(_st("1.0.0", "rolled-back")))
+    assert line is not None and line.endswith("node2: health gate failed (rolled back) after 29 s")
