@@ -43,7 +43,7 @@ FILES = (*(f"{n}.{ext}" for n in SECURE_BOOT_KEYS for ext in ("key", "crt", "cer
          "pcr.key", "pcr.pub.pem", "owner-guid.txt")  # fmt: skip
 # what a build needs from a key directory (PK.key and KEK.key may live offline)
 BUILD_FILES = ("db.key", "db.crt", "db.cer", "db.esl", "PK.auth", "KEK.auth", "db.auth",
-               "pcr.key", "pcr.pub.pem")  # fmt: skip
+               "PK.crt", "KEK.crt", "pcr.key", "pcr.pub.pem")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -87,3 +87,16 @@ def test_a_passphrase_protects_the_keys(tmp_path: Path, monkeypatch, capsys) -> 
         keys.unlock(d, tmp_path / "u3", "where")
     with pytest.raises(TidehostError):
         tidehost("keys", "show", d, quiet=True)
+
+
+def test_ec2_uefi_data_holds_the_fleets_pk_kek_and_db(fleet_keys: Path, tmp_path: Path) -> None:
+    from virt.firmware.varstore.aws import AwsVarStore
+
+    from imagebuild.image.platforms.uefidata import aws_uefi_data
+
+    blob = tmp_path / "uefi-data"
+    blob.write_text(aws_uefi_data(fleet_keys, "img.yaml: secure_boot.keys"))
+    back = AwsVarStore(str(blob)).get_varlist()  # AWS's format, read back by its own parser
+    assert sorted(back) == ["KEK", "PK", "db"]
+    for name in ("PK", "KEK", "db"):
+        assert back[name].data == (fleet_keys / f"{name}.esl").read_bytes()
