@@ -21,14 +21,13 @@ import logging
 import shutil
 
 from channels.authenticode import verify_image
-from channels.bundle import Slot, uki_entry_name
+from channels.bundle import Slot, uki_entry_name, uki_file
 from channels.errors import ImageSignatureError
 from imagebuild.core.errors import StageError
 from imagebuild.core.run import require, run
 from imagebuild.image.context import BuildContext
 from imagebuild.image.keys import SigningKeys
 from imagebuild.image.stages import tools
-from imagebuild.image.stages.uki import uki_name
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ def make_esp(ctx: BuildContext, keys: SigningKeys | None) -> None:
             "::/loader/entries"]  # fmt: skip
     copies = [(loader, dest) for dest in LOADER_PATHS]
     copies += [(ctx.work / "loader.conf", "::/loader/loader.conf"),
-               (ctx.parts / uki_name(Slot.A), f"::/EFI/Linux/{uki_entry_name(Slot.A, None)}")]
+               (ctx.parts / uki_file(Slot.A), f"::/EFI/Linux/{uki_entry_name(Slot.A, None)}")]
     if keys:
         dirs += ["::/loader/keys", ENROL_DIR]
         copies += [(auth, f"{ENROL_DIR}/{auth.name}") for auth in keys.auth]

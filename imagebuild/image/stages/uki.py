@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from channels.authenticode import pe_sections, verify_image
-from channels.bundle import Slot
+from channels.bundle import Slot, uki_file
 from channels.errors import ImageSignatureError
 from imagebuild.core.errors import StageError
 from imagebuild.image.context import BuildContext
@@ -35,17 +35,12 @@ SECTIONS = (".linux", ".initrd", ".cmdline", ".osrel", ".uname")
 PCR_SECTIONS = (".pcrsig", ".pcrpkey")
 
 
-def uki_name(slot: Slot) -> str:
-    """The bundle's file for ``slot``'s UKI."""
-    return f"uki-{slot.value}.efi"
-
-
 def ukify_args(w: str, slot: Slot, uname: str, signed: bool) -> list[str]:
     """``ukify build`` for ``slot`` with its inputs in the tools tree's folder ``w`` (pure)."""
     args = ["ukify", "build", f"--linux={w}/vmlinuz", f"--initrd={w}/initrd",
             f"--cmdline=@{w}/cmdline-{slot.value}", f"--os-release=@{w}/os-release",
             f"--uname={uname}", f"--stub={w}/stub.efi",
-            f"--output={w}/{uki_name(slot)}"]  # fmt: skip
+            f"--output={w}/{uki_file(slot)}"]  # fmt: skip
     if signed:
         args += [f"--secureboot-private-key={w}/keys/db.key",
                  f"--secureboot-certificate={w}/keys/db.crt",
@@ -61,7 +56,7 @@ def check_uki(data: bytes, slot: Slot, cmdline: str, keys: SigningKeys | None) -
     Raises:
         StageError: it is not.
     """
-    name = uki_name(slot)
+    name = uki_file(slot)
     try:
         sections = pe_sections(data)
     except ImageSignatureError as e:
@@ -108,9 +103,9 @@ def make_ukis(ctx: BuildContext, cmdlines: Mapping[Slot, str],
             (w / f"cmdline-{slot.value}").write_text(cmdlines[slot])  # no trailing newline
             args = ukify_args(tools.inside(ctx, w), slot, ctx.kernel_version, keys is not None)
             tools.run_in_tools(ctx, args, f"slot {slot.name}'s UKI")
-            made = w / uki_name(slot)
+            made = w / uki_file(slot)
             verdict = check_uki(made.read_bytes(), slot, cmdlines[slot], keys)
-            dest = ctx.parts / uki_name(slot)
+            dest = ctx.parts / uki_file(slot)
             os.replace(made, dest)
             dest.chmod(0o644)
             log.info("  %s: %.1f MiB, %s", dest.name, dest.stat().st_size / (1 << 20), verdict)
