@@ -99,3 +99,11 @@ def test_the_guard_reads_the_loaders_variables(tmp_path) -> None:
         (d / f"{name}-{LOADER_GUID}").write_bytes(b"\x06\0\0\0" + (value + "\0").encode("utf-16-le"))
     assert bless_guard(d) == ("LoaderBootCountPath names tidehost-b+0-3.efi but tidehost-a.efi "
                               "booted: not blessing it")
+
+
+def test_the_image_gets_the_guard_as_bless_boots_exec_condition(tmp_path) -> None:
+    from imagebuild.image.stages.configure import install_agent_files
+
+    install_agent_files(tmp_path)
+    dropin = tmp_path / "usr/lib/systemd/system/systemd-bless-boot.service.d/tidehost-bless-guard.conf"
+    assert "\nExecCondition=/usr/bin/tidehost-update bless-guard\n" in dropin.read_text()
