@@ -18,13 +18,17 @@ GiB = 1 << 30
 SNAPSHOT_PLACEHOLDER = "SNAPSHOT_ID"
 
 
-def ec2_register_image(c: ImageConfig, disk_bytes: int) -> dict[str, Any]:
+def ec2_register_image(c: ImageConfig, disk_bytes: int,
+                       uefi_data: str | None = None) -> dict[str, Any]:  # fmt: skip
     """``aws ec2 register-image --cli-input-json`` parameters (pure).
 
     Replace ``SNAPSHOT_ID`` with the id ``aws ec2 import-snapshot`` (of the raw or VMDK)
-    returns. UEFI boot (systemd-boot, no BIOS loader), ENA, IMDSv2 only.
+    returns. UEFI boot (systemd-boot, no BIOS loader), ENA, IMDSv2 only. ``uefi_data``: the
+    fleet's Secure Boot keys as EC2's variable store (``platforms.uefidata``); the instance
+    then starts with Secure Boot on under the fleet's db, and with a NitroTPM for the PCR
+    policy.
     """
-    return {
+    doc = {
         "Name": f"{c.name}-{c.version}-{c.channel.value}",
         "Description": f"Tidehost {c.version} ({c.channel.value})",
         "Architecture": "x86_64",
@@ -46,6 +50,9 @@ def ec2_register_image(c: ImageConfig, disk_bytes: int) -> dict[str, Any]:
             }
         ],
     }
+    if uefi_data:
+        doc.update(UefiData=uefi_data, TpmSupport="v2.0")
+    return doc
 
 
 def ec2(ctx: BuildContext, disk: Path) -> Artifacts:
