@@ -9,6 +9,7 @@ from pathlib import Path
 
 from imagebuild.core.platforms import OutputFormat
 from imagebuild.image.config import ImageConfig
+from imagebuild.image.keys import SigningKeys
 
 
 class Artifact(StrEnum):
@@ -41,6 +42,7 @@ class BuildContext:
     # Filled in by stages as they run.
     roothash: str = ""
     kernel_version: str = ""
+    signing: SigningKeys | None = None  # the fleet's keys, unlocked into work (secure_boot)
     artifacts: Artifacts = field(default_factory=dict)
 
     @property

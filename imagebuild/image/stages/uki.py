@@ -30,6 +30,8 @@ from imagebuild.image.stages import tools
 log = logging.getLogger(__name__)
 
 STUB = "usr/lib/systemd/boot/efi/linuxx64.efi.stub"  # in the image's tree
+ADDON_STUB = "usr/lib/systemd/boot/efi/addonx64.efi.stub"
+ADDON_DIR = "loader/addons"  # on the ESP: systemd-stub appends every addon's .cmdline
 OS_RELEASE = "usr/lib/os-release"
 SECTIONS = (".linux", ".initrd", ".cmdline", ".osrel", ".uname")
 PCR_SECTIONS = (".pcrsig", ".pcrpkey")
@@ -113,3 +115,43 @@ def make_ukis(ctx: BuildContext, cmdlines: Mapping[Slot, str],
         return out
     finally:
         shutil.rmtree(w, ignore_errors=True)  # the decrypted keys never outlive the stage
+
+
+def make_addon(ctx: BuildContext, cmdline: str, name: str, keys: SigningKeys | None) -> Path:
+    """A command-line addon (``ukify build --stub=addonx64.efi.stub``): a PE holding only
+    ``cmdline``, signed with db when there are keys. systemd-stub appends the ``.cmdline``
+    of every addon in the ESP's ``loader/addons/`` to the UKI's own (under Secure Boot only
+    signed ones), so a platform's kernel arguments apply to every slot's UKI, updates
+    included, and the UKIs stay the same on every platform. It is measured into PCR 12,
+    not 11: it does not touch the PCR 11 policy.
+
+    Raises:
+        StageError: ukify failed, or the addon does not pass Secure Boot under db.
+    """
+    w = tools.work_dir(ctx) / "addon"
+    shutil.rmtree(w, ignore_errors=True)
+    w.mkdir(mode=0o700, parents=True)
+    try:
+        shutil.copyfile(ctx.tree / ADDON_STUB, w / "stub.efi")
+        (w / "cmdline").write_text(cmdline)
+        inner = tools.inside(ctx, w)
+        args = ["ukify", "build", f"--stub={inner}/stub.efi", f"--cmdline=@{inner}/cmdline",
+                f"--output={inner}/{name}"]  # fmt: skip
+        if keys:
+            (w / "keys").mkdir(mode=0o700)
+            shutil.copyfile(keys.db_key, w / "keys/db.key")
+            shutil.copyfile(keys.db_crt, w / "keys/db.crt")
+            args += [f"--secureboot-private-key={inner}/keys/db.key",
+                     f"--secureboot-certificate={inner}/keys/db.crt"]  # fmt: skip
+        tools.run_in_tools(ctx, args, f"the addon {name}")
+        data = (w / name).read_bytes()
+        if keys:
+            try:
+                verify_image(data, keys.db_esl.read_bytes(), name=name)
+            except ImageSignatureError as e:
+                raise StageError(str(e)) from None
+        dest = ctx.work / name
+        dest.write_bytes(data)
+        return dest
+    finally:
+        shutil.rmtree(w, ignore_errors=True)
