@@ -139,3 +139,14 @@ class ChunkCacheError(DeltaError, StateError):
 
 class AssembleOutputError(DeltaError):
     """The output file or device of an assembly cannot be opened or written."""
+
+
+# --- etcd's v3 JSON gateway (channels.etcd): the fleet's reports and the reboot lock ------
+
+
+class EtcdError(ChannelError):
+    """etcd is unreachable, refused a request or answered something that is not its API."""
+
+
+class EtcdUnavailable(EtcdError):
+    """No endpoint of etcd answered (connection refused, timeout, no leader)."""

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from imagebuild.image.config import parse_image_file
 from imagebuild.image.pipeline import BuildResult, build
+from imagebuild.lab.etcd import LocalEtcd
 
 TEST_VERSION = "1.0.0"
 
@@ -49,3 +52,15 @@ def reference_image(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
     out = tmp_path_factory.mktemp("out")
     config = parse_image_file(None).with_overrides(version=TEST_VERSION, channel="alpha")
     return build(config, out)
+
+
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEtcd]:
+    """One real single-member etcd (Debian's etcd-server) on 127.0.0.1 for the session, the
+    same the demo and the QEMU update test use; tests keep to their own keys."""
+    if not shutil.which("etcd"):
+        pytest.skip("etcd (Debian etcd-server) is not installed")
+    e = LocalEtcd(tmp_path_factory.mktemp("etcd") / "data")
+    e.start()
+    yield e
+    e.stop()

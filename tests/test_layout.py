@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "imagebuild"
-WINGS = ("core", "image", "cloudconfig", "vagrant", "lab", "commands")
+WINGS = ("core", "image", "cloudconfig", "vagrant", "fleet", "lab", "commands")
 TOP = {"__init__.py", "__main__.py", "cli.py"}
 
 

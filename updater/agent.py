@@ -20,13 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from channels.bundle import Slot
+from channels.fleet import HostReport
 from updater import metrics, slots
 from updater.channel import Channel
 from updater.config import AgentConfig
+from updater.drain import Drainer
 from updater.errors import UpdaterError
 from updater.host import Host
 from updater.lock import RebootLock
 from updater.rebooting import Rebooting
+from updater.report import FleetReporter
 from updater.schedule import backoff, next_window, window_open
 from updater.staging import Staging
 from updater.state import Phase, State, StateStore
@@ -61,6 +64,8 @@ class Agent(Staging, Rebooting):
         sleep: Callable[[float], None] = time.sleep,
         rand: Callable[[], float] = random.random,
         write_slot: Callable[..., object] = slots.write_slot,
+        fleet: FleetReporter | None = None,
+        drainer: Drainer | None = None,
     ) -> None:
         self.config = config
         self.host = host
@@ -72,6 +77,8 @@ class Agent(Staging, Rebooting):
         self.sleep = sleep
         self.rand = rand
         self.write_slot = write_slot
+        self.fleet = fleet  # None: no report (the strategy has no etcd)
+        self.drainer = drainer or Drainer(config.drain)
 
     # --- facts about the running host -----------------------------------------------------
 
@@ -103,7 +110,18 @@ class Agent(Staging, Rebooting):
                 s, version=self.version, slot=slot, channel=self.config.channel_name))
         except OSError as e:
             log.warning("metrics: cannot write %s: %s", self.config.metrics_file, e.strerror)
+        if self.fleet is not None:
+            self.fleet.publish(self.report(s, slot))
         return s
+
+    def report(self, s: State, slot: str) -> HostReport:
+        """What this host tells the fleet (``channels.fleet``)."""
+        return HostReport(
+            id=self.holder_id, version=self.version, slot=slot,
+            channel=self.config.channel_name, group=self.config.group, state=s.phase.value,
+            target_version=s.target_version, bad_versions=s.bad_versions,
+            last_error=s.last_error, last_result=s.last_result, lock_held=s.lock_held,
+            halted=s.halted, boot_id=self.host.boot_id(), time=self.clock())
 
     def _failed(self, s: State, error: str) -> tuple[State, float]:
         log.error("%s", error)
@@ -190,10 +208,10 @@ class Agent(Staging, Rebooting):
                 return 0
             return 30
         if p.is_resting():
-            if s.lock_held or s.release_pending:
+            if s.lock_held or s.release_pending or s.drained:
                 delay = self._release_when_healthy(s)
                 s = self.load()
-                if s.lock_held or s.release_pending:
+                if s.lock_held or s.release_pending or s.drained:
                     return delay
             if self.channel is None:
                 return IDLE_SLEEP
@@ -201,6 +219,13 @@ class Agent(Staging, Rebooting):
                 return s.next_check - now
             return self.check_and_stage(s)[1]
         if p is Phase.STAGED:
+            if s.halted:  # the group rolled this version back: look again each interval
+                if now < s.next_check:
+                    return min(s.next_check - now, IDLE_SLEEP)
+                if self.channel is not None:  # a newer release? then the lock step re-reads
+                    s, delay = self.check_and_stage(s)
+                    if s.phase is not Phase.STAGED:
+                        return delay
             if not self.config.strategy.reboots():  # stage only; a newer release restages
                 if self.channel is not None and now >= s.next_check:
                     return self.check_and_stage(s)[1]
@@ -216,6 +241,7 @@ class Agent(Staging, Rebooting):
             return min((opens - at).total_seconds(), IDLE_SLEEP)
         if p is Phase.WAITING_FOR_LOCK:
             if not window_open(self.config.window, datetime.fromtimestamp(now, UTC)):
+                self.leave_queue()
                 self.save(s.to(Phase.WAITING_FOR_WINDOW, now))
                 return 0
             return self.reboot_when_locked(s)
@@ -281,5 +307,5 @@ class Agent(Staging, Rebooting):
             "next_check": s.next_check, "last_error": s.last_error,
             "last_result": s.last_result, "lock_held": s.lock_held,
             "bad_versions": list(s.bad_versions), "reboots": s.reboots,
-            "bad_releases": list(s.bad_releases),
+            "bad_releases": list(s.bad_releases), "halted": s.halted, "drained": s.drained,
         }

@@ -27,6 +27,7 @@ from updater.errors import (
 
 log = logging.getLogger("updater")
 STEP_WAIT = 30.0  # default seconds a verb waits for the agent's step lock
+WAIT_RESYNC = 900.0  # lock lock --wait: longest wait on a watch before it reads again
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     ll = lsub.add_parser("lock", parents=[where])
     ll.add_argument("id", nargs="?")
     ll.add_argument("--wait", action="store_true",
-                    help="retry until a slot is free (backing off, with jitter)")
+                    help="wait in the group's queue until a slot is free (on a watch)")
     ll.add_argument("--lease", type=int, help="seconds the hold lives without renewal "
                                               "(5 to 604800)")
     lu = lsub.add_parser("unlock", parents=[where])
@@ -86,11 +87,13 @@ def _agent(config: cfgmod.AgentConfig, *, need_channel: bool, need_lock: bool = 
     from updater.channel import make_channel
     from updater.host import SystemdHost
     from updater.lock import NoLock, make_lock
+    from updater.report import make_reporter
 
     channel = make_channel(config)
     if need_channel and channel is None:
         raise ChannelUnavailable(f"no channel configured (set channel.url in {cfgmod.CONFIG_FILE})")
-    return Agent(config, SystemdHost(), make_lock(config) if need_lock else NoLock(), channel)
+    return Agent(config, SystemdHost(), make_lock(config) if need_lock else NoLock(), channel,
+                 fleet=make_reporter(config) if need_lock else None)
 
 
 def _ts(t: float) -> str:
@@ -113,6 +116,8 @@ def cmd_status(config: cfgmod.AgentConfig, as_json: bool) -> None:
         print(f"last result: {st['last_result']}")
     if st["last_error"]:
         print(f"last error: {st['last_error']}")
+    if st["halted"]:
+        print(f"halted: {st['halted']}")
     if st["bad_versions"]:
         print(f"never again: {', '.join(st['bad_versions'])}")
 
@@ -168,12 +173,11 @@ def cmd_lock(config: cfgmod.AgentConfig, a: argparse.Namespace) -> None:
             raise LockError("no holder id given and /etc/machine-id is empty")
         check_holder(holder)
     if a.lock_verb == "lock":
-        delay = 1.0
         while not client.acquire(holder):
             if not a.wait:
                 raise LockBusy(f"group {client.group}: no free slot")
-            time.sleep(delay * (0.5 + random.random()))  # jitter: waiters do not move in step
-            delay = min(delay * 2, 30.0)
+            # in the group's queue, on a watch; re-read after a long, jittered while
+            client.wait_turn(holder, WAIT_RESYNC * (0.6 + 0.4 * random.random()))
         print(f"{holder} holds the lock of group {client.group}")
     elif a.lock_verb == "unlock":
         client.unlock(holder, force=True)  # the operator may release any host's slot

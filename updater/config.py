@@ -24,6 +24,9 @@ Example /etc/tidehost/update.yaml (cloud-config writes one like it)::
       commands: ["/usr/bin/docker info"]
       deadline: 5m
     deadline: {download: 2h, write: 1h}   # per step kind; see ``Deadlines``
+    halt_after: 2                  # a version 2 hosts of the group rolled back halts (0: off)
+    drain: {swarm: true, timeout: 5m, on_timeout: reboot,
+            pre_reboot: [], post_health: []}
 
 ``strategy: off`` may be written unquoted (YAML reads it as false).  ``window.days`` takes
 systemd's calendar weekdays: ``mon``/``monday``, ranges ``mon-fri`` or ``mon..fri``, lists
@@ -54,6 +57,13 @@ CONFIG_FILE = Path("/etc/tidehost/update.yaml")
 LEASE = fv.bounded(fv.duration, 5, 7 * fv.DAY, fv.human)  # etcd.lease and lock --lease
 DEADLINE = fv.bounded(fv.duration, fv.MINUTE, 2 * fv.DAY, fv.human)
 WINDOW_LENGTH = fv.bounded(fv.duration, fv.MINUTE, 7 * fv.DAY, fv.human)
+
+
+class OnTimeout(StrEnum):
+    """What a drain that passed ``drain.timeout`` leads to."""
+
+    REBOOT = "reboot"  # log it and reboot anyway
+    WAIT = "wait"  # keep the lock and try the drain again
 
 
 class Strategy(StrEnum):
@@ -102,6 +112,27 @@ class Deadlines:
     confirm: int = 1800
 
 
+@dataclass(frozen=True)
+class Drain:
+    """Moving work off the node once it holds the lock, and back after the health gate.
+
+    swarm: ``docker node update --availability drain`` this node and wait until its tasks
+    run elsewhere (a manager's own command; a worker logs that it cannot); pre_reboot:
+    commands run then (``kubectl drain``, a load balancer); post_health: commands run after
+    the health gate, before the lock is released (``kubectl uncordon``).
+    """
+
+    swarm: bool = False
+    timeout: int = 300
+    on_timeout: OnTimeout = OnTimeout.REBOOT
+    pre_reboot: tuple[tuple[str, ...], ...] = ()
+    post_health: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def wanted(self) -> bool:
+        return self.swarm or bool(self.pre_reboot or self.post_health)
+
+
 DEADLINES = MappingProxyType({k.name: k.default for k in fields(Deadlines)})
 
 
@@ -132,6 +163,8 @@ class AgentConfig:
     metrics_file: Path | None = Path("/var/lib/prometheus/node-exporter/tidehost.prom")
     esp: Path = Path("/efi")
     deadlines: Deadlines = Deadlines()
+    halt_after: int = 2  # hosts of the group that rolled a version back before it halts
+    drain: Drain = Drain()
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -148,6 +181,19 @@ def _strategy(v: Any) -> Strategy:
         raise ValueError(f"{v!r} is not one of {', '.join(s.value for s in Strategy)}") from None
 
 
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"{v!r} is not true or false")
+    return v
+
+
+def _on_timeout(v: Any) -> OnTimeout:
+    try:
+        return OnTimeout(fv.text(v))
+    except ValueError:
+        raise ValueError(f"{v!r} is not one of reboot, wait") from None
+
+
 def _channel(v: Any) -> str:
     s = fv.text(v)
     if s not in CHANNELS:
@@ -158,7 +204,7 @@ def _channel(v: Any) -> str:
 @dataclass(frozen=True)
 class Setting:
     key: str  # dotted YAML path
-    dest: str  # AgentConfig field, or "window.*"/"deadlines.*" for their parts
+    dest: str  # AgentConfig field, or "window.*"/"deadlines.*"/"drain.*" for their parts
     parse: Callable[[Any], Any]
     help: str
 
@@ -195,6 +241,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("state_dir", "state_dir", fv.path, "where the agent keeps its state"),
     Setting("metrics_file", "metrics_file", fv.path_or_none, "Prometheus textfile ('' = off)"),
     Setting("esp", "esp", fv.path, "mount point of the ESP"),
+    Setting("halt_after", "halt_after", fv.bounded(fv.count, 0, fv.MAX_SLOTS),
+            "hosts of the group that rolled a version back before the rest stop taking it "
+            "(0: never)"),
+    Setting("drain.swarm", "drain.swarm", _bool, "drain this swarm node before rebooting"),
+    Setting("drain.timeout", "drain.timeout", fv.bounded(fv.duration, 1, 2 * fv.DAY, fv.human),
+            "how long the drain may take"),
+    Setting("drain.on_timeout", "drain.on_timeout", _on_timeout,
+            "reboot (log it and go on) or wait (keep the lock, drain again)"),
+    Setting("drain.pre_reboot", "drain.pre_reboot", fv.commands,
+            "commands run once the lock is held, before the reboot"),
+    Setting("drain.post_health", "drain.post_health", fv.commands,
+            "commands run after the health gate, before the lock is released"),
     *(Setting(f"deadline.{k}", f"deadlines.{k}", DEADLINE,
               f"longest {k} step before the daemon stops it (default {fv.human(v)})")
       for k, v in DEADLINES.items()),
@@ -250,6 +308,7 @@ def parse(values: Mapping[str, tuple[Any, str]], sources: tuple[str, ...] = ()) 
     kwargs: dict[str, Any] = {}
     win: dict[str, Any] = {}
     deadlines: dict[str, int] = {}
+    drain: dict[str, Any] = {}
     for key, (raw, source) in values.items():
         s = _BY_KEY[key]
         try:
@@ -260,10 +319,14 @@ def parse(values: Mapping[str, tuple[Any, str]], sources: tuple[str, ...] = ()) 
             win[s.dest.split(".", 1)[1]] = val
         elif s.dest.startswith("deadlines."):
             deadlines[s.dest.split(".", 1)[1]] = val
+        elif s.dest.startswith("drain."):
+            drain[s.dest.split(".", 1)[1]] = val
         else:
             kwargs[s.dest] = val
     if deadlines:
         kwargs["deadlines"] = Deadlines(**deadlines)
+    if drain:
+        kwargs["drain"] = Drain(**drain)
     if win:
         if "start" not in win or "length" not in win:
             src = next(src for k, (_, src) in values.items() if k.startswith("window."))

@@ -8,20 +8,27 @@ holder id turns out to be another host's (``HolderConflict``) holds nothing.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from channels import fleet
 from channels.bundle import Slot
 from updater import health, slots
+from updater.config import OnTimeout
 from updater.errors import UpdaterError
-from updater.schedule import backoff
+from updater.fields import human
+from updater.schedule import backoff, next_check, window_open
 from updater.state import Phase, State
 
 if TYPE_CHECKING:
     from updater.config import AgentConfig
+    from updater.drain import Drainer
     from updater.host import Host
     from updater.lock import RebootLock
+    from updater.report import FleetReporter
 
 log = logging.getLogger(__name__)
 LOCK_POLL = 30.0  # seconds between tries of a busy lock (jittered)
@@ -36,6 +43,8 @@ class Rebooting:
     clock: Callable[[], float]
     sleep: Callable[[float], None]
     rand: Callable[[], float]
+    fleet: FleetReporter | None
+    drainer: Drainer
 
     if TYPE_CHECKING:
         layout: object
@@ -51,17 +60,20 @@ class Rebooting:
             _, delay = self._failed(s, f"slot {s.target_slot.upper() or '?'} has no boot entry: "
                                        "not rebooting into an incompletely staged slot")
             return delay
-        now = self.clock()
         if not s.lock_held:
-            try:
-                got = self.lock.acquire(self.holder_id)
-            except UpdaterError as e:
-                log.error("reboot lock: %s", e)
-                self.save(replace(s, last_error=f"reboot lock: {e}", last_error_time=now))
-                return backoff(max(1, s.failures), base=LOCK_POLL, cap=600, rand=self.rand)
-            if not got:
-                return LOCK_POLL * (0.5 + self.rand())
-            s = self.save(replace(s, lock_held=self.config.strategy.needs_lock()))
+            began = time.monotonic()
+            delay = self._take_lock(s)
+            if delay is not None:
+                return delay
+            s = self.load()
+            if self.config.drain.wanted and time.monotonic() - began > 30:
+                return 0.0  # waited long in this step: drain in the next, under a new deadline
+        if self.config.drain.wanted and not s.drained:
+            delay = self._drain(s)
+            if delay is not None:
+                return delay
+            s = self.load()
+        now = self.clock()
         s = self.save(s.to(Phase.REBOOTING, now, reboot_boot_id=self.host.boot_id(),
                            reboots=s.reboots + 1))
         log.info("rebooting into %s on slot %s", s.target_version, s.target_slot.upper())
@@ -70,6 +82,96 @@ class Rebooting:
         except UpdaterError as e:
             log.error("reboot failed: %s", e)
         return 60.0
+
+    # --- the lock: the halt rule, then a slot, waiting on a watch ------------------------------
+
+    def _halted(self, s: State) -> str:
+        """Why the group does not take ``s.target_version`` ("" if it may, or if the group's
+        rollbacks cannot be read: then the lock, in the same etcd, decides)."""
+        cfg = self.config
+        if self.fleet is None or cfg.halt_after <= 0 or not s.target_version:
+            return ""
+        try:
+            rollbacks = self.fleet.rollbacks(cfg.group)
+        except UpdaterError as e:  # the lock decides whether etcd is there; do not block on this
+            log.warning("cannot read the rollbacks of group %s (%s): no halt check", cfg.group, e)
+            return ""
+        stop = fleet.halted(rollbacks, cfg.halt_after)
+        v = s.target_version
+        return fleet.halt_reason(v, stop[v], cfg.group, cfg.halt_after) if v in stop else ""
+
+    def _wait_budget(self) -> float:
+        """How long one step waits for a slot before it re-reads (the safety net): most of
+        the lock step's deadline, at most 30 minutes, jittered."""
+        longest = min(max(self.config.deadlines.lock - 60.0, 30.0), 1800.0)
+        return longest * (0.6 + 0.4 * self.rand())
+
+    def leave_queue(self) -> None:
+        leave = getattr(self.lock, "leave_queue", None)
+        if leave is not None:
+            try:
+                leave(self.holder_id)
+            except UpdaterError as e:
+                log.debug("reboot lock: leaving the queue: %s", e)
+
+    def _take_lock(self, s: State) -> float | None:
+        """Take a slot (None) or the seconds until the next step; a waiter waits on a watch
+        (``wait_turn``) within this step, a halted version goes back to staged."""
+        wait_turn = getattr(self.lock, "wait_turn", None)
+        start = time.monotonic()
+        budget = self._wait_budget()
+        first = True
+        while True:
+            now = self.clock()
+            if not first and not window_open(self.config.window, datetime.fromtimestamp(now, UTC)):
+                return 0.0  # the next step goes back to waiting for the window
+            first = False
+            try:
+                why = self._halted(s)
+                if why:
+                    self.leave_queue()
+                    if why != s.halted:
+                        log.warning("not taking the reboot lock: %s", why)
+                    nxt = next_check(now, self.config.interval, self.config.jitter, self.rand)
+                    self.save(s.to(Phase.STAGED, now, halted=why, next_check=nxt))
+                    return nxt - now
+                if self.lock.acquire(self.holder_id):
+                    self.save(replace(s, lock_held=self.config.strategy.needs_lock(),
+                                      halted=""))
+                    return None
+                left = budget - (time.monotonic() - start)
+                if wait_turn is None:
+                    return LOCK_POLL * (0.5 + self.rand())
+                if left < 1:
+                    return 0.0
+                wait_turn(self.holder_id, left)
+            except UpdaterError as e:
+                log.error("reboot lock: %s", e)
+                self.save(replace(s, last_error=f"reboot lock: {e}", last_error_time=now))
+                return backoff(max(1, s.failures), base=LOCK_POLL, cap=600, rand=self.rand)
+
+    # --- moving work off the node and back -------------------------------------------------
+
+    def _drain(self, s: State) -> float | None:
+        """Drain once the lock is held (None: reboot now); the seconds to wait otherwise."""
+        cfg = self.config
+        done = self.drainer.drain(max(cfg.deadlines.lock - 60.0, 30.0))
+        if not done and cfg.drain.on_timeout is OnTimeout.WAIT:
+            self.save(replace(s, last_error="drain did not finish; keeping the lock and "
+                                            "trying again (drain.on_timeout: wait)",
+                              last_error_time=self.clock()))
+            return 30.0
+        if not done:
+            log.error("drain did not finish within %s: rebooting anyway "
+                      "(drain.on_timeout: reboot)", human(cfg.drain.timeout))
+        self.save(replace(s, drained=True))
+        return None
+
+    def _undrain(self, s: State) -> State:
+        if not s.drained:
+            return s
+        self.drainer.undrain()
+        return self.save(replace(s, drained=False))
 
     def _renew(self) -> None:
         try:
@@ -95,17 +197,23 @@ class Rebooting:
         bad = health.failures(self.host, cfg.health_units, cfg.health_commands,
                               boot_complete=False)  # fmt: skip
         if bad:
-            try:
-                held = self.lock.renew(self.holder_id)
-            except UpdaterError as e:
-                log.warning("reboot lock: renew failed: %s", e)
-                return 10.0
-            if not held:
-                log.info("reboot lock: this host holds no slot; nothing to release")
-                self.save(replace(s, lock_held=False, release_pending=False))
-                return 0.0
-            log.info("holding the reboot lock until healthy: waiting for %s", ", ".join(bad))
+            if s.lock_held or s.release_pending:
+                try:
+                    held = self.lock.renew(self.holder_id)
+                except UpdaterError as e:
+                    log.warning("reboot lock: renew failed: %s", e)
+                    return 10.0
+                if not held:
+                    log.info("reboot lock: this host holds no slot; nothing to release")
+                    s = self.save(replace(s, lock_held=False, release_pending=False))
+                    if not s.drained:
+                        return 0.0
+            log.info("holding the reboot lock%s until healthy: waiting for %s",
+                     " and the drain" if s.drained else "", ", ".join(bad))
             return 10.0
+        s = self._undrain(s)
+        if not (s.lock_held or s.release_pending):
+            return 0.0
         s = self.save(self._release(s))
         return 0.0 if not s.release_pending else backoff(2, base=30, rand=self.rand)
 
@@ -134,6 +242,7 @@ class Rebooting:
                 log.error("reboot failed: %s", e)
             return 60.0
         self.host.bless(True)
+        s = self._undrain(s)
         s = self._release(s) if s.lock_held else s
         log.info("updated to %s on slot %s: healthy, blessed%s", s.target_version,
                  s.target_slot.upper(), ", lock released" if not s.lock_held else "")

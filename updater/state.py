@@ -66,8 +66,9 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
                           _P.ROLLED_BACK}),
     _P.WAITING_FOR_WINDOW: frozenset({_P.WAITING_FOR_LOCK, _P.IDLE, _P.ERROR, _P.CONFIRMING,
                                       _P.ROLLED_BACK}),
+    # waiting-for-lock → staged: the version halted in the group (the agent checks again)
     _P.WAITING_FOR_LOCK: frozenset({_P.REBOOTING, _P.WAITING_FOR_WINDOW, _P.IDLE, _P.ERROR,
-                                    _P.CONFIRMING, _P.ROLLED_BACK}),
+                                    _P.CONFIRMING, _P.ROLLED_BACK, _P.STAGED}),
     _P.REBOOTING: frozenset({_P.CONFIRMING, _P.ROLLED_BACK, _P.WAITING_FOR_LOCK, _P.ERROR}),
     _P.CONFIRMING: frozenset({_P.IDLE, _P.REBOOTING, _P.ROLLED_BACK}),
     _P.ROLLED_BACK: frozenset({_P.CHECKING, _P.IDLE, _P.STAGED}),
@@ -95,6 +96,8 @@ class State:
     bad_versions: tuple[str, ...] = ()
     bad_releases: tuple[str, ...] = ()  # ``version@sha256`` of bytes that failed verification
     reboots: int = 0
+    halted: str = ""  # why the staged version is not taken (the group's rollbacks), if so
+    drained: bool = False  # work was moved off this node; move it back after the health gate
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -128,6 +128,17 @@ class Window:
 
 
 @dataclass(frozen=True)
+class Drain:
+    """The agent's ``drain:`` (None: the agent's default; swarm: on for a swarm cluster)."""
+
+    swarm: bool | None = None
+    timeout: int | None = None  # seconds
+    on_timeout: str | None = None  # reboot | wait
+    pre_reboot: tuple[str, ...] = ()  # shell words, as the agent's drain.pre_reboot
+    post_health: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Updater:
     channel_url: str = ""
     channel_name: str = "stable"
@@ -142,6 +153,8 @@ class Updater:
     health_units: tuple[str, ...] | None = None  # None: what the node's roles run
     health_commands: tuple[str, ...] = ()  # shell words, as the agent's health.commands
     health_deadline: int | None = None  # seconds
+    halt_after: int | None = None  # None: the agent's default (2); 0: never halt
+    drain: Drain = Drain()
 
 
 @dataclass(frozen=True)

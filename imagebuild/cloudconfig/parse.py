@@ -43,6 +43,10 @@ The format (every field, with its default; see cloud-config/examples/cluster.yam
       max: 1
       fleetlock_url: null              # required for strategy fleetlock
       window: null                     # {days: [mon, ...], start: "02:00", length: 1h30m, tz: UTC}
+      halt_after: null                 # rollbacks in the group that halt a version (agent: 2)
+      drain: {swarm: null, timeout: null, # swarm: drain the node before its reboot (null: on
+              on_timeout: null,        #   for swarm clusters); reboot | wait; shell commands
+              pre_reboot: [], post_health: []}
     ssh_authorized_keys: []            # for the user `core`
 """
 
@@ -57,6 +61,7 @@ from imagebuild.cloudconfig.model import (
     Bootstrap,
     Cluster,
     Docker,
+    Drain,
     Etcd,
     Kubeadm,
     Network,
@@ -269,7 +274,7 @@ def _updater(w: str, raw: Any, base: Path) -> Updater:
     if raw is None:
         raise ConfigError(f"{where}: missing (at least updater.channel.url)")
     m = f.mapping(where, raw, ("channel", "strategy", "group", "max", "window", "fleetlock_url",
-                               "check", "health"))  # fmt: skip
+                               "check", "health", "halt_after", "drain"))  # fmt: skip
     ch = f.mapping(f"{where}.channel", m.get("channel"), ("url", "name", "root"))
     if "url" not in ch:
         raise ConfigError(f"{where}.channel.url: missing (the channel repository's URL)")
@@ -288,6 +293,24 @@ def _updater(w: str, raw: Any, base: Path) -> Updater:
         channel_root=_root_json(f"{where}.channel.root", ch.get("root"), base),
         **_check(f"{where}.check", m.get("check")),
         **_health(f"{where}.health", m.get("health")),
+        halt_after=f.int_range(0, 10_000)(f"{where}.halt_after", m["halt_after"])
+        if m.get("halt_after") is not None else None,
+        drain=_drain(f"{where}.drain", m.get("drain")),
+    )
+
+
+def _drain(where: str, raw: Any) -> Drain:
+    m = f.mapping(where, raw, ("swarm", "timeout", "on_timeout", "pre_reboot", "post_health"))
+    on_timeout = m.get("on_timeout")
+    if on_timeout is not None and on_timeout not in ("reboot", "wait"):
+        raise ConfigError(f"{where}.on_timeout: {on_timeout!r} is not one of reboot, wait")
+    return Drain(
+        swarm=f.boolean(f"{where}.swarm", m["swarm"]) if m.get("swarm") is not None else None,
+        timeout=f.seconds(f"{where}.timeout", m["timeout"]) if m.get("timeout") is not None
+        else None,
+        on_timeout=on_timeout,
+        pre_reboot=f.listof(f.string)(f"{where}.pre_reboot", m.get("pre_reboot")),
+        post_health=f.listof(f.string)(f"{where}.post_health", m.get("post_health")),
     )
 
 

@@ -32,6 +32,7 @@ from imagebuild.cloudconfig.model import (
     Cluster,
     Node,
     Role,
+    SchedulerKind,
     Strategy,
 )
 from imagebuild.cloudconfig.providers import PROVIDERS
@@ -268,6 +269,17 @@ def update_mapping(cluster: Cluster, node: Node) -> dict[str, Any]:
     if any(v is not None for v in check.values()):
         out["check"] = {k: v for k, v in check.items() if v is not None}
     out["health"] = health_mapping(cluster, node)
+    if u.halt_after is not None:
+        out["halt_after"] = u.halt_after
+    d = u.drain
+    swarm = d.swarm if d.swarm is not None else cluster.scheduler.kind is SchedulerKind.SWARM
+    drain: dict[str, Any] = {"swarm": swarm, "pre_reboot": list(d.pre_reboot),
+                             "post_health": list(d.post_health)}
+    if d.timeout is not None:
+        drain["timeout"] = d.timeout
+    if d.on_timeout is not None:
+        drain["on_timeout"] = d.on_timeout
+    out["drain"] = drain
     return out
 
 

@@ -45,6 +45,7 @@ from imagebuild.image.config import parse_image_file
 from imagebuild.image.context import Artifact
 from imagebuild.image.pipeline import build
 from imagebuild.lab import channel
+from imagebuild.lab import fleet as fleetview
 from imagebuild.lab.agent import Phase, print_status
 from imagebuild.lab.cluster import ClusterState, UpOptions, down, up
 from imagebuild.lab.hostlab import UpdateLab, bless_latency, wait_for
@@ -147,6 +148,15 @@ def demo_cluster_file(out: Path) -> Path:
     return path
 
 
+FLEET_PORT = 8090
+
+
+def changed(spec: object, state: ClusterState, name: str, st: object) -> None:
+    """A node's agent moved on: its status line, then the fleet as its reports say."""
+    print_status(st, name)  # type: ignore[arg-type]
+    print(fleetview.fleet_table(spec, state.netns), flush=True)  # type: ignore[arg-type]
+
+
 def show(vm: VM, command: str) -> None:
     print(f"\n[core@{vm.hostname} ~]$ {command}", flush=True)
     print(vm.ssh(command, check=False).rstrip(), flush=True)
@@ -189,8 +199,10 @@ def run_cluster_demo(out: Path, *, keep: bool = False, v1: str = "1.0.0",
             print(f"\n== publishing {v2} to alpha; the nodes update one at a time", flush=True)
             channel.publish(repo, r2.artifacts[Artifact.RELEASE], "alpha")
             report = watch(state, v2, 3600, prober=probe,
-                           on_change=lambda name, st: print_status(st, name))  # fmt: skip
+                           on_change=lambda name, st: changed(spec, state, name, st))
         print("\n" + report.summary(), flush=True)
+        print(f"\n$ tidehost fleet status --etcd {spec.client_endpoints()[0]} ...\n"
+              + fleetview.fleet_table(spec, state.netns), flush=True)
         for n in state.nodes:
             show(state.vm(n.name), "tidehost-update status")
         show(first, "sudo tidehost-update lock status")
@@ -203,6 +215,10 @@ def run_cluster_demo(out: Path, *, keep: bool = False, v1: str = "1.0.0",
         if keep:
             print(f"\nthe cluster is still up: tidehost vm cluster status {out / 'cluster.yaml'}"
                   f" --state-dir {state_root}", flush=True)  # fmt: skip
+            if ok:
+                pid = fleetview.serve(spec, state.netns, FLEET_PORT, state_root)
+                print(f"the fleet page: http://127.0.0.1:{FLEET_PORT}/ (tidehost fleet serve, "
+                      f"pid {pid}; kill it when done)", flush=True)
         else:
             down(spec, state_root, keep_logs=not ok)
             if not ok:

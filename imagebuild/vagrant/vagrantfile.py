@@ -68,9 +68,10 @@ class InitOptions:
 
 
 def cluster_document(o: InitOptions) -> dict[str, Any]:
-    """A cluster file for ``o`` (pure): up to three etcd members and swarm managers."""
+    """A cluster file for ``o`` (pure): an odd number of etcd members and swarm managers (up
+    to three), so that one rebooting node leaves both their quorum; the rest are workers."""
     net = ipaddress.IPv4Network(o.subnet)
-    core = min(o.nodes, 3)
+    core = 3 if o.nodes >= 3 else 1
     nodes = []
     for i in range(o.nodes):
         roles = ["etcd", "manager"] if i < core else ["worker"]

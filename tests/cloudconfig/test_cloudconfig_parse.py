@@ -23,8 +23,9 @@ def test_example_parses() -> None:
     assert c.etcd.tls and c.etcd.bootstrap is Bootstrap.STATIC
     assert c.etcd.cert_dir == EXAMPLE.parent / "certs"
     assert c.scheduler.kind is SchedulerKind.SWARM
-    assert [n.name for n in c.managers] == ["node1", "node2"]
-    assert c.node("node3").roles == frozenset({Role.ETCD, Role.WORKER})
+    assert [n.name for n in c.managers] == ["node1", "node2", "node3"]  # odd: a quorum
+    assert c.node("node3").roles == frozenset({Role.ETCD, Role.MANAGER})
+    assert c.updater.halt_after == 2 and c.updater.drain.swarm is True
     assert c.updater.strategy is Strategy.ETCD_LOCK and c.updater.max == 1
     assert c.client_endpoints()[0] == "https://10.77.0.11:2379"
 
@@ -138,9 +139,13 @@ BAD: list[tuple[str, Callable[[dict], None], str]] = [
     ("bad-ssh-key", _set("ssh_authorized_keys", ["hunter2"]),
      "ssh_authorized_keys[0]: not an OpenSSH public key line"),
     ("workers-without-manager",
-     _all(_set("nodes.0.roles", ["etcd"]), _set("nodes.1.roles", ["etcd", "worker"])),
+     _all(_set("nodes.0.roles", ["etcd"]), _set("nodes.1.roles", ["etcd", "worker"]),
+          _set("nodes.2.roles", ["etcd"])),
      "nodes: there are workers but no node has the manager role"),
     ("no-nodes", _set("nodes", []), "nodes: expected a non-empty list of nodes"),
+    ("bad-halt-after", _set("updater.halt_after", -1), "updater.halt_after: "),
+    ("bad-drain-on-timeout", _set("updater.drain", {"on_timeout": "later"}),
+     "updater.drain.on_timeout: 'later' is not one of reboot, wait"),
     ("no-cluster-name", _set("cluster", _DELETE), "cluster: missing"),
 ]  # fmt: skip
 

@@ -139,6 +139,9 @@ def test_example_node1_content(tmp_path: Path, cluster_file) -> None:
                                 " --cert=/etc/tidehost/etcd/client.crt"
                                 " --key=/etc/tidehost/etcd/client.key endpoint health"],
                    "deadline": 900},
+        "halt_after": 2,
+        "drain": {"swarm": True, "timeout": 300, "on_timeout": "reboot", "pre_reboot": [],
+                  "post_health": []},
     }  # fmt: skip
     daemon = json.loads(files["/etc/docker/daemon.json"]["content"])
     assert daemon == {"log-driver": "journald", "insecure-registries": ["10.77.0.1:5000"]}
@@ -154,7 +157,9 @@ def test_example_node1_content(tmp_path: Path, cluster_file) -> None:
 
 
 def test_joining_nodes_wait_for_tokens(tmp_path: Path, cluster_file) -> None:
-    path = cluster_file(yaml.safe_load(EXAMPLE.read_text()))
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["nodes"][2]["roles"] = ["etcd", "worker"]
+    path = cluster_file(data)
     for node, role in (("node2", "manager"), ("node3", "worker")):
         _, doc = render_to(tmp_path, path, node, Provider.VAGRANT)
         swarm = files_of(doc)["/etc/tidehost/bin/tidehost-swarm"]["content"]

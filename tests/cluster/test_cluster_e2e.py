@@ -2,12 +2,14 @@
 then the cluster updates itself.
 
 ONE bring-up, shared by every test of this module (a module fixture): an etcd cluster of 3
-healthy TLS members, a swarm of 3 nodes, a replicated web service (2 replicas on the two
-managers) answering HTTP on the routing mesh, a container on the worker reaching it by name
+healthy TLS members, a swarm of 3 managers, a replicated web service (2 replicas, one per
+node) answering HTTP on the routing mesh, a container on node3 reaching it by name
 over an attachable overlay network, and every node published under /tidehost/nodes/. The
 cluster's channel (v1 on alpha) is served inside its namespace (`up --serve`). Last, v2 is
 published: the nodes update one at a time under the reboot lock in the cluster's own etcd
-(max=1) while a probe asks the service every second; v2 is then promoted to beta and stable.
+(max=1), each drained before its reboot, while a probe asks the service every second; the
+nodes' reports in etcd (`tidehost fleet status`) show all three on v2; v2 is then promoted
+to beta and stable.
 
 No image can be pulled here (no internet): each node imports a tiny image of symlinks only
 (bin -> usr/bin, lib64 -> usr/lib64, ...) and its containers bind-mount the host's read-only
@@ -22,6 +24,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -30,6 +33,7 @@ from imagebuild.cli import tidehost
 from imagebuild.cloudconfig.parse import parse_cluster_file
 from imagebuild.image.config import parse_image_file
 from imagebuild.image.pipeline import BuildResult, build
+from imagebuild.lab import fleet as fleetview
 from imagebuild.lab.agent import print_status
 from imagebuild.lab.cluster import ClusterState, UpOptions, down, status, up
 from imagebuild.lab.demo import (
@@ -57,6 +61,7 @@ V1, V2 = "1.0.0", "1.1.0"
 FETCH = ("import sys, urllib.request; "
          "print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode().strip())")  # fmt: skip
 TIMES: dict[str, float] = {}
+SPEC: dict[str, Any] = {}  # the parsed cluster file, for the fleet view
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +93,7 @@ def cluster(
     doc["ssh_authorized_keys"] = [ssh_keypair.with_suffix(".pub").read_text().strip()]
     (work / "cluster.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     spec = parse_cluster_file(work / "cluster.yaml")
+    SPEC["cluster"] = spec
     image = Path(reference_image.artifacts["qcow2"])
     state_root = work / "state"
     down(spec, state_root)  # a previous run's leftovers, if any
@@ -134,7 +140,7 @@ def test_nodes_publish_address_and_roles(cluster: ClusterState) -> None:
     assert {n: (v["address"], v["roles"]) for n, v in nodes.items()} == {
         "node1": ("10.77.0.11", ["etcd", "manager"]),
         "node2": ("10.77.0.12", ["etcd", "manager"]),
-        "node3": ("10.77.0.13", ["etcd", "worker"]),
+        "node3": ("10.77.0.13", ["etcd", "manager"]),
     }
     swarm = vm.ssh(f"{ETCDCTL} get --prefix --keys-only /tidehost/swarm/").split()
     assert "/tidehost/swarm/worker-token" in swarm and "/tidehost/swarm/manager-addr" in swarm
@@ -147,9 +153,9 @@ def test_swarm_has_three_nodes(cluster: ClusterState) -> None:
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()}
     assert sorted(rows) == ["node1", "node2", "node3"], out
     assert all(r[0] == "Ready" for r in rows.values()), out
-    # Managers show Leader/Reachable (a loaded TCG manager may briefly show Unreachable).
-    assert rows["node1"][1:] and rows["node2"][1:] and "Leader" in out, out
-    assert rows["node3"][1:] == [], out  # the worker
+    # Three managers (an odd number: one rebooting leaves the others their quorum); they show
+    # Leader/Reachable (a loaded TCG manager may briefly show Unreachable).
+    assert all(r[1:] for r in rows.values()) and "Leader" in out, out
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +177,7 @@ def _get(cluster: ClusterState, url: str) -> str:
 def test_service_two_replicas_on_two_nodes_answer_http(
     cluster: ClusterState, web: dict[str, str]
 ) -> None:
-    assert sorted(web) == ["node1", "node2"], web
+    assert len(web) == 2 and set(web) <= {"node1", "node2", "node3"}, web
     seen: set[str] = set()
     wait_until("the routing mesh answers on every node",
              lambda: all(_get(cluster, f"http://{n.address}:8080/") for n in cluster.nodes), 300,
@@ -179,7 +185,7 @@ def test_service_two_replicas_on_two_nodes_answer_http(
     for _ in range(8):
         for n in cluster.nodes:
             seen.add(_get(cluster, f"http://{n.address}:8080/"))
-    assert seen == {"node1", "node2"}, seen  # both replicas answer, through any node
+    assert seen == set(web), seen  # both replicas answer, through any node
 
 
 def test_container_on_worker_reaches_service_by_name(
@@ -192,10 +198,10 @@ def test_container_on_worker_reaches_service_by_name(
     def reached() -> bool:
         nonlocal answer
         answer = cluster.vm("node3").ssh(cmd, timeout=300).strip()
-        return answer in ("node1", "node2")
+        return answer in web
 
     wait_until("node3 reaches web over the overlay", reached, 300)
-    assert answer in ("node1", "node2")
+    assert answer in web
 
 
 def test_rolling_update_one_node_at_a_time_while_the_service_answers(
@@ -229,6 +235,15 @@ def test_rolling_update_one_node_at_a_time_while_the_service_answers(
              lambda: etcd_healthy(vms[0]) == 3, 600)  # fmt: skip
     wait_until("swarm: 3 ready nodes after the update",
              lambda: len(swarm_ready(vms[0])) == 3, 600)  # fmt: skip
+    # The fleet as the nodes report it in etcd: all three on v2, nobody holding the lock.
+    snap = fleetview.snapshot(SPEC["cluster"], cluster.netns)
+    print(fleetview.table.render(snap))
+    hosts = {h["id"]: h for h in snap["hosts"]}
+    assert sorted(hosts) == ["node1", "node2", "node3"], snap["problems"]
+    assert all((h["version"], h["slot"]) == (V2, "b") for h in hosts.values()), hosts
+    assert snap["groups"]["default"]["lock_holders"] == [] and not snap["rolled_back"]
+    # Drained before each reboot: the service barely noticed (the issue's goal: 2 s).
+    print(f"longest unanswered gap during the rollout: {report.longest_gap:.1f}s (goal 2s)")
 
 
 def test_v2_is_promoted_to_beta_and_stable_with_the_same_bits(

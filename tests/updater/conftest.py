@@ -22,7 +22,6 @@ import pytest
 
 from channels.bundle import FILES, Manifest, load_bundle
 from channels.errors import ChannelError
-from imagebuild.lab.etcd import LocalEtcd
 
 
 def free_port() -> int:
@@ -31,21 +30,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# --- etcd ---------------------------------------------------------------------------------
-
-
-# The same single-member etcd the demo and the QEMU update test use.
-Etcd = LocalEtcd
-
-
-@pytest.fixture(scope="session")
-def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
-    if not shutil.which("etcd"):
-        pytest.skip("etcd (Debian etcd-server) is not installed")
-    e = Etcd(tmp_path_factory.mktemp("etcd") / "data")
-    e.start()
-    yield e
-    e.stop()
+# --- etcd: the session's real etcd is the ``etcd`` fixture of tests/conftest.py ------------
 
 
 # --- FleetLock server, written to SPECS §1 -------------------------------------------------

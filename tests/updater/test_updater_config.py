@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from updater.config import AgentConfig, Strategy, load
+from updater.config import AgentConfig, Drain, OnTimeout, Strategy, load
 from updater.errors import ConfigError
 
 DIST_DEFAULTS = Path(__file__).parents[2] / "updater/dist/usr/share/tidehost/update.yaml"
@@ -159,6 +159,32 @@ def test_cloud_config_contract(tmp_path: Path) -> None:
     assert cfg.channel_name == "alpha" and cfg.channel_url.startswith("http://")
     assert cfg.lock_max == 1 and cfg.window is not None and cfg.window.length == 86400
     assert cfg.channel_root == Path("/usr/share/tidehost/channel-root.json")
+    assert cfg.halt_after == 2 and cfg.drain.swarm and cfg.drain.timeout == 300
+    assert cfg.drain.on_timeout is OnTimeout.REBOOT
+
+
+def test_halt_after_and_drain_settings(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, """
+halt_after: 0
+drain:
+  swarm: true
+  timeout: 2m
+  on_timeout: wait
+  pre_reboot: ["kubectl drain --ignore-daemonsets node1"]
+  post_health: [[kubectl, uncordon, node1]]
+"""), DIST_DEFAULTS)
+    assert cfg.halt_after == 0
+    assert cfg.drain == Drain(True, 120, OnTimeout.WAIT,
+                              (("kubectl", "drain", "--ignore-daemonsets", "node1"),),
+                              (("kubectl", "uncordon", "node1"),))
+    assert load(write(tmp_path, "{}\n"), DIST_DEFAULTS).drain == Drain()
+    for text, field in (("halt_after: -1", "halt_after"), ("halt_after: two", "halt_after"),
+                        ("drain: {swarm: yes please}", "drain.swarm"),
+                        ("drain: {on_timeout: later}", "drain.on_timeout"),
+                        ("drain: {timeout: 0s}", "drain.timeout"),
+                        ("drain: {later: 1}", "drain.later")):
+        with pytest.raises(ConfigError, match=f"field '{field}'"):
+            load(write(tmp_path, text + "\n"), DIST_DEFAULTS)
 
 
 def test_cloud_config_readme_shape(tmp_path: Path) -> None:

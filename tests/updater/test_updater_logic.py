@@ -43,9 +43,11 @@ def test_forbidden_transitions(src: Phase, dst: Phase) -> None:
 
 def test_only_writing_reaches_staged_from_work() -> None:
     # staged is entered from writing (a fresh write), checking (already staged), or an operator
-    # rollback from a resting phase; never from download/verify
+    # rollback from a resting phase, or waiting-for-lock when the group halted the version;
+    # never from download/verify
     sources = {p for p, dst in TRANSITIONS.items() if Phase.STAGED in dst}
-    assert sources == {Phase.WRITING, Phase.CHECKING, Phase.IDLE, Phase.ROLLED_BACK, Phase.ERROR}
+    assert sources == {Phase.WRITING, Phase.CHECKING, Phase.IDLE, Phase.ROLLED_BACK, Phase.ERROR,
+                       Phase.WAITING_FOR_LOCK}
     rebooting = {p for p, dst in TRANSITIONS.items() if Phase.REBOOTING in dst}
     assert rebooting == {Phase.WAITING_FOR_LOCK, Phase.CONFIRMING}
 

@@ -4,6 +4,7 @@ Keys, for group ``G`` (URL-escaped)::
 
     tidehost/rebootlock/groups/G/semaphore      locksmith JSON, no lease
     tidehost/rebootlock/groups/G/holders/<id>   one per holder, bound to its own lease
+    tidehost/rebootlock/groups/G/waiters/<id>   the queue of hosts waiting (``queue.py``)
 
 Every change of the semaphore is a compare-and-swap on its ``mod_revision``.  Taking the
 lock writes the semaphore and the holder's liveness key in one transaction.  The lease
@@ -26,16 +27,18 @@ import json
 import logging
 from urllib.parse import quote
 
+from channels.fleet import LOCK_ROOT
 from updater.errors import HolderConflict, LockBusy, LockError, LockExists, LockNotHeld
-from updater.lock.gateway import EtcdGateway, KeyValue
+from updater.lock.gateway import EtcdGateway, KeyValue, key_after
+from updater.lock.queue import WaitQueue
 from updater.lock.semaphore import Semaphore, check_holder, shown
 
 log = logging.getLogger(__name__)
-ROOT = "tidehost/rebootlock"
+ROOT = LOCK_ROOT
 CAS_TRIES = 50
 
 
-class EtcdLockClient:
+class EtcdLockClient(WaitQueue):
     def __init__(self, gateway: EtcdGateway, group: str = "default", lease: int = 900,
                  *, init_max: int = 1, token: str = "") -> None:
         self.gw = gateway
@@ -88,10 +91,6 @@ class EtcdLockClient:
             self.gw.txn([self.gw.cmp_absent(self.key)], [self.gw.op_put(self.key, new.to_json())])
         raise LockError(f"{self.key}: cannot create the semaphore")
 
-    def _alive(self) -> dict[str, KeyValue]:
-        n = len(self.holder_prefix)
-        return {kv.key[n:]: kv for kv in self.gw.get_prefix(self.holder_prefix)}
-
     def status(self) -> Semaphore:
         return self._read()[0]
 
@@ -107,8 +106,16 @@ class EtcdLockClient:
         return self.gw.txn(compare, [self.gw.op_put(self.key, new.to_json()), *(extra or [])])
 
     def _pruned(self) -> tuple[Semaphore, Semaphore, int, tuple[str, ...]]:
-        sem, rev = self._read()
-        alive = self._alive()
+        """The semaphore, it without its dead holders, its mod_revision and the dead: the
+        semaphore and the liveness keys read in one range, so they agree."""
+        kvs, _ = self.gw.range(self.holder_prefix, key_after(self.key))
+        sem_kv = next((kv for kv in kvs if kv.key == self.key), None)
+        if sem_kv is None:
+            sem, rev = self._read()
+        else:
+            sem, rev = Semaphore.from_json(sem_kv.value), sem_kv.mod_revision
+        n = len(self.holder_prefix)
+        alive = {kv.key[n:] for kv in kvs if kv.key.startswith(self.holder_prefix)}
         ghosts = tuple(h for h in sem.holders if quote(h, safe="") not in alive)
         if ghosts:
             log.warning("reboot lock %s: holders without liveness key: %s",
@@ -145,7 +152,8 @@ class EtcdLockClient:
                 if not lease:
                     lease = self.gw.lease_grant(self.lease)
                 op = self.gw.op_put(self.holder_key(holder), self._liveness(holder), lease)
-                if self._cas(rev, new, ghosts, [op]):
+                dequeue = self.gw.op_delete(self.waiter_key(holder))  # wakes the next waiter
+                if self._cas(rev, new, ghosts, [op, dequeue]):
                     log.info("reboot lock %s: taken by %s (%d of %d)", self.group, holder,
                              len(new.holders), new.max)
                     lease = 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from enum import StrEnum
 
 from updater.errors import LockBusy, LockError, LockExists, LockNotHeld
 from updater.fields import MAX_SLOTS, holder_id
@@ -81,3 +82,29 @@ class Semaphore:
                        holders=tuple(sorted(d.get("holders") or ())))
         except (ValueError, KeyError, TypeError):
             raise LockError("the semaphore in etcd is not locksmith JSON") from None
+
+
+# --- who of the waiters tries (pure; the I/O is in ``updater.lock.queue``) -----------------
+
+
+class Move(StrEnum):
+    """What a waiter in a group's queue does next."""
+
+    TRY = "try"  # first in the queue and a slot is free: take it
+    WATCH_AHEAD = "watch-ahead"  # someone is ahead: wait until that one's queue key goes
+    WATCH_SLOTS = "watch-slots"  # first, but every slot is held: wait until one is given back
+
+
+def free_slots(sem: Semaphore, alive: Iterable[str]) -> int:
+    """Free slots once the holders without a liveness key (``alive``: ids that have one) are
+    counted as gone, as ``lock()`` will remove them."""
+    live = set(alive)
+    return sem.semaphore + sum(1 for h in sem.holders if h not in live)
+
+
+def next_move(ahead: bool, free: int) -> Move:
+    """Only the first waiter ever tries, and only when a slot is free: a release wakes one
+    waiter, not all of them, and a hand-off costs one transaction."""
+    if ahead:
+        return Move.WATCH_AHEAD
+    return Move.TRY if free > 0 else Move.WATCH_SLOTS

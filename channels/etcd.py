@@ -1,0 +1,355 @@
+"""A small etcd v3 client over the JSON gateway (``requests`` only), for the host's reboot lock
+and fleet report and for the workstation's fleet view.
+
+The gateway prefix is detected per endpoint from ``GET /version`` (``/v3`` from 3.4 on,
+``/v3beta`` on 3.3); keys and values travel base64-encoded, int64 values come back as strings,
+fields at their default are omitted (a failed txn has no ``succeeded``, a missing key no
+``kvs``).  Every failure is an ``EtcdError`` with one line of text (``EtcdUnavailable`` when
+no endpoint answered).
+
+``wait_change`` opens the gateway's watch stream (``POST /v3/watch``, SPECS §11.1): one HTTP
+request that costs etcd nothing until a watched key changes; it returns the first batch of
+events, or ``None`` when its time is up (the caller re-reads: a long, jittered safety net).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from channels.errors import EtcdError, EtcdUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def raw(text: str) -> bytes:
+    """A key's bytes: keys that are not UTF-8 come back from ``_kv`` as surrogate escapes."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def b64(data: str | bytes) -> str:
+    return base64.b64encode(raw(data) if isinstance(data, str) else data).decode()
+
+
+def unb64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+def key_after(key: str) -> str:
+    """``range_end`` for exactly the keys up to and including ``key`` (``key`` + NUL)."""
+    return b64(raw(key) + b"\0")
+
+
+def prefix_end(prefix: str) -> str:
+    """``range_end`` for a prefix: the prefix with its last byte incremented."""
+    end = bytearray(raw(prefix))
+    end[-1] += 1
+    return b64(bytes(end))
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: bytes
+    mod_revision: int
+    version: int
+    lease: int
+    create_revision: int = 0
+
+
+def _kv(d: dict[str, Any]) -> KeyValue:
+    return KeyValue(
+        key=unb64(d["key"]).decode(errors="surrogateescape"),
+        value=unb64(d.get("value", "")),
+        mod_revision=int(d.get("mod_revision", 0)),
+        version=int(d.get("version", 0)),
+        lease=int(d.get("lease", 0)),
+        create_revision=int(d.get("create_revision", 0)),
+    )
+
+
+@dataclass(frozen=True)
+class Event:
+    """One change a watch saw: ``deleted`` or put, with the key as it is now."""
+
+    kv: KeyValue
+    deleted: bool
+
+
+@dataclass(frozen=True)
+class Watch:
+    """What to watch: one key, or keys from ``key`` up to ``range_end`` (base64, as etcd's)."""
+
+    key: str
+    range_end: str = ""
+    deletes_only: bool = False
+
+    @classmethod
+    def prefix(cls, prefix: str, *, deletes_only: bool = False) -> Watch:
+        return cls(prefix, prefix_end(prefix), deletes_only)
+
+    def request(self, start_revision: int) -> dict[str, Any]:
+        req: dict[str, Any] = {"key": b64(self.key), "start_revision": str(start_revision)}
+        if self.range_end:
+            req["range_end"] = self.range_end
+        if self.deletes_only:
+            req["filters"] = ["NOPUT"]
+        return {"create_request": req}
+
+
+def api_prefix(server_version: str) -> str:
+    """The gateway path for an etcd server version (``3.4.23`` → ``/v3``)."""
+    try:
+        major, minor = (int(x) for x in server_version.split(".")[:2])
+    except ValueError:
+        return "/v3"
+    if (major, minor) >= (3, 4):
+        return "/v3"
+    if (major, minor) == (3, 3):
+        return "/v3beta"
+    return "/v3alpha"
+
+
+class EtcdGateway:
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        ca: Path | None = None,
+        cert: Path | None = None,
+        key: Path | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        if not endpoints:
+            raise EtcdError("no etcd endpoints configured")
+        self.endpoints = [e.rstrip("/") for e in endpoints]
+        self.timeout = timeout
+        self.session = requests.Session()
+        # per request, not on the session: requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE
+        # override a session's verify (psf/requests#3829)
+        self.tls: dict[str, Any] = {"verify": str(ca) if ca else True}
+        if cert:
+            self.tls["cert"] = (str(cert), str(key)) if key else str(cert)
+        self._prefix: dict[str, str] = {}
+        self._good = 0  # index of the endpoint that answered last
+        self.calls: Counter[str] = Counter()  # requests sent, by API path (for the bench)
+
+    def _api(self, endpoint: str) -> str:
+        if endpoint not in self._prefix:
+            r = self.session.get(f"{endpoint}/version", timeout=self.timeout, **self.tls)
+            r.raise_for_status()
+            try:
+                version = str(r.json().get("etcdserver", ""))
+            except (ValueError, AttributeError):
+                raise EtcdError(f"etcd {endpoint}/version: not etcd's answer") from None
+            self._prefix[endpoint] = api_prefix(version)
+        return self._prefix[endpoint]
+
+    def _order(self) -> list[int]:
+        n = len(self.endpoints)
+        return [(self._good + i) % n for i in range(n)]
+
+    def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` to ``<prefix>/<path>`` on the first endpoint that answers.
+
+        Raises: EtcdUnavailable (no endpoint answered), EtcdError (an error answer).
+        """
+        errors = []
+        for idx in self._order():
+            ep = self.endpoints[idx]
+            self.calls[path] += 1
+            try:
+                r = self.session.post(f"{ep}{self._api(ep)}/{path}", json=body,
+                                      timeout=self.timeout, **self.tls)
+            except (requests.ConnectionError, requests.Timeout) as e:
+                errors.append(f"{ep}: {type(e).__name__}")
+                continue
+            except requests.RequestException as e:
+                errors.append(f"{ep}: {e}")
+                continue
+            if r.status_code >= 500 and "unavailable" in r.text.lower():
+                errors.append(f"{ep}: unavailable")
+                continue
+            self._good = idx
+            try:
+                data = r.json()
+            except ValueError:
+                raise EtcdError(f"etcd {ep}/{path}: HTTP {r.status_code}, not JSON") from None
+            if not isinstance(data, dict):
+                raise EtcdError(f"etcd {ep}/{path}: HTTP {r.status_code}, not a JSON object")
+            if r.status_code != 200:
+                msg = data.get("message") or data.get("error") or r.text[:200]
+                raise EtcdError(f"etcd {path}: HTTP {r.status_code}: {msg}")
+            return data
+        raise EtcdUnavailable(f"etcd unreachable ({'; '.join(errors)})")
+
+    # --- kv -------------------------------------------------------------------------------
+
+    def range(self, key: str, range_end: str = "", **options: Any) -> tuple[list[KeyValue], int]:
+        """Keys from ``key`` (to ``range_end``, base64) and the store revision of the read;
+        ``options`` are RangeRequest fields (``limit``, ``sort_order``, ...)."""
+        body: dict[str, Any] = {"key": b64(key), **options}
+        if range_end:
+            body["range_end"] = range_end
+        d = self.call("kv/range", body)
+        rev = int((d.get("header") or {}).get("revision", 0))
+        return [_kv(x) for x in d.get("kvs") or []], rev
+
+    def get(self, key: str) -> KeyValue | None:
+        kvs, _ = self.range(key)
+        return kvs[0] if kvs else None
+
+    def get_prefix(self, prefix: str, *, keys_only: bool = False) -> list[KeyValue]:
+        opts = {"keys_only": True} if keys_only else {}
+        return self.range(prefix, prefix_end(prefix), **opts)[0]
+
+    def get_prefix_paged(self, prefix: str, page: int = 1000) -> list[KeyValue]:
+        """Every key under ``prefix``, read ``page`` keys at a time at one revision (a large
+        fleet's reports would not fit one gRPC message)."""
+        out: list[KeyValue] = []
+        start, rev = prefix, 0
+        while True:
+            opts: dict[str, Any] = {"limit": str(page)}
+            if rev:
+                opts["revision"] = str(rev)
+            kvs, read_rev = self.range(start, prefix_end(prefix), **opts)
+            rev = rev or read_rev
+            out += kvs
+            if len(kvs) < page:
+                return out
+            start = kvs[-1].key + "\0"
+
+    def put(self, key: str, value: str | bytes, lease: int = 0) -> None:
+        body: dict[str, Any] = {"key": b64(key), "value": b64(value)}
+        if lease:
+            body["lease"] = str(lease)
+        self.call("kv/put", body)
+
+    def delete(self, key: str) -> None:
+        self.call("kv/deleterange", {"key": b64(key)})
+
+    def delete_prefix(self, prefix: str) -> None:
+        self.call("kv/deleterange", {"key": b64(prefix), "range_end": prefix_end(prefix)})
+
+    def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]],
+            failure: list[dict[str, Any]] | None = None) -> bool:
+        d = self.call("kv/txn", {"compare": compare, "success": success,
+                                 "failure": failure or []})
+        return d.get("succeeded") is True
+
+    # --- txn building blocks ---------------------------------------------------------------
+
+    @staticmethod
+    def cmp_mod(key: str, revision: int) -> dict[str, Any]:
+        return {"key": b64(key), "result": "EQUAL", "target": "MOD",
+                "mod_revision": str(revision)}
+
+    @staticmethod
+    def cmp_absent(key: str) -> dict[str, Any]:
+        return {"key": b64(key), "result": "EQUAL", "target": "VERSION", "version": "0"}
+
+    @staticmethod
+    def op_put(key: str, value: str | bytes, lease: int = 0) -> dict[str, Any]:
+        req: dict[str, Any] = {"key": b64(key), "value": b64(value)}
+        if lease:
+            req["lease"] = str(lease)
+        return {"request_put": req}
+
+    @staticmethod
+    def op_delete(key: str) -> dict[str, Any]:
+        return {"request_delete_range": {"key": b64(key)}}
+
+    # --- leases ------------------------------------------------------------------------------
+
+    def lease_grant(self, ttl: int) -> int:
+        d = self.call("lease/grant", {"TTL": str(ttl), "ID": "0"})
+        if "ID" not in d:
+            raise EtcdError(f"etcd lease/grant: no lease in the answer ({d.get('error', '')})")
+        return int(d["ID"])
+
+    def lease_keepalive(self, lease: int) -> int:
+        """Renew ``lease``; its remaining TTL, 0 when it has expired."""
+        d = self.call("lease/keepalive", {"ID": str(lease)})
+        result = d.get("result", d)
+        return int(result.get("TTL", 0)) if isinstance(result, dict) else 0
+
+    def lease_revoke(self, lease: int) -> None:
+        try:
+            self.call("lease/revoke", {"ID": str(lease)})
+        except EtcdError as e:  # already expired: nothing to revoke
+            log.debug("lease revoke %x: %s", lease, e)
+
+    # --- watch -------------------------------------------------------------------------------
+
+    def wait_change(self, watches: Sequence[Watch], start_revision: int,
+                    timeout: float) -> list[Event] | None:
+        """Block until one of ``watches`` sees a change at or after ``start_revision``; those
+        events.  ``None``: ``timeout`` passed (or the stream ended: re-read); ``[]``: etcd
+        compacted past ``start_revision`` (re-read, then watch again).
+
+        Raises: EtcdUnavailable (no endpoint accepted the watch), EtcdError (refused).
+        """
+        body = "".join(json.dumps(w.request(start_revision)) for w in watches)
+        end = time.monotonic() + timeout
+        errors = []
+        for idx in self._order():
+            ep = self.endpoints[idx]
+            self.calls["watch"] += 1
+            try:
+                r = self.session.post(f"{ep}{self._api(ep)}/watch", data=body, stream=True,
+                                      timeout=(self.timeout, max(timeout, 0.1)), **self.tls)
+            except (requests.ConnectionError, requests.Timeout) as e:
+                errors.append(f"{ep}: {type(e).__name__}")
+                continue
+            if r.status_code != 200:
+                r.close()
+                raise EtcdError(f"etcd watch: HTTP {r.status_code}")
+            self._good = idx
+            try:
+                return self._read_stream(r, len(watches), end)
+            finally:
+                r.close()  # closing the connection cancels the watchers (SPECS §11.1)
+        raise EtcdUnavailable(f"etcd unreachable ({'; '.join(errors)})")
+
+    @staticmethod
+    def _read_stream(r: requests.Response, n: int, end: float) -> list[Event] | None:
+        created = 0
+        try:
+            for line in r.iter_lines():
+                if not line:
+                    continue
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    raise EtcdError("etcd watch: a message that is not JSON") from None
+                if "error" in msg:
+                    err = msg["error"]
+                    text = err.get("message", "") if isinstance(err, dict) else str(err)
+                    raise EtcdError(f"etcd watch: {text}")
+                res = msg.get("result") or {}
+                if res.get("created"):
+                    created += 1
+                if res.get("canceled"):
+                    if res.get("compact_revision"):
+                        return []
+                    raise EtcdError(f"etcd watch refused: {res.get('cancel_reason', '?')}")
+                events = res.get("events") or []
+                if events:
+                    return [Event(_kv(e["kv"]), e.get("type") == "DELETE") for e in events]
+                if time.monotonic() >= end:
+                    return None
+        except requests.RequestException:
+            pass  # the read timeout (no change within the time) or a dropped stream
+        if time.monotonic() < end - 1 and created < n:
+            time.sleep(random.uniform(0.5, 1.5))  # a stream that ends at once: do not spin
+        return None
