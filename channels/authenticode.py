@@ -343,6 +343,34 @@ def _check_signed_data(blob: bytes, data: bytes, trusted: list[x509.Certificate]
     return who
 
 
+def _embedded_certificates(data: bytes) -> list[x509.Certificate]:
+    """The certificates carried inside the PE's signatures (no trust decision)."""
+    out = []
+    for blob in _signed_data_blobs(data):
+        sd = _read_tlv(blob).child(1).child(0).children()
+        for part in sd[3:]:
+            if part.tag == 0xA0:
+                out += [x509.load_der_x509_certificate(c.raw) for c in part.children()]
+    return out
+
+
+def verify_signed_by(data: bytes, fingerprint: str, *, name: str = "image") -> str:
+    """Check that ``data`` is signed, unmodified, by the certificate whose fingerprint is
+    ``fingerprint`` (what a format-2 manifest names as ``db_sha256``), without the db itself:
+    the certificate is taken from the signature and must have that fingerprint.
+
+    Raises:
+        ImageSignatureError: it is not; one line that starts with ``name``.
+    """
+    try:
+        certs = [c for c in _embedded_certificates(data) if cert_sha256(c) == fingerprint]
+    except (_Malformed, ValueError, IndexError, struct.error):
+        certs = []
+    if not certs:
+        raise ImageSignatureError(f"{name}: not signed by the db certificate {fingerprint[:12]}…")
+    return _check(data, certs, name)
+
+
 def verify_image(data: bytes, db: bytes, dbx: bytes = b"", *, name: str = "image") -> str:
     """Check that firmware with this ``db`` and ``dbx`` (signature lists) would run ``data``;
     return who signed it (or "listed in db").
@@ -356,7 +384,17 @@ def verify_image(data: bytes, db: bytes, dbx: bytes = b"", *, name: str = "image
             raise ImageSignatureError("its digest is revoked in dbx")
         if digest in {d for t, d in signature_lists(db) if t == EFI_CERT_SHA256}:
             return "listed in db"
-        trusted = db_certificates(db)
+    except ImageSignatureError as e:
+        raise ImageSignatureError(f"{name}: Secure Boot would refuse it: {e}") from None
+    except (_Malformed, ValueError, IndexError, struct.error) as e:
+        raise ImageSignatureError(f"{name}: Secure Boot would refuse it: malformed PE or "
+                                  f"signature ({e})") from None  # fmt: skip
+    return _check(data, db_certificates(db), name)
+
+
+def _check(data: bytes, trusted: list[x509.Certificate], name: str) -> str:
+    """Who signed ``data`` with a key of ``trusted`` (dbx already checked)."""
+    try:
         blobs = _signed_data_blobs(data)
         if not blobs:
             raise ImageSignatureError("not signed")

@@ -43,7 +43,7 @@ from channels.errors import (
     TransportError,
 )
 from channels.fetch import DEFAULT_MIN_RATE, RequestsFetcher, download_resumable, new_session
-from channels.index import BUNDLE_FILES, ChannelIndex, Release, check_channel, index_path
+from channels.index import ChannelIndex, Release, bundle_files, check_channel, index_path
 from channels.layout import target_url_path
 from channels.policy import Decision, decide
 from channels.version import Version
@@ -238,7 +238,7 @@ class ChannelClient:
 
     def _offer(self, rel: Release, d: Decision) -> Offer:
         files = []
-        for fname in BUNDLE_FILES:
+        for fname in bundle_files(rel.manifest.format):
             tf = self._target(rel.files[fname])
             if "sha256" not in tf.hashes:
                 raise ChannelIndexError(f"target {tf.path}: signed without a sha256")

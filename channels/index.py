@@ -23,14 +23,19 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from channels.bundle import CHANNELS, FILES, MANIFEST, Manifest
+from channels.bundle import CHANNELS, FILES, MANIFEST, Manifest, files_for
 from channels.errors import BundleError, ChannelIndexError, UnknownChannelError
 from channels.rollout import RolloutPlan, iso_time, parse_time
 from channels.version import Version
 
 FORMAT = 1
 INDEX_NAME = "index.json"
-BUNDLE_FILES = (MANIFEST, *FILES)
+BUNDLE_FILES = (MANIFEST, *FILES)  # a format-1 release's targets
+
+
+def bundle_files(fmt: int) -> tuple[str, ...]:
+    """The targets of a release whose manifest has format ``fmt``: its bundle's files."""
+    return (MANIFEST, *files_for(fmt))
 
 
 def check_channel(channel: str) -> str:
@@ -64,8 +69,9 @@ class Release:
             Version.parse(self.min_version)
         if self.manifest.version != self.version:
             raise ValueError(f"manifest version {self.manifest.version} is not {self.version}")
-        if set(self.files) != set(BUNDLE_FILES):
-            raise ValueError(f"files must list exactly {', '.join(BUNDLE_FILES)}")
+        names = bundle_files(self.manifest.format)
+        if set(self.files) != set(names):
+            raise ValueError(f"files must list exactly {', '.join(names)}")
 
     @property
     def parsed_version(self) -> Version:

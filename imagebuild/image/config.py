@@ -17,6 +17,8 @@ An image file is YAML::
     boot_tries: 3                  # tries a newly written slot gets
     formats: [raw, qcow2]
     channel_root: null             # a channel's root.json to bake into /usr (trust anchor)
+    secure_boot: {keys: keys/}     # sign systemd-boot and the UKIs with the fleet's keys
+                                   # (`tidehost keys init`); unset: unsigned UKIs
 
 Every mistake is a ``ConfigError`` naming the file and the field.
 """
@@ -36,6 +38,7 @@ from imagebuild.core.errors import ConfigError
 from imagebuild.core.fields import enum, int_range, name, string, yaml_mapping
 from imagebuild.core.files import data_file
 from imagebuild.core.platforms import OutputFormat
+from imagebuild.image.keys import check_key_dir
 
 # What every Tidehost image needs to boot its A/B, verity-checked /usr and run the updater.
 REQUIRED_PACKAGES = (
@@ -44,6 +47,10 @@ REQUIRED_PACKAGES = (
     "e2fsprogs", "fdisk", "cryptsetup-bin", "iproute2", "ca-certificates", "sudo",
     "libnss-myhostname",
     "python3", "python3-requests", "python3-yaml", "python3-cryptography", "python3-tuf",
+    # TPM 2.0 for systemd (measured boot, systemd-creds with a signed PCR policy): it dlopens
+    # these; the initrd gets them too (dracut-tidehost.conf)
+    "libtss2-esys-3.0.2-0t64", "libtss2-rc0t64", "libtss2-mu-4.0.1-0t64",
+    "libtss2-tcti-device0t64",
 )  # fmt: skip
 
 
@@ -75,6 +82,15 @@ class Partitions:
 
 
 @dataclass(frozen=True)
+class SecureBoot:
+    """``secure_boot: {keys: DIR}``: systemd-boot, every UKI and the platforms' addons are
+    signed with DIR's db, each UKI carries a PCR 11 policy signed with DIR's PCR key, and the
+    ESP enrols PK, KEK and db on firmware in Setup Mode (``image.keys``)."""
+
+    keys: Path
+
+
+@dataclass(frozen=True)
 class ImageConfig:
     source: str  # the image file's path (or "<built-in reference>"), for messages
     name: str = "tidehost"
@@ -92,6 +108,7 @@ class ImageConfig:
     boot_tries: int = 3
     formats: tuple[OutputFormat, ...] = (OutputFormat.RAW, OutputFormat.QCOW2)
     channel_root: Path | None = None
+    secure_boot: SecureBoot | None = None
 
     @property
     def all_packages(self) -> tuple[str, ...]:
@@ -181,6 +198,23 @@ def _partitions(where: str, raw: Any) -> Partitions:
     return Partitions(**values)
 
 
+def _secure_boot(base: Path) -> Parser:
+    def parse(where: str, raw: Any) -> SecureBoot | None:
+        if raw is None:
+            return None
+        if not isinstance(raw, Mapping) or "keys" not in raw:
+            raise ConfigError(f"{where}: expected a mapping with keys: DIR (a key set made by "
+                              "`tidehost keys init DIR`)")  # fmt: skip
+        unknown = [k for k in raw if k != "keys"]
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}: unknown field (known: keys)")
+        d = Path(string(f"{where}.keys", raw["keys"]))
+        d = d if d.is_absolute() else base / d
+        return SecureBoot(keys=check_key_dir(d, f"{where}.keys"))
+
+    return parse
+
+
 def _field_parser(key: str, base: Path = Path(".")) -> Parser:
     table: dict[str, Parser] = {
         "name": name,
@@ -198,6 +232,7 @@ def _field_parser(key: str, base: Path = Path(".")) -> Parser:
         "boot_tries": int_range(1, 9),
         "formats": _str_list(enum(OutputFormat)),
         "channel_root": _path_in(base),
+        "secure_boot": _secure_boot(base),
     }
     return table[key]
 

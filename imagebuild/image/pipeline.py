@@ -21,10 +21,10 @@ from imagebuild.core.errors import ConfigError
 from imagebuild.core.log import complete_step
 from imagebuild.core.platforms import OutputFormat
 from imagebuild.core.run import require
-from imagebuild.image import platforms
+from imagebuild.image import keys, platforms
 from imagebuild.image.config import ImageConfig, UsrFilesystem
 from imagebuild.image.context import Artifacts, BuildContext, default_cache_dir
-from imagebuild.image.stages import configure, disk, release, rootfs, usr
+from imagebuild.image.stages import configure, disk, esp, release, rootfs, tools, uki, usr
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,13 @@ def build(
 
 
 def build_image(ctx: BuildContext) -> None:
+    if ctx.config.secure_boot:  # a wrong passphrase fails here, before any slow work
+        ctx.signing = keys.unlock(ctx.config.secure_boot.keys, ctx.work / "keys",
+                                  f"{ctx.config.source}: secure_boot.keys")  # fmt: skip
     with complete_step("Root tree (mmdebstrap, cached)"):
         rootfs.install_tree(ctx)
+    with complete_step("Tools tree (ukify, sbsign, systemd-boot; cached)"):
+        tools.install_tools(ctx)
     with complete_step("Configuring the tree"):
         configure.configure_tree(ctx)
         configure.install_updater(ctx)
@@ -110,10 +115,13 @@ def build_image(ctx: BuildContext) -> None:
         usr.make_usr_image(ctx)
     with complete_step("dm-verity hash tree"):
         usr.make_verity(ctx)
+    signed = "signed, with a PCR policy" if ctx.signing else "unsigned"
+    with complete_step(f"Unified kernel images, one per slot ({signed})"):
+        uki.make_ukis(ctx, release.slot_cmdlines(ctx), ctx.signing)
     with complete_step("Release manifest"):
-        release.write_manifest(ctx)
-    with complete_step("ESP with systemd-boot and slot A's entry"):
-        disk.make_esp(ctx)
+        release.write_manifest(ctx, keys=ctx.signing)
+    with complete_step("ESP with systemd-boot and slot A's UKI"):
+        esp.make_esp(ctx, ctx.signing)
     with complete_step("ROOT and OEM filesystems (ext4)"):
         disk.make_root_fs(ctx)
         disk.make_oem_fs(ctx)

@@ -3,6 +3,8 @@ efitools) and tiny PE files that sbsign signs like a UKI (made in Python, in mil
 
 from __future__ import annotations
 
+import json
+import re
 import struct
 import subprocess
 from collections.abc import Callable
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from channels.bundle import FILES_V2, Slot, sha256_file, uki_file
 from imagebuild.image.keys import init_keys
 
 SECTION_ALIGN, FILE_ALIGN = 0x1000, 0x200
@@ -74,3 +77,47 @@ def sbsign(tmp_path: Path) -> Callable[[bytes, Path], bytes]:
         return out.read_bytes()
 
     return sign
+
+
+def make_uki_bundle(dest: Path, version: str, uki: dict, db_sha256: str = "") -> Path:
+    """A format-2 bundle: a real squashfs /usr and verity tree, and per slot the UKI that
+    ``uki[slot](slot, roothash)`` makes."""
+    d = dest / f"tidehost-{version}.release"
+    tree = dest / f"tree-{version}"
+    (tree / "lib").mkdir(parents=True)
+    (tree / "lib" / "os-release").write_text(f"IMAGE_VERSION={version}\n")
+    d.mkdir(parents=True)
+    subprocess.run(["mksquashfs", str(tree), str(d / "usr.img"), "-noappend", "-quiet",
+                    "-no-progress"], check=True, capture_output=True)  # fmt: skip
+    out = subprocess.run(["veritysetup", "format", str(d / "usr.img"), str(d / "usr.verity")],
+                         check=True, capture_output=True, text=True).stdout  # fmt: skip
+    roothash = re.search(r"Root hash:\s+([0-9a-f]{64})", out)[1]  # type: ignore[index]
+    for slot, make in uki.items():
+        (d / uki_file(slot)).write_bytes(make(slot, roothash))
+    files = {f: {"size": (d / f).stat().st_size, "sha256": sha256_file(d / f)} for f in FILES_V2}
+    (d / "manifest.json").write_text(json.dumps({
+        "format": 2, "name": "tidehost", "version": version, "channel": "stable",
+        "build_id": "t", "arch": "x86-64", "suite": "trixie", "usr_filesystem": "squashfs",
+        "roothash": roothash, "kernel_cmdline": "", "boot_tries": 3, "files": files,
+        "db_sha256": db_sha256, "pcr_public_key_sha256": ""}))  # fmt: skip
+    return d
+
+
+@pytest.fixture(name="make_bundle")
+def make_bundle_fixture() -> Callable[..., Path]:
+    return make_uki_bundle
+
+
+def uki_maker(tiny_pe, sign=None, slot_of=None):  # noqa: ANN001, ANN201
+    """Makes a slot's UKI-shaped PE for ``make_uki_bundle`` (``sign``: bytes -> bytes)."""
+    def make(slot: Slot, roothash: str) -> bytes:
+        s = slot_of or slot
+        data = tiny_pe({".osrel": b"IMAGE_ID=tidehost\n", ".linux": b"kernel",
+                        ".cmdline": f"usrhash={roothash} tidehost.slot={s.value}".encode()})
+        return sign(data) if sign else data
+    return make
+
+
+@pytest.fixture(name="uki_maker")
+def uki_maker_fixture() -> Callable[..., object]:
+    return uki_maker

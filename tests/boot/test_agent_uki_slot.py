@@ -6,41 +6,16 @@ real-partition writes of /usr are tests/updater/test_updater_slots.py's."""
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from channels.authenticode import EFI_GLOBAL_GUID, EFI_IMAGE_SECURITY_GUID
-from channels.bundle import FILES_V2, Slot, load_bundle, sha256_file, uki_file
+from channels.bundle import Slot, load_bundle
 from updater.errors import BadRelease
 from updater.slots import SlotDevices, rollback, slot_entries, write_slot
-
-
-def make_bundle(dest: Path, version: str, uki: dict[Slot, bytes]) -> Path:
-    d = dest / f"tidehost-{version}.release"
-    tree = dest / f"tree-{version}"
-    (tree / "lib").mkdir(parents=True)
-    (tree / "lib" / "os-release").write_text(f"IMAGE_VERSION={version}\n")
-    d.mkdir(parents=True)
-    subprocess.run(["mksquashfs", str(tree), str(d / "usr.img"), "-noappend", "-quiet",
-                    "-no-progress"], check=True, capture_output=True)  # fmt: skip
-    out = subprocess.run(["veritysetup", "format", str(d / "usr.img"), str(d / "usr.verity")],
-                         check=True, capture_output=True, text=True).stdout  # fmt: skip
-    roothash = re.search(r"Root hash:\s+([0-9a-f]{64})", out)[1]  # type: ignore[index]
-    for slot, make in uki.items():
-        (d / uki_file(slot)).write_bytes(make(slot, roothash))
-    files = {f: {"size": (d / f).stat().st_size, "sha256": sha256_file(d / f)} for f in FILES_V2}
-    (d / "manifest.json").write_text(json.dumps({
-        "format": 2, "name": "tidehost", "version": version, "channel": "stable",
-        "build_id": "t", "arch": "x86-64", "suite": "trixie", "usr_filesystem": "squashfs",
-        "roothash": roothash, "kernel_cmdline": "", "boot_tries": 3, "files": files,
-        "db_sha256": "", "pcr_public_key_sha256": ""}))  # fmt: skip
-    return d
 
 
 @pytest.fixture
@@ -75,21 +50,12 @@ def listing(esp: Path) -> list[str]:
     return sorted(str(p.relative_to(esp)) for p in esp.rglob("*") if p.is_file())
 
 
-def uki_maker(tiny_pe, sign=None, slot_of=None):
-    def make(slot: Slot, roothash: str) -> bytes:
-        s = slot_of or slot
-        data = tiny_pe({".osrel": b"IMAGE_ID=tidehost\n", ".linux": b"kernel",
-                        ".cmdline": f"usrhash={roothash} tidehost.slot={s.value}".encode()})
-        return sign(data) if sign else data
-    return make
-
-
 def enforce(h: dict, db: bytes) -> None:
     (h["efivars"] / f"SecureBoot-{EFI_GLOBAL_GUID}").write_bytes(b"\x06\0\0\0\x01")
     (h["efivars"] / f"db-{EFI_IMAGE_SECURITY_GUID}").write_bytes(struct.pack("<I", 0x27) + db)
 
 
-def test_the_uki_is_the_entry_written_last(host, tiny_pe, tmp_path) -> None:
+def test_the_uki_is_the_entry_written_last(host, tiny_pe, uki_maker, make_bundle, tmp_path) -> None:
     bundle = make_bundle(tmp_path, "2.0.0", {s: uki_maker(tiny_pe) for s in Slot})
     assert write(host, bundle) == "tidehost-b+3.efi"
     assert listing(host["esp"]) == ["EFI/Linux/tidehost-a.efi", "EFI/Linux/tidehost-b+3.efi"]
@@ -100,7 +66,7 @@ def test_the_uki_is_the_entry_written_last(host, tiny_pe, tmp_path) -> None:
     assert not [p for p in (host["esp"] / "EFI/Linux").iterdir() if p.name.startswith(".")]
 
 
-def test_under_secure_boot_an_unsigned_uki_is_never_written(host, tiny_pe, tmp_path,
+def test_under_secure_boot_an_unsigned_uki_is_never_written(host, tiny_pe, uki_maker, make_bundle, tmp_path,
                                                            fleet_keys) -> None:  # fmt: skip
     enforce(host, (fleet_keys / "db.esl").read_bytes())
     bundle = make_bundle(tmp_path, "2.0.0", {s: uki_maker(tiny_pe) for s in Slot})
@@ -113,15 +79,15 @@ def test_under_secure_boot_an_unsigned_uki_is_never_written(host, tiny_pe, tmp_p
     assert host["devs"][Slot.B].usr.read_bytes() == usr_before
 
 
-def test_under_secure_boot_a_db_signed_uki_is_written(host, tiny_pe, tmp_path, fleet_keys,
-                                                     sbsign) -> None:  # fmt: skip
+def test_under_secure_boot_a_db_signed_uki_is_written(host, tiny_pe, uki_maker, make_bundle, tmp_path,
+                                                     fleet_keys, sbsign) -> None:  # fmt: skip
     enforce(host, (fleet_keys / "db.esl").read_bytes())
     signed = uki_maker(tiny_pe, sign=lambda d: sbsign(d, fleet_keys))
     bundle = make_bundle(tmp_path, "2.0.0", {s: signed for s in Slot})
     assert write(host, bundle) == "tidehost-b+3.efi"
 
 
-def test_another_slots_uki_is_refused(host, tiny_pe, tmp_path) -> None:
+def test_another_slots_uki_is_refused(host, tiny_pe, uki_maker, make_bundle, tmp_path) -> None:
     bundle = make_bundle(tmp_path, "2.0.0", {s: uki_maker(tiny_pe, slot_of=Slot.A) for s in Slot})
     with pytest.raises(BadRelease, match=r"uki-b.efi: its command line is not slot B's"):
         write(host, bundle)

@@ -111,3 +111,21 @@ def test_the_db_list_of_keys_init_holds_its_certificate(fleet_keys) -> None:
 def test_sections_of_a_pe_are_read_by_name(tiny_pe) -> None:
     sections = pe_sections(tiny_pe({".osrel": b"ID=tidehost\n", ".cmdline": b"x tidehost.slot=a"}))
     assert sections == {".osrel": b"ID=tidehost\n", ".cmdline": b"x tidehost.slot=a"}
+
+
+def test_a_release_names_the_db_certificate_that_signed_it(fleet_keys, stranger_keys, tiny_pe,
+                                                           sbsign) -> None:  # fmt: skip
+    from channels.authenticode import cert_sha256, verify_signed_by
+
+    fingerprint = cert_sha256(db_certificates(db(fleet_keys))[0])
+    signed = sbsign(tiny_pe(), fleet_keys)
+    assert verify_signed_by(signed, fingerprint, name="uki-a.efi") == "CN=Test fleet db"
+    with pytest.raises(ImageSignatureError, match=r"^uki-a.efi: not signed by the db "
+                       rf"certificate {fingerprint[:12]}…$"):
+        verify_signed_by(sbsign(tiny_pe(), stranger_keys), fingerprint, name="uki-a.efi")
+    with pytest.raises(ImageSignatureError, match=r"not signed by the db certificate"):
+        verify_signed_by(tiny_pe(), fingerprint, name="uki-a.efi")
+    tampered = bytearray(signed)
+    tampered[0x205] ^= 1
+    with pytest.raises(ImageSignatureError, match=r"does not match its signature"):
+        verify_signed_by(bytes(tampered), fingerprint, name="uki-a.efi")

@@ -13,6 +13,7 @@ from imagebuild.core.platforms import OutputFormat
 from imagebuild.core.run import require, run
 from imagebuild.image.config import ImageConfig
 from imagebuild.image.context import Artifact, Artifacts, BuildContext
+from imagebuild.image.platforms.uefidata import aws_uefi_data
 
 GiB = 1 << 30
 SNAPSHOT_PLACEHOLDER = "SNAPSHOT_ID"
@@ -64,7 +65,10 @@ def ec2(ctx: BuildContext, disk: Path) -> Artifacts:
     run(["qemu-img", "convert", "-f", "raw", "-O", "vmdk",
          "-o", "adapter_type=lsilogic,subformat=streamOptimized,compat6", disk, vmdk])  # fmt: skip
     params = ctx.work / f"{stem}.register-image.json"
-    doc = ec2_register_image(ctx.config, disk.stat().st_size)
+    c = ctx.config
+    uefi = aws_uefi_data(c.secure_boot.keys, f"{c.source}: secure_boot.keys") \
+        if c.secure_boot else None  # fmt: skip
+    doc = ec2_register_image(c, disk.stat().st_size, uefi)
     params.write_text(json.dumps(doc, indent=2) + "\n")
     return {Artifact.EC2_RAW: raw, Artifact.EC2_VMDK: vmdk, Artifact.EC2_REGISTER_IMAGE: params}
 
