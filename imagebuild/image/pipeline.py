@@ -102,8 +102,10 @@ def build_image(ctx: BuildContext) -> None:
                                   f"{ctx.config.source}: secure_boot.keys")  # fmt: skip
     with complete_step("Root tree (mmdebstrap, cached)"):
         rootfs.install_tree(ctx)
-    with complete_step("Tools tree (ukify, sbsign, systemd-boot; cached)"):
-        tools.install_tools(ctx)
+    uki_image = ctx.config.bundle_format >= 2
+    if uki_image:
+        with complete_step("Tools tree (ukify, sbsign, systemd-boot; cached)"):
+            tools.install_tools(ctx)
     with complete_step("Configuring the tree"):
         configure.configure_tree(ctx)
         configure.install_updater(ctx)
@@ -115,13 +117,19 @@ def build_image(ctx: BuildContext) -> None:
         usr.make_usr_image(ctx)
     with complete_step("dm-verity hash tree"):
         usr.make_verity(ctx)
-    signed = "signed, with a PCR policy" if ctx.signing else "unsigned"
-    with complete_step(f"Unified kernel images, one per slot ({signed})"):
-        uki.make_ukis(ctx, release.slot_cmdlines(ctx), ctx.signing)
-    with complete_step("Release manifest"):
-        release.write_manifest(ctx, keys=ctx.signing)
-    with complete_step("ESP with systemd-boot and slot A's UKI"):
-        esp.make_esp(ctx, ctx.signing)
+    if uki_image:
+        signed = "signed, with a PCR policy" if ctx.signing else "unsigned"
+        with complete_step(f"Unified kernel images, one per slot ({signed})"):
+            uki.make_ukis(ctx, release.slot_cmdlines(ctx), ctx.signing)
+        with complete_step("Release manifest"):
+            release.write_manifest(ctx, keys=ctx.signing)
+        with complete_step("ESP with systemd-boot and slot A's UKI"):
+            esp.make_esp(ctx, ctx.signing)
+    else:
+        with complete_step("Release manifest (format 1)"):
+            release.write_manifest(ctx, fmt=1)
+        with complete_step("ESP with systemd-boot and slot A's entry"):
+            esp.make_entries_esp(ctx)
     with complete_step("ROOT and OEM filesystems (ext4)"):
         disk.make_root_fs(ctx)
         disk.make_oem_fs(ctx)

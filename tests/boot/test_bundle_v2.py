@@ -74,3 +74,18 @@ def test_type_2_entries_count_tries_like_type_1() -> None:
     for bad in (-1, 100, True, "3"):
         with pytest.raises(BundleError, match=r"is not a whole number from 0 to 99"):
             uki_entry_name(Slot.B, bad)
+
+
+def test_the_image_file_chooses_the_bundle_format(fleet_keys) -> None:
+    from pathlib import Path
+
+    from imagebuild.core.errors import ConfigError
+    from imagebuild.image.config import parse_image_text
+
+    assert parse_image_text("", "x.yaml", Path(".")).bundle_format == 2
+    assert parse_image_text("bundle_format: 1", "x.yaml", Path(".")).bundle_format == 1
+    with pytest.raises(ConfigError, match=r"^x.yaml: secure_boot: needs bundle_format 2"):
+        parse_image_text(f"bundle_format: 1\nsecure_boot: {{keys: {fleet_keys}}}", "x.yaml",
+                         Path("."))
+    with pytest.raises(ConfigError, match=r"^x.yaml: secure_boot.keys: .* is not a directory"):
+        parse_image_text("secure_boot: {keys: nowhere}", "x.yaml", Path("/tmp"))

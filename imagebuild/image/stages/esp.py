@@ -13,6 +13,11 @@ The loader is the tools tree's newer systemd-boot (``stages.tools``) for its
 resets while that entry has tries left, so each refusal uses up a try and the other slot
 boots, where 257 would hand the error back to the firmware and stop at its boot menu.
 Without keys everything is unsigned and boots as before on firmware without Secure Boot.
+
+``make_entries_esp`` makes the ESP of a format-1 release (``bundle_format: 1``), as images
+were before UKIs: the image tree's systemd-boot, ``loader/entries/tidehost-a.conf`` and
+``tidehost/a/{vmlinuz,initrd}``. Such a release is the stepping stone of a fleet whose agents
+take only format 1: it brings them the agent that takes format 2.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import logging
 import shutil
 
 from channels.authenticode import verify_image
-from channels.bundle import Slot, uki_entry_name, uki_file
+from channels.bundle import Manifest, Slot, boot_entry, uki_entry_name, uki_file
 from channels.errors import ImageSignatureError
 from imagebuild.core.errors import StageError
 from imagebuild.core.run import require, run
@@ -89,5 +94,33 @@ def make_esp(ctx: BuildContext, keys: SigningKeys | None) -> None:
         dirs += ["::/loader/keys", ENROL_DIR]
         copies += [(auth, f"{ENROL_DIR}/{auth.name}") for auth in keys.auth]
     run(["mmd", "-i", img, *dirs])
+    for src, dest in copies:
+        run(["mcopy", "-o", "-i", img, src, dest])
+
+
+def make_entries_esp(ctx: BuildContext) -> None:
+    """``parts/esp.img`` of a format-1 release: systemd-boot (the image tree's) and slot A's
+    kernel, initrd and type #1 entry (no counter: the factory slot is good)."""
+    require("mkfs.vfat", "mmd", "mcopy")
+    img, t = ctx.parts / "esp.img", ctx.tree
+    img.unlink(missing_ok=True)
+    run(["mkfs.vfat", "-F", "32", "-n", "ESP", "-C", img,
+         str(ctx.config.partitions.esp * 1024)], capture=True)  # fmt: skip
+    efi = t / "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+    if not efi.exists():
+        efi = t / "usr/lib/systemd/boot/efi/systemd-bootx64.efi.signed"
+    manifest = Manifest.from_json((ctx.parts / "manifest.json").read_text())
+    entry = boot_entry(manifest, Slot.A, tries=None)
+    (ctx.work / "loader.conf").write_text(
+        "timeout 0\neditor no\nauto-entries no\nauto-firmware no\nconsole-mode keep\n")
+    (ctx.work / entry.filename).write_text(entry.text)
+    dirs = ["::/EFI", "::/EFI/BOOT", "::/EFI/systemd", "::/loader", "::/loader/entries",
+            "::/tidehost", "::/tidehost/a", "::/tidehost/b"]  # fmt: skip
+    run(["mmd", "-i", img, *dirs])
+    copies = [(efi, dest) for dest in LOADER_PATHS]
+    copies += [(ctx.work / "loader.conf", "::/loader/loader.conf"),
+               (ctx.work / entry.filename, f"::/loader/entries/{entry.filename}"),
+               (ctx.parts / "vmlinuz", f"::{entry.kernel}"),
+               (ctx.parts / "initrd", f"::{entry.initrd}")]  # fmt: skip
     for src, dest in copies:
         run(["mcopy", "-o", "-i", img, src, dest])
