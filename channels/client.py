@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,7 +43,14 @@ from channels.errors import (
     TransportError,
 )
 from channels.fetch import DEFAULT_MIN_RATE, RequestsFetcher, download_resumable, new_session
-from channels.index import ChannelIndex, Release, bundle_files, check_channel, index_path
+from channels.index import (
+    ChannelIndex,
+    Release,
+    TreeParams,
+    bundle_files,
+    check_channel,
+    index_path,
+)
 from channels.layout import target_url_path
 from channels.policy import Decision, decide
 from channels.version import Version
@@ -78,6 +85,8 @@ class Offer:
     barrier: bool  # a newer release exists but needs this one first (min_version)
     min_version: str | None  # the release's own barrier
     published: datetime
+    indexes: Mapping[str, str] = field(default_factory=dict)  # file -> .caibx target path
+    verity: TreeParams | None = None  # rebuilds usr.verity from usr.img (channels.delta)
 
     @property
     def size(self) -> int:
@@ -194,7 +203,7 @@ class ChannelClient:
         else:
             if tf.length > _INDEX_MAX:
                 raise ChannelIndexError(f"{path}: {tf.length} bytes is too large for an index")
-            cached = self._fetch_verified(tf)
+            cached = self.fetch_target(tf)
             index = ChannelIndex.from_bytes(cached.read_bytes(), self.channel)
             self._prune("*.index.json", keep={cached.name})
         self._index = index
@@ -205,7 +214,10 @@ class ChannelClient:
             if p.name not in keep:
                 p.unlink(missing_ok=True)
 
-    def _target(self, path: str) -> TargetFile:
+    def target(self, path: str) -> TargetFile:
+        """The signed target info of ``path`` (ChannelIndexError if the role does not sign it)."""
+        if self._updater is None:
+            self.refresh()
         assert self._updater is not None
         tf = self._call(f"target {path}", self._updater.get_targetinfo, path)
         if tf is None:
@@ -239,7 +251,7 @@ class ChannelClient:
     def _offer(self, rel: Release, d: Decision) -> Offer:
         files = []
         for fname in bundle_files(rel.manifest.format):
-            tf = self._target(rel.files[fname])
+            tf = self.target(rel.files[fname])
             if "sha256" not in tf.hashes:
                 raise ChannelIndexError(f"target {tf.path}: signed without a sha256")
             info = rel.manifest.files.get(fname)
@@ -255,7 +267,7 @@ class ChannelClient:
             version=rel.version, manifest=rel.manifest, channel=self.channel,
             files=tuple(files), reason=d.reason, position=d.position,
             open_percent=d.open_percent, barrier=d.barrier, min_version=rel.min_version,
-            published=rel.published,
+            published=rel.published, indexes=dict(rel.indexes), verity=rel.verity,
         )
 
     # --- downloading ------------------------------------------------------------------
@@ -263,7 +275,18 @@ class ChannelClient:
     def _cached(self, sha256: str, target: str) -> Path:
         return self.cache / f"{sha256}.{target.rsplit('/', 1)[-1]}"
 
-    def _fetch_verified(self, tf: TargetFile, progress: Callable[[int], None] | None = None,
+    def cached_path(self, tf: TargetFile) -> Path:
+        """Where a verified target is kept in the cache (``fetch_target`` finds it there)."""
+        return self._cached(tf.hashes["sha256"], tf.path)
+
+    def offered_target(self, f: OfferedFile) -> TargetFile:
+        """``f``'s signed target info, which must still be what the offer said."""
+        tf = self.target(f.target)
+        if tf.length != f.length or dict(tf.hashes) != dict(f.hashes):
+            raise ChannelIndexError(f"target {f.target}: changed since the offer; re-check")
+        return tf
+
+    def fetch_target(self, tf: TargetFile, progress: Callable[[int], None] | None = None,
                         ) -> Path:
         """Download (resuming) and verify one target into the cache; return its path."""
         sha = tf.hashes.get("sha256")
@@ -271,7 +294,7 @@ class ChannelClient:
             raise ChannelIndexError(f"target {tf.path}: signed without a sha256")
         done = self._cached(sha, tf.path)
         if done.exists():
-            if self._verifies(tf, done):
+            if self.verifies(tf, done):
                 if progress:
                     progress(tf.length)
                 return done
@@ -293,7 +316,7 @@ class ChannelClient:
                                    label=f"target {tf.path} from {url}", min_rate=self.min_rate)
         except OSError as e:
             raise StateError(f"{part}: {e.strerror}") from None
-        if not self._verifies(tf, part):
+        if not self.verifies(tf, part):
             part.unlink(missing_ok=True)
             raise TargetVerificationError(
                 f"target {tf.path} from {url}: length or sha256 differs from what role "
@@ -303,7 +326,7 @@ class ChannelClient:
         return done
 
     @staticmethod
-    def _verifies(tf: TargetFile, path: Path) -> bool:
+    def verifies(tf: TargetFile, path: Path) -> bool:
         try:
             with open(path, "rb") as f:
                 tf.verify_length_and_hashes(f)
@@ -334,15 +357,18 @@ class ChannelClient:
             if progress:
                 progress(done, total)
 
-        # partial downloads of any other release (pulled or superseded) are dropped
+        self.prune_partials(offer)
+        verified = {f.name: self.fetch_target(self.offered_target(f), step) for f in offer.files}
+        return self.finish(offer, verified, Path(dest_dir))
+
+    def prune_partials(self, offer: Offer) -> None:
+        """Drop partial downloads of any other release (pulled or superseded)."""
         mine = {self._cached(f.sha256, f.target).name for f in offer.files}
         self._prune("*.part", keep={n + ".part" for n in mine})
-        verified: dict[str, Path] = {}
-        for f in offer.files:
-            tf = self._target(f.target)
-            if tf.length != f.length or dict(tf.hashes) != dict(f.hashes):
-                raise ChannelIndexError(f"target {f.target}: changed since the offer; re-check")
-            verified[f.name] = self._fetch_verified(tf, step)
+
+    def finish(self, offer: Offer, verified: dict[str, Path], dest_dir: Path) -> Path:
+        """Check the verified files' manifest against the offer and move them into
+        ``dest_dir/<name>-<version>.release`` (the last step of ``download``)."""
         try:
             got = Manifest.from_json(verified[MANIFEST].read_bytes())
         except BundleError as e:

@@ -7,6 +7,12 @@ fields at their default are omitted (a failed txn has no ``succeeded``, a missin
 ``kvs``).  Every failure is an ``EtcdError`` with one line of text (``EtcdUnavailable`` when
 no endpoint answered).
 
+With etcd's authentication on, ``user`` and ``password`` (a callable: the password file is
+read when a token is needed) get a token from ``/v3/auth/authenticate``, sent raw in the
+``Authorization`` header (SPECS §11.3); a token that expired or went stale (etcd: "invalid
+auth token", "revision of auth store is old") is replaced once and the request repeated.
+The gateway refuses a client certificate with a CN once auth is on: use one without.
+
 ``wait_change`` opens the gateway's watch stream (``POST /v3/watch``, SPECS §11.1): one HTTP
 request that costs etcd nothing until a watched key changes; it returns the first batch of
 events, or ``None`` when its time is up (the caller re-reads: a long, jittered safety net).
@@ -20,7 +26,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +135,8 @@ class EtcdGateway:
         cert: Path | None = None,
         key: Path | None = None,
         timeout: float = 10.0,
+        user: str = "",
+        password: Callable[[], str] | None = None,
     ) -> None:
         if not endpoints:
             raise EtcdError("no etcd endpoints configured")
@@ -143,6 +151,9 @@ class EtcdGateway:
         self._prefix: dict[str, str] = {}
         self._good = 0  # index of the endpoint that answered last
         self.calls: Counter[str] = Counter()  # requests sent, by API path (for the bench)
+        self.user = user
+        self._password = password
+        self._token = ""  # etcd's auth token for ``user``; "" until the first request
 
     def _api(self, endpoint: str) -> str:
         if endpoint not in self._prefix:
@@ -169,8 +180,7 @@ class EtcdGateway:
             ep = self.endpoints[idx]
             self.calls[path] += 1
             try:
-                r = self.session.post(f"{ep}{self._api(ep)}/{path}", json=body,
-                                      timeout=self.timeout, **self.tls)
+                r = self._post(ep, path, body)
             except (requests.ConnectionError, requests.Timeout) as e:
                 errors.append(f"{ep}: {type(e).__name__}")
                 continue
@@ -192,6 +202,46 @@ class EtcdGateway:
                 raise EtcdError(f"etcd {path}: HTTP {r.status_code}: {msg}")
             return data
         raise EtcdUnavailable(f"etcd unreachable ({'; '.join(errors)})")
+
+    # --- authentication ---------------------------------------------------------------------
+
+    _STALE = ("invalid auth token", "auth store is old", "user name is empty")
+
+    def _headers(self, ep: str, fresh: bool = False) -> dict[str, str]:
+        if not self.user:
+            return {}
+        if fresh or not self._token:
+            self._token = self._authenticate(ep)
+        return {"Authorization": self._token}
+
+    def _post(self, ep: str, path: str, body: dict[str, Any]) -> requests.Response:
+        """POST with the token of ``user`` (got first, replaced once when etcd refuses it)."""
+        url = f"{ep}{self._api(ep)}/{path}"
+        for fresh in (False, True):
+            r = self.session.post(url, json=body, headers=self._headers(ep, fresh),
+                                  timeout=self.timeout, **self.tls)
+            stale = r.status_code == 401 or any(m in r.text for m in self._STALE)
+            if not (self.user and stale) or fresh:
+                return r
+            log.info("etcd %s: the token of user %s expired: authenticating again", ep, self.user)
+        raise AssertionError("not reached")
+
+    def _authenticate(self, ep: str) -> str:
+        try:
+            password = self._password() if self._password else ""
+        except (OSError, ValueError) as e:  # ValueError: not UTF-8
+            raise EtcdError(f"etcd user {self.user}: cannot read the password: "
+                            f"{getattr(e, 'strerror', None) or e}") from None
+        r = self.session.post(f"{ep}{self._api(ep)}/auth/authenticate", timeout=self.timeout,
+                              json={"name": self.user, "password": password}, **self.tls)
+        try:
+            token = r.json().get("token") if r.status_code == 200 else None
+        except (ValueError, AttributeError):
+            token = None
+        if not token:
+            raise EtcdError(f"etcd {ep}: user {self.user} could not authenticate: HTTP "
+                            f"{r.status_code}: {' '.join(r.text.split())[:200]}")
+        return str(token)
 
     # --- kv -------------------------------------------------------------------------------
 
@@ -307,6 +357,7 @@ class EtcdGateway:
             self.calls["watch"] += 1
             try:
                 r = self.session.post(f"{ep}{self._api(ep)}/watch", data=body, stream=True,
+                                      headers=self._headers(ep),
                                       timeout=(self.timeout, max(timeout, 0.1)), **self.tls)
             except (requests.ConnectionError, requests.Timeout) as e:
                 errors.append(f"{ep}: {type(e).__name__}")
@@ -317,6 +368,10 @@ class EtcdGateway:
             self._good = idx
             try:
                 return self._read_stream(r, len(watches), end)
+            except EtcdError as e:
+                if any(m in str(e) for m in self._STALE):
+                    self._token = ""  # expired: the caller's next call authenticates again
+                raise
             finally:
                 r.close()  # closing the connection cancels the watchers (SPECS §11.1)
         raise EtcdUnavailable(f"etcd unreachable ({'; '.join(errors)})")

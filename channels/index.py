@@ -7,12 +7,19 @@ It lists the channel's releases, oldest first::
        "manifest": {...the bundle's manifest...},
        "files": {"manifest.json": "stable/tidehost-1.2.0.manifest.json",
                  "usr.img": "stable/tidehost-1.2.0.usr.img", ...},
+       "indexes": {"usr.img": "stable/tidehost-1.2.0.usr.img.caibx", ...},
+       "verity": {"salt": "<hex>", "uuid": "<hex>", "algorithm": "sha256", "block": 4096},
        "rollout": {"start": "...", "waves": [[1, 0], [100, 259200]],
                    "paused_at": null, "paused_seconds": 0},
        "min_version": "1.1.0", "pulled": false}]}
 
 ``files`` maps each bundle file to a TUF target path *inside this channel* (``<channel>/``):
-length and hashes come from the signed targets metadata, never from the index. Pure, no I/O.
+length and hashes come from the signed targets metadata, never from the index. ``indexes``
+(optional) maps the chunked files (usr.img, vmlinuz, initrd) to their casync ``.caibx``
+index, a target of the same role; the chunks are in the repository's one store
+(``channels.layout.STORE``). ``verity`` (optional) is what a host needs to rebuild usr.verity
+from usr.img instead of fetching it: the tree's superblock parameters. A client that predates
+them ignores both keys. Pure, no I/O.
 """
 
 from __future__ import annotations
@@ -31,11 +38,19 @@ from channels.version import Version
 FORMAT = 1
 INDEX_NAME = "index.json"
 BUNDLE_FILES = (MANIFEST, *FILES)  # a format-1 release's targets
+CHUNKED_FILES = ("usr.img", "vmlinuz", "initrd")  # cut into chunks at publish (format 1)
+CHUNKED_FILES_V2 = ("usr.img", "uki-a.efi", "uki-b.efi")  # format 2: the UKIs instead
+INDEX_SUFFIX = ".caibx"
 
 
 def bundle_files(fmt: int) -> tuple[str, ...]:
     """The targets of a release whose manifest has format ``fmt``: its bundle's files."""
     return (MANIFEST, *files_for(fmt))
+
+
+def chunked_files(fmt: int) -> tuple[str, ...]:
+    """The files of a format-``fmt`` release that publish cuts into chunks."""
+    return CHUNKED_FILES_V2 if fmt >= 2 else CHUNKED_FILES
 
 
 def check_channel(channel: str) -> str:
@@ -54,6 +69,33 @@ def target_path(channel: str, manifest: Manifest, fname: str) -> str:
 
 
 @dataclass(frozen=True)
+class TreeParams:
+    """What rebuilds a release's dm-verity tree from its usr.img, byte for byte: the
+    superblock's salt, uuid, hash algorithm and block size (data and hash blocks alike)."""
+
+    salt: bytes
+    uuid: bytes
+    algorithm: str = "sha256"
+    block: int = 4096
+
+    def __post_init__(self) -> None:
+        if len(self.salt) > 256 or len(self.uuid) != 16:
+            raise ValueError("verity: salt longer than 256 bytes or uuid not 16 bytes")
+        if self.algorithm not in ("sha256", "sha512", "sha1") or not isinstance(self.block, int) \
+                or isinstance(self.block, bool) or self.block not in (512 << i for i in range(11)):
+            raise ValueError(f"verity: algorithm {self.algorithm!r} / block {self.block!r} unknown")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"salt": self.salt.hex(), "uuid": self.uuid.hex(), "algorithm": self.algorithm,
+                "block": self.block}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TreeParams:
+        return cls(bytes.fromhex(str(d["salt"])), bytes.fromhex(str(d["uuid"])),
+                   str(d["algorithm"]), d["block"])
+
+
+@dataclass(frozen=True)
 class Release:
     version: str
     manifest: Manifest
@@ -62,6 +104,8 @@ class Release:
     published: datetime
     min_version: str | None = None
     pulled: bool = False
+    indexes: Mapping[str, str] = field(default_factory=dict)  # chunked file -> .caibx target
+    verity: TreeParams | None = None
 
     def __post_init__(self) -> None:
         Version.parse(self.version)
@@ -72,13 +116,16 @@ class Release:
         names = bundle_files(self.manifest.format)
         if set(self.files) != set(names):
             raise ValueError(f"files must list exactly {', '.join(names)}")
+        chunked = chunked_files(self.manifest.format)
+        if set(self.indexes) - set(chunked):
+            raise ValueError(f"indexes may list only {', '.join(chunked)}")
 
     @property
     def parsed_version(self) -> Version:
         return Version.parse(self.version)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "version": self.version,
             "published": iso_time(self.published),
             "manifest": self.manifest.to_dict(),
@@ -87,6 +134,11 @@ class Release:
             "min_version": self.min_version,
             "pulled": self.pulled,
         }
+        if self.indexes:
+            d["indexes"] = dict(sorted(self.indexes.items()))
+        if self.verity is not None:
+            d["verity"] = self.verity.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Release:
@@ -98,6 +150,8 @@ class Release:
             published=parse_time(d["published"]),
             min_version=d.get("min_version"),
             pulled=_flag(d.get("pulled", False), "pulled"),
+            indexes={str(k): str(v) for k, v in dict(d.get("indexes") or {}).items()},
+            verity=TreeParams.from_dict(d["verity"]) if d.get("verity") is not None else None,
         )
 
 
@@ -119,7 +173,7 @@ class ChannelIndex:
             if r.version in seen:
                 raise ChannelIndexError(f"{self.where}: release {r.version} is listed twice")
             seen.add(r.version)
-            for fname, path in r.files.items():
+            for fname, path in (*r.files.items(), *r.indexes.items()):
                 if not path.startswith(f"{self.channel}/") or path.count("/") != 1:
                     raise ChannelIndexError(
                         f"{self.where}: release {r.version} file {fname} is target {path!r}, "

@@ -14,6 +14,8 @@
                                is stored as <dir>/<sha256>.<name> (alpha/<sha256>.x, ...),
                                and also as <sha256>.<name> (the layout of clients before
                                it); all of them hard links to one copy of the bytes
+        chunks.castr/          the casync chunk store of every release and channel:
+                               <first 4 hex>/<chunk id>.cacnk, each chunk once (``STORE``)
       .lock                    serialises writers
 
 Publication is atomic: every file is written to a temporary name beside its final one and
@@ -36,6 +38,9 @@ from channels.errors import NotARepositoryError
 CONFIG_NAME = "tidehost-channels.json"
 CONFIG_KIND = "tidehost-channel-repository"
 CONFIG_FORMAT = 1
+MIRROR_CONFIG = "tidehost-mirror.json"  # marks a mirror (channels.mirror), served like a repo
+STORE = "chunks.castr"
+"""The chunk store's directory under ``published/``, and its URL below a repository's base."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,10 @@ class Layout:
     @property
     def targets(self) -> Path:
         return self.published / "targets"
+
+    @property
+    def chunks(self) -> Path:
+        return self.published / STORE
 
     @property
     def lock(self) -> Path:

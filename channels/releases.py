@@ -23,6 +23,8 @@ from tuf.api.metadata import TargetFile
 
 from channels import verity
 from channels.bundle import CHANNELS, MANIFEST, load_bundle
+from channels.casync.chunker import Cutter
+from channels.chunking import ChunkStats, chunk_bundle, index_target, tree_params
 from channels.errors import BundleError, NotARepositoryError, ReleaseError
 from channels.index import (
     ChannelIndex,
@@ -46,6 +48,7 @@ _CHUNK = 4 << 20
 class CopyStats:
     bytes_copied: int = 0  # payload bytes written into the published tree
     bytes_reused: int = 0  # payload bytes already there (same hash)
+    chunks: ChunkStats | None = None  # publish: what the chunk store gained
 
 
 def _store(src: Path, dest: Path, sha256: str, size: int) -> int:
@@ -143,8 +146,11 @@ class ChannelRepository:
         self.tuf.commit()
 
     def publish(self, bundle: Path, channel: str, *, waves: tuple[Wave, ...] = IMMEDIATE,
-                min_version: str | None = None) -> tuple[Release, CopyStats]:
-        """Add the bundle at ``bundle`` to ``channel`` as its newest release.
+                min_version: str | None = None, cutter: Cutter | None = None,
+                ) -> tuple[Release, CopyStats]:
+        """Add the bundle at ``bundle`` to ``channel`` as its newest release: its files, and
+        the chunks and ``.caibx`` indexes of usr.img, vmlinuz, initrd (``channels.chunking``;
+        ``cutter``: the chunker's scanner, by default ``chunker.default_cutter()``).
 
         Raises:
             BundleError: the bundle is malformed or a file does not match its manifest.
@@ -182,13 +188,19 @@ class ChannelRepository:
             reused += size - n
             files[fname] = tpath
             role.targets[tpath] = TargetFile(size, {"sha256": sha}, tpath)
+        indexes, chunks = chunk_bundle(self.tuf.layout, Path(bundle), manifest, channel,
+                                       cutter=cutter)
+        for tf in indexes.values():
+            role.targets[tf.path] = tf
         release = Release(
             version=manifest.version, manifest=manifest, files=files,
             rollout=RolloutPlan(self.now, waves), published=self.now, min_version=min_version,
+            indexes={f: tf.path for f, tf in indexes.items()},
+            verity=tree_params(Path(bundle), manifest.roothash),
         )
         self._save(index.with_release(release))
         log.info("published %s to %s (%d bytes copied)", manifest.version, channel, copied)
-        return release, CopyStats(copied, reused)
+        return release, CopyStats(copied, reused, chunks)
 
     def promote(self, version: str, src: str, dst: str, *,
                 waves: tuple[Wave, ...] = IMMEDIATE) -> tuple[Release, CopyStats]:
@@ -210,12 +222,15 @@ class ChannelRepository:
         src_targets = self.tuf.channels[src].signed.targets
         role = self.tuf.channel(dst)
         files: dict[str, str] = {}
+        indexes: dict[str, str] = {}
         reused = copied = 0
-        for fname, spath in rel.files.items():
+        listed = [(files, f, p, target_path(dst, rel.manifest, f)) for f, p in rel.files.items()]
+        listed += [(indexes, f, p, index_target(dst, rel.manifest, f))
+                   for f, p in rel.indexes.items()]  # the chunks are shared: nothing to copy
+        for out, fname, spath, dpath in listed:
             tf = src_targets.get(spath)
             if tf is None:
                 raise NotARepositoryError(f"role {src} does not list {spath} (index says so)")
-            dpath = target_path(dst, rel.manifest, fname)
             stored = self.tuf.target_file(tf)
             if not stored.is_file():
                 raise NotARepositoryError(f"{stored}: target of {spath} is missing")
@@ -226,10 +241,10 @@ class ChannelRepository:
             else:  # a filesystem without hard links
                 copied += tf.length
             role.targets[dpath] = TargetFile(tf.length, dict(tf.hashes), dpath)
-            files[fname] = dpath
+            out[fname] = dpath
         promoted = replace(
-            rel, files=files, rollout=RolloutPlan(self.now, waves), published=self.now,
-            pulled=False,
+            rel, files=files, indexes=indexes, rollout=RolloutPlan(self.now, waves),
+            published=self.now, pulled=False,
         )
         self._save(dindex.with_release(promoted))
         log.info("promoted %s from %s to %s", version, src, dst)

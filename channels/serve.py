@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from channels.errors import NotARepositoryError
-from channels.layout import CONFIG_NAME
+from channels.layout import CONFIG_NAME, MIRROR_CONFIG
 
 log = logging.getLogger(__name__)
 _RANGE = re.compile(r"^bytes=([0-9]{0,18})-([0-9]{0,18})$")  # 18 digits: beyond any file
@@ -301,11 +301,13 @@ def serve_root(path: Path) -> Path:
 
     Raises:
         NotARepositoryError: ``path`` is neither a channel repository (holding
-            ``tidehost-channels.json`` and ``published/``) nor that ``published/`` directory.
+            ``tidehost-channels.json`` and ``published/``) or a mirror of one
+            (``tidehost-mirror.json``, ``channels.mirror``) nor that ``published/`` directory.
     """
     path = Path(path)
     for repo, pub in ((path, path / "published"), (path.parent, path)):
-        if pub.name == "published" and pub.is_dir() and (repo / CONFIG_NAME).is_file():
+        if pub.name == "published" and pub.is_dir() and any(
+                (repo / marker).is_file() for marker in (CONFIG_NAME, MIRROR_CONFIG)):
             return pub
     raise NotARepositoryError(
         f"{path}: not a channel repository (no {CONFIG_NAME}); serving only a repository's "
@@ -317,7 +319,8 @@ def published_root(path: Path) -> Path:
     """``repo/published`` for a repository directory, else the directory itself."""
     path = Path(path)
     pub = path / "published"
-    return pub if pub.is_dir() and (path / CONFIG_NAME).is_file() else path
+    marked = (path / CONFIG_NAME).is_file() or (path / MIRROR_CONFIG).is_file()
+    return pub if pub.is_dir() and marked else path
 
 
 __all__ = ["ChannelServer", "StaticHandler", "published_root", "serve_root"]

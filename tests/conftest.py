@@ -34,6 +34,7 @@ def _load_by_path(name: str) -> None:
 
 
 _load_by_path("hostile_mirror")
+_load_by_path("delta_releases")
 
 
 @pytest.fixture(scope="session")

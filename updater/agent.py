@@ -308,4 +308,6 @@ class Agent(Staging, Rebooting):
             "last_result": s.last_result, "lock_held": s.lock_held,
             "bad_versions": list(s.bad_versions), "reboots": s.reboots,
             "bad_releases": list(s.bad_releases), "halted": s.halted, "drained": s.drained,
+            "fetched_bytes": s.fetched_bytes, "reused_bytes": s.reused_bytes,
+            "last_download": list(s.last_download),
         }

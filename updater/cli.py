@@ -114,6 +114,9 @@ def cmd_status(config: cfgmod.AgentConfig, as_json: bool) -> None:
           f"group {st['group']})")
     if st["last_result"]:
         print(f"last result: {st['last_result']}")
+    if st["fetched_bytes"] or st["reused_bytes"]:
+        print(f"last download: {st['fetched_bytes']} bytes fetched, {st['reused_bytes']} "
+              "reused from this host's slots")
     if st["last_error"]:
         print(f"last error: {st['last_error']}")
     if st["halted"]:

@@ -17,6 +17,8 @@ Example /etc/tidehost/update.yaml (cloud-config writes one like it)::
     etcd:
       endpoints: [https://10.0.0.1:2379, https://10.0.0.2:2379]
       ca: /etc/tidehost/etcd-ca.pem
+      user: node1                  # with etcd's auth on: a token from this user's password
+      password_file: /etc/tidehost/etcd/password
       lease: 15m
     window: {days: [sat, sun], start: "02:00", length: 3h, tz: Europe/Berlin}
     health:
@@ -151,6 +153,8 @@ class AgentConfig:
     etcd_ca: Path | None = None
     etcd_cert: Path | None = None
     etcd_key: Path | None = None
+    etcd_user: str = ""  # etcd's authentication: this host's user (cloud-config: the node)
+    etcd_password_file: Path | None = None
     etcd_discovery_srv: str = ""
     lease: int = 900
     fleetlock_url: str = ""
@@ -225,6 +229,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("etcd.cacert", "etcd_ca", fv.path_or_none, "the same as etcd.ca"),
     Setting("etcd.cert", "etcd_cert", fv.path_or_none, "client certificate for etcd"),
     Setting("etcd.key", "etcd_key", fv.path_or_none, "client key for etcd"),
+    Setting("etcd.user", "etcd_user", fv.text, "etcd user (with auth on; its certificate: no CN)"),
+    Setting("etcd.password_file", "etcd_password_file", fv.path_or_none,
+            "file holding the etcd user's password (0600)"),
     Setting("etcd.discovery_srv", "etcd_discovery_srv", fv.text,
             "DNS SRV domain of the cluster (informational: the endpoints are used)"),
     Setting("etcd.lease", "lease", LEASE, "lifetime of a holder's liveness key"),
@@ -338,6 +345,9 @@ def parse(values: Mapping[str, tuple[Any, str]], sources: tuple[str, ...] = ()) 
             tz=win.get("tz", "UTC"),
         )
     cfg = AgentConfig(**kwargs, sources=sources)
+    if cfg.etcd_user and cfg.etcd_password_file is None:
+        raise ConfigError(f"{sources[-1] if sources else 'config'}: field "
+                          "'etcd.password_file': required with etcd.user")
     if cfg.strategy is Strategy.FLEETLOCK and not cfg.fleetlock_url:
         raise ConfigError(
             f"{sources[-1] if sources else 'config'}: field 'fleetlock.url': "

@@ -19,6 +19,7 @@ from pathlib import Path
 from channels import fleet
 from updater.config import AgentConfig, Strategy
 from updater.errors import LockError, UpdaterError
+from updater.lock import password_reader
 from updater.lock.gateway import EtcdGateway
 from updater.state import atomic_write
 
@@ -125,7 +126,8 @@ def make_reporter(config: AgentConfig) -> FleetReporter | None:
         return None
     try:
         gw = EtcdGateway(config.etcd_endpoints, ca=config.etcd_ca, cert=config.etcd_cert,
-                         key=config.etcd_key, timeout=5.0)
+                         key=config.etcd_key, timeout=5.0, user=config.etcd_user,
+                         password=password_reader(config.etcd_password_file))
     except LockError as e:
         log.warning("fleet report: %s", e)
         return None

@@ -7,6 +7,11 @@ every file's sha256 and the root hash) is remembered in the state, so the same b
 downloaded again every interval; a release with other bytes is tried as usual.  Whatever
 else fails after the download (a file that does not match its hash, a write error) is
 removed as well, and retried: nothing that failed is kept.
+
+The download is the delta path (``channels.delta`` through ``updater.channel.HostChannel``)
+seeded with what this host has (``updater.seeds``): the assembled files are the verified
+files of the release, and go through the same verify and write steps as a full download.
+Its figures (``fetched_bytes``, ``reused_bytes``) are kept in the state for ``status``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from channels.errors import ChannelError
 from updater.decide import Decision, decide
 from updater.errors import BadRelease, ChannelUnavailable, UpdaterError
 from updater.schedule import next_check
+from updater.seeds import host_seeds
 from updater.state import Phase, State
 
 if TYPE_CHECKING:
@@ -96,8 +102,16 @@ class Staging:
             target = self.booted.other
             dest = self.config.state_dir / "downloads"
             s = self.save(s.to(Phase.DOWNLOADING, now, target_version=offer.version))
-            bundle = self.channel.download(offer, dest)
-            s = self.save(s.to(Phase.VERIFYING, self.clock()))
+            seeds = host_seeds(self.layout.devices, self.layout.esp,  # type: ignore[attr-defined]
+                               self.booted)
+            bundle = self.channel.download(offer, dest, seeds=seeds)
+            report = getattr(self.channel, "last_report", None)
+            fetched = report.fetched_bytes if report is not None else \
+                sum(i.size for i in offer.manifest.files.values())
+            s = self.save(s.to(
+                Phase.VERIFYING, self.clock(), fetched_bytes=fetched,
+                reused_bytes=report.reused_bytes if report is not None else 0,
+                last_download=tuple(f.line() for f in report.files) if report else ()))
             manifest = load_bundle(bundle, verify=True)
             if (manifest.version, manifest.roothash) != (offer.version, offer.manifest.roothash):
                 raise BadRelease(f"{bundle}: bundle is {manifest.version}, "

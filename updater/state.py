@@ -98,6 +98,9 @@ class State:
     reboots: int = 0
     halted: str = ""  # why the staged version is not taken (the group's rollbacks), if so
     drained: bool = False  # work was moved off this node; move it back after the health gate
+    fetched_bytes: int = 0  # the last download: bytes fetched over the network
+    reused_bytes: int = 0  # ... and bytes taken from what the host had (delta updates)
+    last_download: tuple[str, ...] = ()  # ... one line per file: delta, rebuilt or full
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -105,6 +108,7 @@ class State:
         d["attempted_versions"] = list(self.attempted_versions)
         d["bad_versions"] = list(self.bad_versions)
         d["bad_releases"] = list(self.bad_releases)
+        d["last_download"] = list(self.last_download)
         return d
 
     @classmethod
@@ -113,7 +117,7 @@ class State:
         kw = {k: v for k, v in d.items() if k in known}
         try:
             kw["phase"] = Phase(kw.get("phase", "idle"))
-            for k in ("attempted_versions", "bad_versions", "bad_releases"):
+            for k in ("attempted_versions", "bad_versions", "bad_releases", "last_download"):
                 kw[k] = tuple(str(x) for x in kw.get(k, ()))
             return cls(**kw)
         except (TypeError, ValueError) as e:

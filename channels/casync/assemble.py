@@ -115,14 +115,12 @@ class _Run:
             futures = {pool.submit(self._call, cid): cid for cid in todo}
             for fut in as_completed(futures):
                 try:
-                    raw = fut.result()
+                    self._keep(futures[fut], fut.result())
                 except BaseException as e:  # noqa: BLE001 - re-raised below, once
                     if error is None:  # stop what has not started; keep what still arrives
-                        error = e
+                        error = e  # (a corrupt chunk too: the rest are not fetched for nothing)
                         for f in futures:
                             f.cancel()
-                    continue
-                self._keep(futures[fut], raw)
         if error is not None:
             raise error
 

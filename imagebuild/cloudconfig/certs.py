@@ -1,21 +1,33 @@
-"""A cluster CA and per-node etcd certificates (ECDSA P-256), written atomically.
+"""A cluster CA, per-node etcd certificates (ECDSA P-256) and etcd passwords, written
+atomically; keys and passwords 0600 in 0700 folders.
 
 Layout of the certificate folder::
 
     ca.crt ca.key                       # the cluster CA (kept if it exists)
-    admin.crt admin.key                 # an operator's etcd client certificate
+    admin.crt admin.key                 # the operator's etcdctl identity: CN root, etcd's
+                                        #   root user by certificate (gRPC); never on a node
+    gateway.crt gateway.key             # the operator's JSON-gateway certificate: no CN;
+    root.password                       #   with etcd's root password (set it once the
+                                        #   cluster formed: cloud-config/README.md); never
+                                        #   on a node
     NODE/server.crt NODE/server.key     # etcd client-facing TLS (serverAuth + clientAuth)
     NODE/peer.crt NODE/peer.key         # etcd peer TLS (serverAuth + clientAuth)
-    NODE/client.crt NODE/client.key     # the node's etcdctl identity (clientAuth)
+    NODE/client.crt NODE/client.key     # the node's etcdctl identity (clientAuth): CN NODE,
+                                        #   etcd's user NODE by certificate (gRPC)
+    NODE/agent.crt NODE/agent.key       # the agent's gateway certificate: no CN (with auth
+                                        #   on, etcd's gateway refuses a CN; SPECS 11.3)
+    NODE/etcd.password                  # user NODE's password: the agent's gateway token
 
 Server and peer certificates name the node's address, its name (and NAME.DOMAIN when the
-cluster or the etcd discovery has a domain), localhost and 127.0.0.1.
+cluster or the etcd discovery has a domain), localhost and 127.0.0.1. Nothing that exists is
+replaced: a run fills gaps (a new node, a removed file).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +38,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from imagebuild.cloudconfig.model import Cluster, Node
 from imagebuild.core.errors import ConfigError
-from imagebuild.core.files import write_atomic
+from imagebuild.core.fields import read_text
+from imagebuild.core.files import private_dir, write_atomic
 
-NODE_FILES = ("server", "peer", "client")
+NODE_FILES = ("server", "peer", "client", "agent")
+PASSWORD = "etcd.password"  # a node's, in its folder
+ROOT_PASSWORD = "root.password"
+ROOT_USER = "root"
 CA_DAYS = 3650
 CERT_DAYS = 825
 
@@ -39,11 +55,13 @@ class NodeCerts:
 
     ca: str
     files: tuple[tuple[str, str], ...]  # (file name, PEM), e.g. ("server.key", "-----BEGIN")
+    password: str = ""  # the node's etcd password
 
 
 def generate_certs(cluster: Cluster, out: Path) -> list[Path]:
-    """Create the CA (unless it exists) and every missing certificate; return what was written."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Create the CA (unless it exists), every missing certificate and password; return what
+    was written."""
+    private_dir(out)
     written: list[Path] = []
     ca_crt, ca_key = out / "ca.crt", out / "ca.key"
     if ca_crt.exists() != ca_key.exists():
@@ -55,16 +73,35 @@ def generate_certs(cluster: Cluster, out: Path) -> list[Path]:
         _write(ca_key, _key_pem(key), 0o600)
         _write(ca_crt, ca_cert.public_bytes(serialization.Encoding.PEM).decode(), 0o644)
         written += [ca_key, ca_crt]
-    written += _issue_if_missing(
-        out / "admin", ca_cert, key, f"{cluster.name}-admin", [], client=True
-    )
+    written += _issue_if_missing(out / "admin", ca_cert, key, ROOT_USER, [], client=True)
+    written += _issue_if_missing(out / "gateway", ca_cert, key, None,
+                                 [x509.DNSName(f"{cluster.name}-operator")], client=True)
+    written += _password_if_missing(out / ROOT_PASSWORD)
     for node in cluster.nodes:
         sans = _sans(cluster, node)
-        d = out / node.name
+        d = private_dir(out / node.name)
         written += _issue_if_missing(d / "server", ca_cert, key, node.name, sans, client=False)
         written += _issue_if_missing(d / "peer", ca_cert, key, node.name, sans, client=False)
         written += _issue_if_missing(d / "client", ca_cert, key, node.name, [], client=True)
+        written += _issue_if_missing(d / "agent", ca_cert, key, None, [x509.DNSName(node.name)],
+                                     client=True)  # fmt: skip
+        written += _password_if_missing(d / PASSWORD)
     return written
+
+
+def _password_if_missing(path: Path) -> list[Path]:
+    if path.exists():
+        return []
+    _write(path, secrets.token_urlsafe(32) + "\n", 0o600)
+    return [path]
+
+
+def read_password(path: Path) -> str:
+    """A password file's one line; ConfigError if it is missing, unreadable or empty."""
+    text = read_text(path, "password file").strip()
+    if not text or "\n" in text:
+        raise ConfigError(f"{path}: expected one line, the password")
+    return text
 
 
 def load_node_certs(cluster: Cluster, node: Node) -> NodeCerts:
@@ -74,16 +111,31 @@ def load_node_certs(cluster: Cluster, node: Node) -> NodeCerts:
     paths = [d / "ca.crt"] + [
         d / node.name / f"{n}.{ext}" for n in NODE_FILES for ext in ("crt", "key")
     ]
-    for p in paths:
+    for p in [*paths, d / node.name / PASSWORD]:
         if not p.is_file():
             raise ConfigError(
                 f"{cluster.source}: etcd.cert_dir: {p} is missing "
                 f"(run `tidehost cloud-config certs {cluster.source}`)"
             )
     return NodeCerts(
-        ca=paths[0].read_text(),
-        files=tuple((p.name, p.read_text()) for p in paths[1:]),
+        ca=read_text(paths[0], "CA certificate"),
+        files=tuple((p.name, read_text(p, "certificate")) for p in paths[1:]),
+        password=read_password(d / node.name / PASSWORD),
     )
+
+
+def node_passwords(cluster: Cluster) -> dict[str, str]:
+    """Every node's etcd password (the first etcd member creates their users)."""
+    d = cluster.etcd.cert_dir
+    assert d is not None
+    out = {}
+    for node in cluster.nodes:
+        p = d / node.name / PASSWORD
+        if not p.is_file():
+            raise ConfigError(f"{cluster.source}: etcd.cert_dir: {p} is missing "
+                              f"(run `tidehost cloud-config certs {cluster.source}`)")  # fmt: skip
+        out[node.name] = read_password(p)
+    return out
 
 
 def _sans(cluster: Cluster, node: Node) -> list[x509.GeneralName]:
@@ -141,11 +193,13 @@ def _issue_if_missing(
     stem: Path,
     ca: x509.Certificate,
     ca_key: ec.EllipticCurvePrivateKey,
-    common_name: str,
+    common_name: str | None,
     sans: list[x509.GeneralName],
     *,
     client: bool,
 ) -> list[Path]:
+    """A key and certificate at ``stem``.crt/.key unless both exist; ``common_name`` None:
+    a subject without CN (O=Tidehost), the holder named by its SAN."""
     crt, keyfile = stem.with_suffix(".crt"), stem.with_suffix(".key")
     if crt.exists() and keyfile.exists():
         return []
@@ -155,9 +209,11 @@ def _issue_if_missing(
         if client
         else [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
     )
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)] if common_name
+                        else [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Tidehost")])
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .subject_name(subject)
         .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -173,7 +229,7 @@ def _issue_if_missing(
                        critical=False)
     )  # fmt: skip
     # Client certificates name their holder too: strict verifiers require a SAN.
-    sans = sans or [x509.DNSName(common_name)]
+    sans = sans or [x509.DNSName(common_name or "tidehost")]
     builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
     stem.parent.mkdir(parents=True, exist_ok=True)

@@ -13,13 +13,17 @@ ETCD_TLS_DIR = f"{TIDEHOST_ETC}/etcd"
 ETCDCTL_ENV = f"{TIDEHOST_ETC}/etcdctl.env"
 UPDATE_YAML = f"{TIDEHOST_ETC}/update.yaml"
 CHANNEL_ROOT = f"{TIDEHOST_ETC}/channel-root.json"
+KUBEADM_CONFIG = f"{TIDEHOST_ETC}/kubeadm.yaml"
 ETCD_DATA_DIR = "/var/lib/etcd/tidehost"
+
+ETCD_PASSWORD = f"{ETCD_TLS_DIR}/password"  # the node's etcd password (the agent's token)
 
 # The etcd keys the hosts share (documented in cloud-config/README.md).
 KEY_PREFIX = "/tidehost"
 NODES_PREFIX = f"{KEY_PREFIX}/nodes/"
 SWARM_PREFIX = f"{KEY_PREFIX}/swarm/"
 KUBEADM_PREFIX = f"{KEY_PREFIX}/kubeadm/"
+KUBERNETES_PREFIX = "/registry/"  # kube-apiserver's store (its --etcd-prefix)
 
 
 class Role(StrEnum):
@@ -90,6 +94,7 @@ class Etcd:
     token: str = ""  # --initial-cluster-token; default: the cluster name
     heartbeat_ms: int | None = None  # --heartbeat-interval; None: etcd's 100
     election_timeout_ms: int | None = None  # --election-timeout; None: etcd's 1000
+    auth: bool = True  # users and roles (cloudconfig/auth.py); needs tls
 
     @property
     def scheme(self) -> str:
@@ -189,6 +194,15 @@ class Cluster:
     @property
     def etcd_members(self) -> tuple[Node, ...]:
         return tuple(self.node(m) for m in self.etcd.members)
+
+    @property
+    def etcd_auth(self) -> bool:
+        """etcd's authentication is on (it needs TLS: certificates and passwords)."""
+        return self.etcd.tls and self.etcd.auth
+
+    def forms_etcd(self, node: Node) -> bool:
+        """``node`` is the first etcd member: it turns authentication on when etcd forms."""
+        return self.etcd_auth and self.etcd.members[0] == node.name
 
     @property
     def managers(self) -> tuple[Node, ...]:

@@ -1,5 +1,9 @@
 """Parse a cluster file into a frozen ``Cluster``; every mistake is a one-line ConfigError.
 
+Strict types (an int is not a bool), no control characters in any string, every closed
+choice and span checked here, with the agent's own bounds (``updater/fields.py``): what
+parses here renders into scripts, units, etcd flags and YAML that mean what they say.
+
 The format (every field, with its default; see cloud-config/examples/cluster.yaml)::
 
     cluster: demo                      # [a-z0-9-]
@@ -19,6 +23,8 @@ The format (every field, with its default; see cloud-config/examples/cluster.yam
       token: null                      # --initial-cluster-token; default: the cluster name
       heartbeat_ms: null               # --heartbeat-interval (etcd: 100); raise on slow hosts
       election_timeout_ms: null        # --election-timeout (etcd: 1000), >= 5 x heartbeat
+      auth: true                       # (default: tls) users per node, roles by key prefix;
+                                       #   the first member turns it on (cloudconfig/auth.py)
     docker:
       registry_mirrors: []             # URLs
       insecure_registries: []          # host[:port] or CIDR
@@ -29,20 +35,24 @@ The format (every field, with its default; see cloud-config/examples/cluster.yam
       kind: swarm                      # swarm | kubeadm (bring kubeadm/kubelet/containerd)
       kubeadm: {kubernetes_version: stable-1, pod_subnet: 10.244.0.0/16,
                 service_subnet: 10.96.0.0/12, cri_socket: unix:///run/containerd/containerd.sock}
+                                       # cri_socket: unix:///ABSOLUTE/PATH (or /ABSOLUTE/PATH)
     updater:
-      channel: {url: http://10.77.0.1:8080/, name: stable,
+      channel: {url: http://10.77.0.1:8080/, name: stable,   # alpha | beta | stable
                 root: null}                 # the channel's root.json (relative to this file);
                                             # null: the one baked into the image
-      check: {interval: null, jitter: null} # how often the agent polls (agent: 1h, 10m)
+      check: {interval: null, jitter: null} # how often the agent polls (agent: 1h, 10m);
+                                            # durations: seconds, or 30s 15m 1h30m 1d; <= 366d
       health:                               # what must be up before a new boot is blessed
         units: null                         # null: etcd.service (etcd members), docker.service
         commands: []                        # shell commands; etcd members always add a
         deadline: null                      #   local `etcdctl endpoint health` (agent: 5m)
-      strategy: etcd-lock              # etcd-lock | fleetlock | reboot | off
+      strategy: etcd-lock              # etcd-lock | fleetlock | reboot | off (unquoted too)
       group: default
-      max: 1
+      max: 1                           # 1 to 10000
       fleetlock_url: null              # required for strategy fleetlock
-      window: null                     # {days: [mon, ...], start: "02:00", length: 1h30m, tz: UTC}
+      window: null                     # {days: [mon-fri], start: "02:00", length: 1h30m, tz: UTC}
+                                       # days as systemd's calendar: mon, mon-fri, sat,sun;
+                                       # length 1m to 7d
       halt_after: null                 # rollbacks in the group that halt a version (agent: 2)
       drain: {swarm: null, timeout: null, # swarm: drain the node before its reboot (null: on
               on_timeout: null,        #   for swarm clusters); reboot | wait; shell commands
@@ -57,6 +67,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from channels.bundle import CHANNELS
 from imagebuild.cloudconfig.model import (
     Bootstrap,
     Cluster,
@@ -83,11 +94,7 @@ TOP = ("cluster", "domain", "network", "nodes", "etcd", "docker", "scheduler", "
 
 def parse_cluster_file(path: Path) -> Cluster:
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the cluster file ({e.strerror})") from None
-    return parse_cluster_text(text, str(path), path.parent)
+    return parse_cluster_text(f.read_text(path, "cluster file"), str(path), path.parent)
 
 
 def parse_cluster_text(text: str, source: str, base: Path) -> Cluster:
@@ -170,7 +177,7 @@ def _etcd(w: str, raw: Any, nodes: tuple[Node, ...], cluster: str, base: Path) -
     where = f"{w}etcd"
     m = f.mapping(where, raw, ("bootstrap", "members", "discovery_domain", "client_port",
                                "peer_port", "tls", "cert_dir", "token", "heartbeat_ms",
-                               "election_timeout_ms"))  # fmt: skip
+                               "election_timeout_ms", "auth"))  # fmt: skip
     bootstrap = f.enum(Bootstrap)(f"{where}.bootstrap", m.get("bootstrap", "static"))
     by_name = {n.name: n for n in nodes}
     if m.get("members") is None:
@@ -202,13 +209,18 @@ def _etcd(w: str, raw: Any, nodes: tuple[Node, ...], cluster: str, base: Path) -
     if et is not None and et < 5 * (hb or 100):
         raise ConfigError(f"{where}.election_timeout_ms: {et} is less than 5 x the heartbeat "
                           f"({hb or 100} ms)")  # fmt: skip
+    tls = f.boolean(f"{where}.tls", m.get("tls", True))
+    auth = f.boolean(f"{where}.auth", m.get("auth", tls))
+    if auth and not tls:
+        raise ConfigError(f"{where}.auth: needs tls: true (certificates carry the users)")
     return Etcd(
         bootstrap=bootstrap,
         members=members,
         discovery_domain=f.domain(f"{where}.discovery_domain", discovery) if discovery else None,
         client_port=client_port,
         peer_port=peer_port,
-        tls=f.boolean(f"{where}.tls", m.get("tls", True)),
+        tls=tls,
+        auth=auth,
         cert_dir=cert_dir if cert_dir.is_absolute() else base / cert_dir,
         token=f.token(f"{where}.token", m["token"]) if m.get("token") is not None else cluster,
         heartbeat_ms=hb,
@@ -252,7 +264,7 @@ def _scheduler(w: str, raw: Any) -> Scheduler:
             pod_subnet=_cidr(f"{where}.kubeadm.pod_subnet", km.get("pod_subnet", d.pod_subnet)),
             service_subnet=_cidr(f"{where}.kubeadm.service_subnet",
                                  km.get("service_subnet", d.service_subnet)),
-            cri_socket=f.string(f"{where}.kubeadm.cri_socket", km.get("cri_socket", d.cri_socket)),
+            cri_socket=f.socket(f"{where}.kubeadm.cri_socket", km.get("cri_socket", d.cri_socket)),
         ),
     )  # fmt: skip
 
@@ -278,16 +290,19 @@ def _updater(w: str, raw: Any, base: Path) -> Updater:
     ch = f.mapping(f"{where}.channel", m.get("channel"), ("url", "name", "root"))
     if "url" not in ch:
         raise ConfigError(f"{where}.channel.url: missing (the channel repository's URL)")
-    strategy = f.enum(Strategy)(f"{where}.strategy", m.get("strategy", "etcd-lock"))
+    raw_strategy = m.get("strategy", "etcd-lock")
+    # ``strategy: off`` unquoted is YAML 1.1's false: it means off, as in update.yaml
+    strategy = Strategy.OFF if raw_strategy is False else \
+        f.enum(Strategy)(f"{where}.strategy", raw_strategy)
     fleetlock = m.get("fleetlock_url")
     if strategy is Strategy.FLEETLOCK and fleetlock is None:
         raise ConfigError(f"{where}.fleetlock_url: missing (needed for strategy: fleetlock)")
     return Updater(
         channel_url=f.url(f"{where}.channel.url", ch["url"]),
-        channel_name=f.name(f"{where}.channel.name", ch.get("name", "stable")),
+        channel_name=f.one_of(CHANNELS)(f"{where}.channel.name", ch.get("name", "stable")),
         strategy=strategy,
         group=f.name(f"{where}.group", m.get("group", "default")),
-        max=f.int_range(1, 1000)(f"{where}.max", m.get("max", 1)),
+        max=f.int_range(1, f.MAX_SLOTS)(f"{where}.max", m.get("max", 1)),
         window=_window(f"{where}.window", m["window"]) if m.get("window") is not None else None,
         fleetlock_url=f.url(f"{where}.fleetlock_url", fleetlock) if fleetlock else None,
         channel_root=_root_json(f"{where}.channel.root", ch.get("root"), base),
@@ -304,13 +319,14 @@ def _drain(where: str, raw: Any) -> Drain:
     on_timeout = m.get("on_timeout")
     if on_timeout is not None and on_timeout not in ("reboot", "wait"):
         raise ConfigError(f"{where}.on_timeout: {on_timeout!r} is not one of reboot, wait")
+    timeout = m.get("timeout")
     return Drain(
         swarm=f.boolean(f"{where}.swarm", m["swarm"]) if m.get("swarm") is not None else None,
-        timeout=f.seconds(f"{where}.timeout", m["timeout"]) if m.get("timeout") is not None
+        timeout=f.span(1, 2 * f.DAY)(f"{where}.timeout", timeout) if timeout is not None
         else None,
         on_timeout=on_timeout,
-        pre_reboot=f.listof(f.string)(f"{where}.pre_reboot", m.get("pre_reboot")),
-        post_health=f.listof(f.string)(f"{where}.post_health", m.get("post_health")),
+        pre_reboot=f.listof(f.command)(f"{where}.pre_reboot", m.get("pre_reboot")),
+        post_health=f.listof(f.command)(f"{where}.post_health", m.get("post_health")),
     )
 
 
@@ -327,23 +343,21 @@ def _root_json(where: str, raw: Any, base: Path) -> Path | None:
 def _check(where: str, raw: Any) -> dict[str, Any]:
     m = f.mapping(where, raw, ("interval", "jitter"))
     out = {}
-    for key in ("interval", "jitter"):
+    for key, lo in (("interval", 1), ("jitter", 0)):
         if m.get(key) is not None:
-            out[f"check_{key}"] = f.seconds(f"{where}.{key}", m[key])
-    if out.get("check_interval") == 0:
-        raise ConfigError(f"{where}.interval: must be longer than 0s")
+            out[f"check_{key}"] = f.span(lo)(f"{where}.{key}", m[key])
     return out
 
 
 def _health(where: str, raw: Any) -> dict[str, Any]:
     m = f.mapping(where, raw, ("units", "commands", "deadline"))
     out: dict[str, Any] = {
-        "health_commands": f.listof(f.string)(f"{where}.commands", m.get("commands")),
+        "health_commands": f.listof(f.command)(f"{where}.commands", m.get("commands")),
     }
     if m.get("units") is not None:
-        out["health_units"] = f.listof(f.string)(f"{where}.units", m["units"])
+        out["health_units"] = f.listof(f.unit)(f"{where}.units", m["units"])
     if m.get("deadline") is not None:
-        out["health_deadline"] = f.seconds(f"{where}.deadline", m["deadline"])
+        out["health_deadline"] = f.span(1)(f"{where}.deadline", m["deadline"])
     return out
 
 
@@ -352,11 +366,8 @@ def _window(where: str, raw: Any) -> Window:
     for key in ("days", "start", "length"):
         if key not in m:
             raise ConfigError(f"{where}.{key}: missing")
-    days = f.listof(f.enum(Weekday))(f"{where}.days", m["days"])
-    if not days:
-        raise ConfigError(f"{where}.days: name at least one day (mon..sun)")
     return Window(
-        days=days,
+        days=tuple(Weekday(d) for d in f.weekdays(f"{where}.days", m["days"])),
         start=f.hhmm(f"{where}.start", m["start"]),
         length=f.duration(f"{where}.length", m["length"]),
         tz=f.timezone(f"{where}.tz", m.get("tz", "UTC")),

@@ -9,6 +9,7 @@ and handed to the templates as text; the templates decide which files and units 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,17 @@ import jinja2
 import yaml
 from jinja2.sandbox import SandboxedEnvironment
 
-from imagebuild.cloudconfig.certs import NodeCerts, load_node_certs
+from channels.bundle import control_character
+from imagebuild.cloudconfig.auth import node_users
+from imagebuild.cloudconfig.certs import NodeCerts, load_node_certs, node_passwords
 from imagebuild.cloudconfig.model import (
     BIN_DIR,
     CHANNEL_ROOT,
     ETCD_DATA_DIR,
+    ETCD_PASSWORD,
     ETCD_TLS_DIR,
     ETCDCTL_ENV,
+    KUBEADM_CONFIG,
     KUBEADM_PREFIX,
     NODES_PREFIX,
     SWARM_PREFIX,
@@ -37,6 +42,7 @@ from imagebuild.cloudconfig.model import (
 )
 from imagebuild.cloudconfig.providers import PROVIDERS
 from imagebuild.core.errors import ConfigError
+from imagebuild.core.fields import read_text
 from imagebuild.core.files import data_dir
 from imagebuild.core.platforms import Provider
 
@@ -62,8 +68,35 @@ def environment(template_dir: Path) -> SandboxedEnvironment:
     )
     env.filters["json"] = lambda v: json.dumps(v)
     env.filters["yaml"] = lambda v: json.dumps(v)  # a JSON scalar is a YAML flow scalar
-    env.filters["sh"] = lambda v: shlex.quote(str(v))
+    env.filters["sh"] = sh_word
+    env.filters["unit"] = unit_word
     return env
+
+
+def _printable(v: object, into: str) -> str:
+    s = str(v)
+    bad = control_character(s)
+    if bad:  # parse refuses these; a template must never write one either
+        raise ConfigError(f"refusing to write {s!r} into {into}: control character {bad}")
+    return s
+
+
+def sh_word(v: object) -> str:
+    """One word of a shell script (every value a ``.sh.j2`` writes goes through this)."""
+    return shlex.quote(_printable(v, "a shell script"))
+
+
+_UNIT_SAFE = re.compile(r"^[A-Za-z0-9_./:=,@+-]+$")
+
+
+def unit_word(v: object) -> str:
+    """One word of a unit's ``ExecStart=`` (systemd.service "Command lines"): double-quoted
+    with ``\\`` and ``"`` escaped when it is not plain; ``%`` (specifiers) and ``$``
+    (variables) doubled always."""
+    s = _printable(v, "a unit").replace("%", "%%").replace("$", "$$")
+    if _UNIT_SAFE.match(s):
+        return s
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def render_user_data(
@@ -147,6 +180,10 @@ def build_context(
         "bootstrap": cluster.etcd.bootstrap.value,
         "tls": cluster.etcd.tls,
         "certs": _certs_context(certs),
+        "etcd_auth": cluster.etcd_auth,
+        "forms_etcd": cluster.forms_etcd(node),
+        "auth_users": _auth_users(cluster) if cluster.forms_etcd(node) else [],
+        "etcd_password_path": ETCD_PASSWORD,
         "client_endpoints": list(cluster.client_endpoints()),
         "etcd_flags": etcd_flags(cluster, node),
         "data_path_addr": cluster.docker.data_path_addr or node.address,
@@ -162,6 +199,7 @@ def build_context(
         "nodes_prefix": NODES_PREFIX,
         "swarm_prefix": SWARM_PREFIX,
         "kubeadm_prefix": KUBEADM_PREFIX,
+        "kubeadm_config_path": KUBEADM_CONFIG,
     }
 
 
@@ -169,19 +207,23 @@ def _read_root(cluster: Cluster) -> str:
     path = cluster.updater.channel_root
     if path is None:
         return ""
-    try:
-        return path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{cluster.source}: updater.channel.root: {path}: {e.strerror}") from None
+    return read_text(path, "channel root.json (updater.channel.root)")
 
 
 def _certs_context(certs: NodeCerts | None) -> dict[str, str]:
     if certs is None:
         return {}
-    out = {"ca": certs.ca}
+    out = {"ca": certs.ca, "password": certs.password}
     for name, pem in certs.files:
         out[name.replace(".", "_")] = pem
     return out
+
+
+def _auth_users(cluster: Cluster) -> list[dict[str, Any]]:
+    """What the first member's tidehost-etcd-auth creates: each node's user, role, password."""
+    passwords = node_passwords(cluster)
+    return [{"name": u.name, "role": u.role, "grants": u.grants, "password": passwords[u.name]}
+            for u in node_users(cluster)]  # fmt: skip
 
 
 def etcd_flags(cluster: Cluster, node: Node) -> list[str]:
@@ -239,7 +281,11 @@ def update_mapping(cluster: Cluster, node: Node) -> dict[str, Any]:
     etcd: dict[str, Any] = {"endpoints": list(cluster.client_endpoints())}
     if e.bootstrap is Bootstrap.DNS:
         etcd["discovery_srv"] = e.discovery_domain
-    if e.tls:
+    if cluster.etcd_auth:  # the gateway refuses a certificate with a CN: the agent's has none
+        etcd |= {"cacert": f"{ETCD_TLS_DIR}/ca.crt", "cert": f"{ETCD_TLS_DIR}/agent.crt",
+                 "key": f"{ETCD_TLS_DIR}/agent.key", "user": node.name,
+                 "password_file": ETCD_PASSWORD}  # fmt: skip
+    elif e.tls:
         etcd |= {"cacert": f"{ETCD_TLS_DIR}/ca.crt", "cert": f"{ETCD_TLS_DIR}/client.crt",
                  "key": f"{ETCD_TLS_DIR}/client.key"}  # fmt: skip
     window = None

@@ -18,7 +18,7 @@ import yaml
 from imagebuild.cloudconfig.model import Cluster, Node
 from imagebuild.core.errors import ConfigError
 from imagebuild.core.fields import mac
-from imagebuild.core.files import write_atomic
+from imagebuild.core.files import private_dir, write_atomic
 from imagebuild.core.platforms import Provider
 
 SEED_PROVIDERS = (Provider.NOCLOUD, Provider.VAGRANT)
@@ -56,13 +56,16 @@ def meta_data(cluster: Cluster, node: Node) -> str:
 def write_seed(
     dest: Path, cluster: Cluster, node: Node, user_data: str, dhcp_macs: tuple[str, ...] = ()
 ) -> list[Path]:
-    """Write DEST/{user-data,meta-data,network-config}; everything is built before writing."""
+    """Write DEST/{user-data,meta-data,network-config}; everything is built before writing.
+
+    DEST is made 0700 and the user-data 0600: it holds the node's private keys."""
     files = {
         "user-data": (user_data, 0o600),
         "meta-data": (meta_data(cluster, node), 0o644),
         "network-config": (network_config(cluster, node, dhcp_macs), 0o644),
     }
     out = []
+    private_dir(dest)
     for name, (text, mode) in files.items():
         write_atomic(dest / name, text, mode)
         out.append(dest / name)

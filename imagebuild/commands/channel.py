@@ -22,6 +22,7 @@ from channels.fetch import DEFAULT_MIN_RATE
 from channels.repository import ROLES, open_repository
 from channels.rollout import IMMEDIATE, Wave, parse_time, parse_waves
 from channels.serve import published_root
+from imagebuild.core.chunker import fast_cutter
 from imagebuild.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,14 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
+    cutter = fast_cutter()
     rel, stats = _repo_op(args, lambda r: r.publish(
-        args.bundle, args.channel, waves=_waves(args.waves), min_version=args.min_version))
+        args.bundle, args.channel, waves=_waves(args.waves), min_version=args.min_version,
+        cutter=cutter))
     print(f"published {rel.version} to {args.channel} "
           f"({stats.bytes_copied} bytes copied, {stats.bytes_reused} already stored)")
+    if stats.chunks is not None:
+        print(stats.chunks.summary())
     if args.box_url_base:
         from imagebuild.vagrant.catalog_io import find_boxes, write_box_catalog
 
@@ -178,6 +183,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    from channels.gc import collect
+
+    with open_repository(args.repo, None) as tuf:
+        stats = collect(tuf, grace=args.grace, dry_run=args.dry_run)
+    print(json.dumps(stats.__dict__, sort_keys=True) if args.json else stats.summary())
+    return 0
+
+
+def cmd_mirror(args: argparse.Namespace) -> int:
+    from channels.mirror import mirror
+
+    if not args.root.is_file():
+        raise ConfigError(f"--root {args.root}: no such file")
+    stats = mirror(args.url, args.dir, args.root, args.channel or CHANNELS,
+                   timeout=args.timeout, min_rate=args.min_rate)
+    print(json.dumps(stats.__dict__, sort_keys=True) if args.json else
+          f"mirrored {args.url} into {args.dir}: {stats.summary()}")
+    return 0
+
+
 def _machine_id(value: str | None) -> str:
     if value:
         return value
@@ -208,9 +234,18 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{args.channel}: offers {offer.version} to {mid} ({offer.size} bytes): "
               f"{offer.reason}")
         if args.download:
-            path = client.download(offer, args.download)
+            from channels import delta
+
+            for seed in args.seed or []:
+                if not seed.exists():
+                    raise ConfigError(f"--seed {seed}: no such file")
+            if args.seed:
+                fast_cutter()
+            path, report = delta.download(client, offer, args.download,
+                                          [delta.SeedSource(p) for p in args.seed or []])
             out["bundle"] = str(path)
-            print(f"downloaded and verified {path}")
+            out.update(report.to_dict())
+            print(f"downloaded and verified {path}: {report.summary()}")
     if args.json:
         print(json.dumps(out, sort_keys=True))
     return 0
@@ -275,6 +310,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
              writes=False)
     sp.add_argument("--port", type=int, default=8080)
     sp.add_argument("--bind", default="127.0.0.1")
+    sp = cmd("gc", cmd_gc, "remove targets and chunks no listed release uses", writes=False)
+    sp.add_argument("--dry-run", action="store_true", help="only say what would go")
+    sp.add_argument("--grace", type=float, default=3600.0, metavar="SECONDS",
+                    help="keep anything younger (default %(default)g)")
+    sp.add_argument("--json", action="store_true")
+    sp = cmd("mirror", cmd_mirror, "a verified copy of a served repository, to serve as is",
+             repo=False, writes=False)
+    sp.add_argument("url")
+    sp.add_argument("dir", type=Path)
+    sp.add_argument("--root", required=True, type=Path,
+                    help="the root.json the hosts trust (the oldest: mirrored from it on)")
+    sp.add_argument("--channel", action="append", choices=CHANNELS,
+                    help="mirror this channel only (repeatable; default: all)")
+    sp.add_argument("--timeout", type=float, default=30.0)
+    sp.add_argument("--min-rate", type=float, default=DEFAULT_MIN_RATE, metavar="BYTES/S")
+    sp.add_argument("--json", action="store_true")
     sp = cmd("check", cmd_check, "a host's view of a channel: what is offered, verified",
              repo=False, writes=False)
     sp.add_argument("url")
@@ -284,6 +335,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sp.add_argument("--machine-id", help="default: /etc/machine-id")
     sp.add_argument("--current", default="0.0.0", help="the host's version (default 0.0.0)")
     sp.add_argument("--download", type=Path, metavar="DIR", help="fetch and verify the payload")
+    sp.add_argument("--seed", type=Path, action="append", metavar="FILE",
+                    help="with --download: a file or device holding an older release's "
+                         "usr.img, kernel or initrd; only the chunks no seed has are "
+                         "fetched (repeatable)")
     sp.add_argument("--timeout", type=float, default=30.0,
                     help="seconds any read may wait, and the least any file may take")
     sp.add_argument("--min-rate", type=float, default=DEFAULT_MIN_RATE, metavar="BYTES/S",

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 def _reader(args: argparse.Namespace) -> partial[dict]:  # type: ignore[type-arg]
     if args.halt_after < 0:
         raise ConfigError(f"--halt-after: {args.halt_after} is less than 0")
-    gw = source.connect(args.etcd, cacert=args.cacert, cert=args.cert, key=args.key)
+    gw = source.connect(args.etcd, cacert=args.cacert, cert=args.cert, key=args.key,
+                        user=args.user, password_file=args.password_file)
     return partial(source.snapshot, gw, halt_after=args.halt_after,
                    group=getattr(args, "group", None))
 
@@ -71,6 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     etcd.add_argument("--cacert", type=Path, help="CA bundle for etcd's TLS")
     etcd.add_argument("--cert", type=Path, help="client certificate (no CN, SPECS §11.3)")
     etcd.add_argument("--key", type=Path, help="client key")
+    etcd.add_argument("--user", default="", help="etcd user, when etcd's auth is on (root)")
+    etcd.add_argument("--password-file", type=Path, default=None,
+                      help="that user's password file (certs/root.password)")
     etcd.add_argument("--halt-after", type=int, default=HALT_AFTER, metavar="N",
                       help=f"rollbacks in a group that halt a version (default {HALT_AFTER}, "
                            "0: never), as the hosts' halt_after")

@@ -28,6 +28,15 @@ def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
     atomic_write(path, data.encode() if isinstance(data, str) else data, mode)
 
 
+def private_dir(path: Path) -> Path:
+    """``path`` as a folder only its owner may enter (0700), made if missing: where the
+    workstation keeps private keys, passwords and seeds that hold them."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
 def copy_atomic(src: Path, dest: Path, mode: int = 0o644) -> None:
     """Copy ``src`` to ``dest`` through a temporary file beside it, then rename it into place."""
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -9,13 +9,16 @@ from typing import Any
 
 from channels import fleet
 from channels.etcd import EtcdGateway
+from imagebuild.cloudconfig.certs import read_password
 from imagebuild.core.errors import ConfigError
 
 
 def connect(endpoints: str | Sequence[str], *, cacert: Path | None = None,
             cert: Path | None = None, key: Path | None = None,
+            user: str = "", password_file: Path | None = None,
             timeout: float = 10.0) -> EtcdGateway:
-    """A gateway client for ``--etcd URL[,URL]`` (and its TLS files).
+    """A gateway client for ``--etcd URL[,URL]`` (and its TLS files; with etcd's auth on, a
+    user and its password file, e.g. ``root`` and ``certs/root.password``).
 
     Raises: ConfigError (no URL, a URL that is not http(s), a TLS file that is missing).
     """
@@ -32,7 +35,16 @@ def connect(endpoints: str | Sequence[str], *, cacert: Path | None = None,
             raise ConfigError(f"{flag}: {path}: no such file")
     if key is not None and cert is None:
         raise ConfigError("--key: needs --cert")
-    return EtcdGateway(urls, ca=cacert, cert=cert, key=key, timeout=timeout)
+    if bool(user) != (password_file is not None):
+        raise ConfigError("--user and --password-file go together")
+    password = None
+    if password_file is not None:
+        read_password(password_file)  # a missing or empty file fails now, not mid-read
+
+        def password() -> str:
+            return read_password(password_file)
+    return EtcdGateway(urls, ca=cacert, cert=cert, key=key, timeout=timeout, user=user,
+                       password=password)
 
 
 def snapshot(gw: EtcdGateway, *, halt_after: int = fleet.HALT_AFTER,

@@ -37,7 +37,7 @@ from typing import Any
 from channels.bundle import CHANNELS
 from channels.version import Version
 from imagebuild.core.errors import ConfigError
-from imagebuild.core.fields import enum, int_range, name, string, yaml_mapping
+from imagebuild.core.fields import enum, int_range, name, read_text, string, yaml_mapping
 from imagebuild.core.files import data_file
 from imagebuild.core.platforms import OutputFormat
 from imagebuild.image.keys import check_key_dir
@@ -251,11 +251,7 @@ def parse_image_file(path: Path | None) -> ImageConfig:
         text = data_file("imagebuild.image.data", "reference.yaml").read_text()
         return parse_image_text(text, "<reference image>", Path("."))
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the image file ({e.strerror})") from None
-    return parse_image_text(text, str(path), path.parent)
+    return parse_image_text(read_text(path, "image file"), str(path), path.parent)
 
 
 def parse_image_text(text: str, source: str, base: Path) -> ImageConfig:

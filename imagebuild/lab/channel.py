@@ -30,6 +30,7 @@ from channels.releases import ChannelRepository
 from channels.repository import open_repository
 from channels.serve import ChannelServer, published_root
 from imagebuild.cloudconfig.model import Cluster
+from imagebuild.core.chunker import fast_cutter
 from imagebuild.core.errors import VMError
 from imagebuild.core.run import fork, forked_alive, reap, run
 from imagebuild.core.wait import poll
@@ -52,10 +53,13 @@ def init(repo: Path) -> None:
 def publish(repo: Path, bundle: Path, channel: str = "alpha") -> str:
     """Publish a release bundle to ``channel``; returns its version."""
     _echo("publish", repo, bundle, "--channel", channel)
+    cutter = fast_cutter()
     with open_repository(repo, keys.read_passphrase()) as tuf:
-        rel, stats = ChannelRepository(tuf).publish(bundle, channel)
+        rel, stats = ChannelRepository(tuf).publish(bundle, channel, cutter=cutter)
     print(f"published {rel.version} to {channel} ({stats.bytes_copied} bytes copied, "
           f"{stats.bytes_reused} already stored)", flush=True)  # fmt: skip
+    if stats.chunks is not None:
+        print(stats.chunks.summary(), flush=True)
     return str(rel.version)
 
 

@@ -34,7 +34,7 @@ from imagebuild.cloudconfig.model import Cluster
 from imagebuild.cloudconfig.render import render_user_data
 from imagebuild.cloudconfig.seed import write_seed
 from imagebuild.core.errors import VMError
-from imagebuild.core.files import read_ssh_public_key, write_atomic
+from imagebuild.core.files import private_dir, read_ssh_public_key, write_atomic
 from imagebuild.core.platforms import Provider
 from imagebuild.core.run import reap, require, run
 from imagebuild.core.wait import poll
@@ -175,7 +175,7 @@ def up(cluster: Cluster, opts: UpOptions) -> ClusterState:
     if opts.serve is not None:
         cluster = clusterchannel.trust_repository(cluster, opts.serve)
         serve_at = clusterchannel.serve_address(cluster, bridge_address(cluster))
-    sdir.mkdir(parents=True, exist_ok=True)
+    private_dir(sdir)  # the cluster's SSH key, certificates and seeds
     key = sdir / "id_ed25519"
     if not key.exists():
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"tidehost-{cluster.name}",
@@ -218,9 +218,8 @@ def up(cluster: Cluster, opts: UpOptions) -> ClusterState:
 
 def _start_node(state: ClusterState, cluster: Cluster, n: NodeState, index: int, text: str,
                 opts: UpOptions) -> int:  # fmt: skip
-    work = Path(n.workdir)
+    work = private_dir(Path(n.workdir))
     seed = work / "seed"
-    seed.mkdir(parents=True, exist_ok=True)
     write_seed(seed, cluster, cluster.node(n.name), text, (user_mac(index),))
     disk = work / "disk.qcow2"
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", state.image, disk])

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from imagebuild.core.errors import CommandTimeout, VMError
-from imagebuild.core.files import read_ssh_public_key
+from imagebuild.core.files import private_dir, read_ssh_public_key, write_atomic
 from imagebuild.core.run import Process, require, run, spawn
 from imagebuild.core.wait import poll
 from imagebuild.image.context import default_cache_dir
@@ -103,32 +103,45 @@ def user_data_with_key(user_data: str | None, ssh_keys: list[str]) -> str:
 
 def make_seed(dest: Path, user_data: str, hostname: str, network_config: str | None = None,
               instance_id: str | None = None) -> Path:  # fmt: skip
-    """A NoCloud seed ISO (volume label ``cidata``)."""
+    """A NoCloud seed ISO (volume label ``cidata``), 0600 like the user-data it holds."""
     require("genisoimage")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # 0700
         d = Path(tmp)
-        (d / "user-data").write_text(user_data)
         iid = instance_id or f"iid-{hostname}-{os.urandom(4).hex()}"
-        (d / "meta-data").write_text(f"instance-id: {iid}\nlocal-hostname: {hostname}\n")
-        files = ["user-data", "meta-data"]
+        texts = {"user-data": user_data,
+                 "meta-data": f"instance-id: {iid}\nlocal-hostname: {hostname}\n"}
         if network_config:
-            (d / "network-config").write_text(network_config)
-            files.append("network-config")
-        run(["genisoimage", "-quiet", "-output", dest, "-volid", "cidata", "-joliet", "-rock",
-             *(d / f for f in files)])  # fmt: skip
+            texts["network-config"] = network_config
+        for name, text in texts.items():
+            write_atomic(d / name, text, 0o600)
+        _pack_iso([d / name for name in texts], dest)
     return dest
 
 
 def make_seed_iso(seed_dir: Path, dest: Path) -> Path:
-    """Pack a prepared NoCloud folder (user-data, meta-data[, network-config]) as an ISO."""
+    """Pack a prepared NoCloud folder (user-data, meta-data[, network-config]) as an ISO,
+    written 0600: the user-data in it holds the node's private keys."""
     require("genisoimage")
     names = ("user-data", "meta-data", "network-config", "vendor-data")
     files = [seed_dir / n for n in names if (seed_dir / n).is_file()]
     if not any(f.name == "user-data" for f in files):
         raise VMError(f"{seed_dir}: no user-data in the seed folder")
-    run(["genisoimage", "-quiet", "-output", dest, "-volid", "cidata", "-joliet", "-rock",
-         *files])  # fmt: skip
+    _pack_iso(files, dest)
     return dest
+
+
+def _pack_iso(files: list[Path], dest: Path) -> None:
+    """genisoimage into a 0600 file beside ``dest``, renamed into place when complete."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")  # mode 0600
+    os.close(fd)
+    try:
+        run(["genisoimage", "-quiet", "-output", tmp, "-volid", "cidata", "-joliet", "-rock",
+             *files])  # fmt: skip
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
@@ -245,7 +258,7 @@ class VM:
                 raise VMError(f"{fw}: UEFI firmware missing (apt-get install ovmf)")
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="tidehost-vm-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.workdir)  # the seed in it holds keys
         shutil.copy(OVMF_VARS, self.workdir / "vars.fd")
         if self.seed_dir is not None:
             make_seed_iso(self.seed_dir, self.workdir / "seed.iso")

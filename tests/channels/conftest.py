@@ -11,7 +11,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from hostile_mirror import HostileMirror  # loaded by tests/conftest.py
+from delta_releases import release_pair  # loaded by tests/conftest.py
+from hostile_mirror import HostileMirror
 
 from channels import verity
 from channels.bundle import FILES, FileInfo, Manifest
@@ -48,6 +49,22 @@ def write_bundle(parent: Path, version: str, *, size: int = 4096, channel: str =
     )
     (bundle / "manifest.json").write_text(m.to_json())
     return bundle
+
+
+@pytest.fixture
+def delta_pair(tmp_path: Path, fast_chunker: None) -> tuple[Path, Path]:
+    """1.0.0 and 1.1.0 that differ a little (tests/delta_releases.py)."""
+    return release_pair(tmp_path / "bundles")
+
+
+@pytest.fixture(scope="session")
+def fast_chunker() -> None:
+    """casync's chunker with its C scanner, built into the cache as the workstation does."""
+    from channels.casync import chunker, fastchunk
+    from imagebuild.core.run import run
+
+    fastchunk.ensure_cached_library(run)
+    chunker.default_cutter.cache_clear()
 
 
 @pytest.fixture

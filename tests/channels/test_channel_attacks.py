@@ -162,7 +162,8 @@ def test_stable_index_listing_files_its_role_does_not_sign(published: Path, open
                                                            make_client) -> None:
     def mutate(d: dict, r) -> None:  # noqa: ANN001
         rel = json.loads(r.index("alpha").to_bytes())["releases"][-1]
-        rel["files"] = {k: v.replace("alpha/", "stable/") for k, v in rel["files"].items()}
+        for key in ("files", "indexes"):
+            rel[key] = {k: v.replace("alpha/", "stable/") for k, v in rel[key].items()}
         d["releases"].append(rel)
 
     _write_raw_index(open_repo, "stable", mutate)

@@ -65,7 +65,9 @@ def test_publish_stores_targets_once_by_hash(open_repo, make_bundle, repo: Path)
     with open_repo() as r:
         assert r.index("alpha").current.version == "1.2.0"  # type: ignore[union-attr]
         role = r.tuf.channels["alpha"].signed
-        assert set(role.targets) == {"alpha/index.json", *rel.files.values()}
+        assert set(role.targets) == {"alpha/index.json", *rel.files.values(),
+                                     *rel.indexes.values()}
+        assert set(rel.indexes) == {"usr.img", "vmlinuz", "initrd"}
         assert r.index("beta").releases == ()
 
 
@@ -87,7 +89,7 @@ def test_promote_copies_no_payload_bytes(open_repo, make_bundle, repo: Path) -> 
     index = {n for n in new if n.endswith(".index.json")}
     assert len(index) == 2 and len({after[n] for n in index}) == 1  # beta's index (+ flat link)
     links = new - index
-    assert len(links) == 5 and all(n.startswith("beta/") for n in links)
+    assert len(links) == 8 and all(n.startswith("beta/") for n in links)  # 5 files, 3 .caibx
     # the release's files: hard links to alpha's, the same inodes (bytes stored once)
     alpha_inodes = {ino for n, ino in before.items() if n.startswith("alpha/")}
     assert {after[n] for n in links} <= alpha_inodes

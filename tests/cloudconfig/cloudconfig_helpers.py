@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -52,3 +54,32 @@ def cloud_init_schema(path: Path) -> str:
     out = (proc.stdout + proc.stderr).decode(errors="replace")
     assert proc.returncode == 0 and "Invalid" not in out, f"{path}: {out}"
     return out
+
+
+def materialise(user_data: str, root: Path) -> dict[str, str]:
+    """Write the user-data's files under ``root``, with /etc/tidehost and /var paths moved."""
+    doc = yaml.safe_load(user_data)
+    moved = {}
+    for f in doc["write_files"]:
+        content = (
+            f["content"]
+            .replace("/etc/tidehost/", f"{root}/etc/tidehost/")
+            .replace("/var/lib/etcd/tidehost", f"{root}/var/lib/etcd/tidehost")
+        )
+        dest = root / f["path"].lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(content)
+        dest.chmod(int(f["permissions"], 8))
+        moved[f["path"]] = content
+    return moved
+
+
+def host_env(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment the node's scripts get from its etcdctl.env (a shell fragment)."""
+    env = dict(os.environ)
+    for line in (root / "etc/tidehost/etcdctl.env").read_text().splitlines():
+        if line and not line.startswith("#"):
+            k, _, val = line.partition("=")
+            env[k] = "".join(shlex.split(val))
+    env |= extra or {}
+    return env

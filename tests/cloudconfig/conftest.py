@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,13 @@ def cluster_file(tmp_path: Path, certs_dir: Path):
         return write_cluster(tmp_path / name, data)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_log_handler() -> Iterator[None]:
+    """``main()`` logs to the stderr of its test (capsys); drop that handler afterwards so a
+    later test's log lines (the updater's tests, run after these) do not go to a closed
+    stream ("Logging error" on stderr)."""
+    yield
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if type(h) is not logging.StreamHandler]

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cloudconfig_helpers import EXAMPLE, SSH_KEY, write_cluster
+from cloudconfig_helpers import EXAMPLE, SSH_KEY, host_env, materialise, write_cluster
 from cryptography import x509
 from cryptography.x509 import verification as v
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from imagebuild.cloudconfig import Provider, generate_certs, parse_cluster_file, render_user_data
 from imagebuild.core.run import run
@@ -52,23 +52,39 @@ def test_node_certs_verify_against_ca(certs_dir: Path) -> None:
             assert set(map(str, san.get_values_for_type(x509.IPAddress))) == {addr, "127.0.0.1"}
             eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
             assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
-        client = _load(certs_dir / name / "client.crt")
-        verified = v.PolicyBuilder().store(store).build_client_verifier().verify(client, [])
-        assert verified.chain[-1] == ca
-    key_mode = stat.S_IMODE((certs_dir / "node1" / "server.key").stat().st_mode)
-    assert key_mode == 0o600
-    assert stat.S_IMODE((certs_dir / "ca.key").stat().st_mode) == 0o600
+        for kind in ("client", "agent"):
+            client = _load(certs_dir / name / f"{kind}.crt")
+            verified = v.PolicyBuilder().store(store).build_client_verifier().verify(client, [])
+            assert verified.chain[-1] == ca
+        # etcdctl is the user NAME by its CN; the agent's gateway certificate has no CN
+        cn = NameOID.COMMON_NAME
+        assert [a.value for a in _load(certs_dir / name / "client.crt").subject] == [name]
+        assert not _load(certs_dir / name / "agent.crt").subject.get_attributes_for_oid(cn)
+    assert _load(certs_dir / "admin.crt").subject.get_attributes_for_oid(cn)[0].value == "root"
+    # every secret 0600, in a folder only its owner enters
+    for secret in ("ca.key", "admin.key", "gateway.key", "root.password", "node1/server.key", "node1/peer.key",
+                   "node1/client.key", "node1/agent.key", "node1/etcd.password"):
+        assert stat.S_IMODE((certs_dir / secret).stat().st_mode) == 0o600, secret
+    for folder in (certs_dir, certs_dir / "node1"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    passwords = {(certs_dir / n / "etcd.password").read_text() for n in ("node1", "node2")}
+    assert len(passwords) == 2 and all(len(p.strip()) >= 40 for p in passwords)
 
 
 def test_certs_keep_the_ca_and_fill_gaps(tmp_path: Path) -> None:
     cluster = parse_cluster_file(EXAMPLE)
     first = generate_certs(cluster, tmp_path)
-    assert len(first) == 2 + 2 + 3 * 6  # CA, admin, 3 nodes x (server, peer, client)
+    # CA, admin, gateway, root password, 3 nodes x (server, peer, client, agent, password)
+    assert len(first) == 2 + 2 + 2 + 1 + 3 * 9
     ca_before = (tmp_path / "ca.crt").read_bytes()
+    password = (tmp_path / "node2" / "etcd.password").read_bytes()
     (tmp_path / "node2" / "peer.crt").unlink()
+    (tmp_path / "node3" / "etcd.password").unlink()
     again = generate_certs(cluster, tmp_path)
-    assert sorted(p.name for p in again) == ["peer.crt", "peer.key"]
+    assert sorted(str(p.relative_to(tmp_path)) for p in again) == [
+        "node2/peer.crt", "node2/peer.key", "node3/etcd.password"]
     assert (tmp_path / "ca.crt").read_bytes() == ca_before
+    assert (tmp_path / "node2" / "etcd.password").read_bytes() == password
 
 
 # ---- real etcd ----
@@ -78,34 +94,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _materialise(user_data: str, root: Path) -> dict[str, str]:
-    """Write the user-data's files under ``root``, with /etc/tidehost and /var paths moved."""
-    doc = yaml.safe_load(user_data)
-    moved = {}
-    for f in doc["write_files"]:
-        content = (
-            f["content"]
-            .replace("/etc/tidehost/", f"{root}/etc/tidehost/")
-            .replace("/var/lib/etcd/tidehost", f"{root}/var/lib/etcd/tidehost")
-        )
-        dest = root / f["path"].lstrip("/")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(content)
-        dest.chmod(int(f["permissions"], 8))
-        moved[f["path"]] = content
-    return moved
-
-
-def _env(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    for line in (root / "etc/tidehost/etcdctl.env").read_text().splitlines():
-        if line and not line.startswith("#"):
-            k, _, val = line.partition("=")
-            env[k] = val
-    env |= extra or {}
-    return env
 
 
 FAKE_DOCKER = r"""#!/bin/sh
@@ -140,8 +128,8 @@ def solo_cluster(tmp_path: Path) -> Path:
 def test_real_etcd_with_rendered_flags_and_certs(tmp_path: Path, solo_cluster: Path) -> None:
     cluster = parse_cluster_file(solo_cluster)
     solo_root, joiner_root = tmp_path / "solo", tmp_path / "joiner"
-    files = _materialise(render_user_data(cluster, "solo", Provider.NOCLOUD), solo_root)
-    _materialise(render_user_data(cluster, "joiner", Provider.NOCLOUD), joiner_root)
+    files = materialise(render_user_data(cluster, "solo", Provider.NOCLOUD), solo_root)
+    materialise(render_user_data(cluster, "joiner", Provider.NOCLOUD), joiner_root)
     dropin = files["/etc/systemd/system/etcd.service.d/10-tidehost.conf"].replace("\\\n", " ")
     exec_line = [ln for ln in dropin.splitlines() if ln.startswith("ExecStart=/")][-1]
     argv = shlex.split(exec_line.removeprefix("ExecStart="))
@@ -150,7 +138,7 @@ def test_real_etcd_with_rendered_flags_and_certs(tmp_path: Path, solo_cluster: P
     log = (tmp_path / "etcd.log").open("wb")
     etcd = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     try:
-        env = _env(solo_root)
+        env = host_env(solo_root)
         deadline = time.monotonic() + 30
         while run(["etcdctl", "endpoint", "health"], check=False, capture=True, env=env).returncode:
             assert etcd.poll() is None, (tmp_path / "etcd.log").read_text()[-2000:]
@@ -192,13 +180,13 @@ def test_real_etcd_with_rendered_flags_and_certs(tmp_path: Path, solo_cluster: P
             [solo_root / "etc/tidehost/bin/tidehost-swarm"],
             capture=True,
             timeout=30,
-            env=_env(solo_root, {"PATH": path, "DOCKER_LOG": str(dlog), "DOCKER_NODE": "solo"}),
+            env=host_env(solo_root, {"PATH": path, "DOCKER_LOG": str(dlog), "DOCKER_NODE": "solo"}),
         )
         run(
             [joiner_root / "etc/tidehost/bin/tidehost-swarm"],
             capture=True,
             timeout=30,
-            env=_env(joiner_root, {"PATH": path, "DOCKER_LOG": str(dlog), "DOCKER_NODE": "joiner"}),
+            env=host_env(joiner_root, {"PATH": path, "DOCKER_LOG": str(dlog), "DOCKER_NODE": "joiner"}),
         )
         calls = dlog.read_text().splitlines()
         assert (
@@ -248,7 +236,7 @@ def test_real_three_member_cluster(tmp_path: Path) -> None:
     try:
         for node in cluster.nodes:
             root = tmp_path / node.name
-            files = _materialise(render_user_data(cluster, node.name, Provider.NOCLOUD), root)
+            files = materialise(render_user_data(cluster, node.name, Provider.NOCLOUD), root)
             argv = _etcd_argv(files)
             if node.address != "127.0.0.1":
                 # On real hosts each member also listens on its own 127.0.0.1; here the three
@@ -257,7 +245,7 @@ def test_real_three_member_cluster(tmp_path: Path) -> None:
             log = (tmp_path / f"{node.name}.log").open("wb")
             procs.append((subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), log))
             roots.append(root)
-        env = _env(roots[2])
+        env = host_env(roots[2])
         deadline = time.monotonic() + 60
         health = ["etcdctl", "endpoint", "health", "--cluster"]
         while run(health, check=False, capture=True, env=env).returncode:
@@ -268,7 +256,7 @@ def test_real_three_member_cluster(tmp_path: Path) -> None:
         members = run(["etcdctl", "member", "list"], env=env, capture=True).stdout.decode()
         assert sorted(ln.split(", ")[2] for ln in members.splitlines()) == ["m1", "m2", "m3"]
         for root in roots:
-            run([root / "etc/tidehost/bin/tidehost-node-publish"], env=_env(root), capture=True,
+            run([root / "etc/tidehost/bin/tidehost-node-publish"], env=host_env(root), capture=True,
                 timeout=30)  # fmt: skip
         got = run(["etcdctl", "get", "--prefix", "--keys-only", "/tidehost/nodes/"], env=env,
                   capture=True)  # fmt: skip

@@ -115,7 +115,7 @@ BAD: list[tuple[str, Callable[[dict], None], str]] = [
     ("fleetlock-without-url", _set("updater.strategy", "fleetlock"),
      "updater.fleetlock_url: missing"),
     ("no-channel-url", _set("updater.channel.url", _DELETE), "updater.channel.url: missing"),
-    ("max-zero", _set("updater.max", 0), "updater.max: 0 is not a whole number from 1 to 1000"),
+    ("max-zero", _set("updater.max", 0), "updater.max: 0 is not a whole number from 1 to 10000"),
     ("bad-day", _set("updater.window.days", ["mon", "funday"]),
      "updater.window.days[1]: 'funday' is not one of mon, tue"),
     ("bad-start", _set("updater.window.start", "25:00"),
@@ -127,7 +127,7 @@ BAD: list[tuple[str, Callable[[dict], None], str]] = [
     ("bad-interval", _set("updater.check", {"interval": "soon"}),
      "updater.check.interval: 'soon' is not a duration like 30s"),
     ("zero-interval", _set("updater.check", {"interval": 0}),
-     "updater.check.interval: must be longer than 0s"),
+     "updater.check.interval: 0 is not from 1s to 366d"),
     ("unknown-check-field", _set("updater.check", {"every": "1m"}),
      "updater.check.every: unknown field (known: interval, jitter)"),
     ("health-units-not-a-list", _set("updater.health", {"units": "etcd.service"}),
@@ -147,6 +147,62 @@ BAD: list[tuple[str, Callable[[dict], None], str]] = [
     ("bad-drain-on-timeout", _set("updater.drain", {"on_timeout": "later"}),
      "updater.drain.on_timeout: 'later' is not one of reboot, wait"),
     ("no-cluster-name", _set("cluster", _DELETE), "cluster: missing"),
+    ("auth-without-tls", _set("etcd", {"tls": False, "auth": True}),
+     "etcd.auth: needs tls: true"),
+    # issue 11, items 3 and 7: closed choices, strict types, bounds, no control characters
+    ("channel-gamma", _set("updater.channel.name", "gamma"),
+     "updater.channel.name: 'gamma' is not one of alpha, beta, stable"),
+    ("strategy-true", _set("updater.strategy", True),
+     "updater.strategy: True is not one of etcd-lock, fleetlock, reboot, off"),
+    ("scheduler-number", _set("scheduler.kind", 1), "scheduler.kind: 1 is not one of swarm"),
+    ("max-bool", _set("updater.max", True), "updater.max: True is not a whole number"),
+    ("port-bool", _set("etcd.client_port", True), "etcd.client_port: True is not a whole number"),
+    ("heartbeat-float", _set("etcd.heartbeat_ms", 100.5),
+     "etcd.heartbeat_ms: 100.5 is not a whole number"),
+    ("window-length-huge", _set("updater.window.length", "100000000d"),
+     "updater.window.length: '100000000d' is not from 1m to 7d"),
+    ("window-length-seconds", _set("updater.window.length", 30),
+     "updater.window.length: 30 is not from 1m to 7d"),
+    ("interval-huge", _set("updater.check", {"interval": "100000000d"}),
+     "updater.check.interval: '100000000d' is not from 1s to 366d"),
+    ("jitter-bool", _set("updater.check", {"jitter": False}),
+     "updater.check.jitter: False is not a duration"),
+    ("deadline-huge", _set("updater.health", {"deadline": "400d"}),
+     "updater.health.deadline: '400d' is not from 1s to 366d"),
+    ("days-backwards", _set("updater.window.days", ["fri-mon"]),
+     "updater.window.days[0]: 'fri-mon' runs backwards"),
+    ("days-three-ends", _set("updater.window.days", ["mon-wed-fri"]),
+     "updater.window.days[0]: 'mon-wed-fri' is not a day or a range like mon-fri"),
+    ("days-bad-end", _set("updater.window.days", ["mon-funday"]),
+     "updater.window.days[0]: 'funday' is not one of mon, tue"),
+    ("days-number", _set("updater.window.days", [1]),
+     "updater.window.days[0]: 1 is not a day of the week"),
+    ("days-empty", _set("updater.window.days", []),
+     "updater.window.days: expected a list of days"),
+    ("start-bool", _set("updater.window.start", True),
+     "updater.window.start: True is not a time of day HH:MM"),
+    ("cri-socket-newline", _all(_set("scheduler", {"kind": "kubeadm", "kubeadm": {
+        "cri_socket": "unix:///run/containerd/containerd.sock\nreboot"}})),
+     "scheduler.kubeadm.cri_socket: 'unix:///run/containerd/containerd.sock\\nreboot' contains "
+     "the control character '\\n'"),
+    ("cri-socket-relative", _set("scheduler", {"kind": "kubeadm",
+                                               "kubeadm": {"cri_socket": "containerd.sock"}}),
+     "scheduler.kubeadm.cri_socket: 'containerd.sock' is not a Unix socket"),
+    ("cri-socket-number", _set("scheduler", {"kind": "kubeadm", "kubeadm": {"cri_socket": 7}}),
+     "scheduler.kubeadm.cri_socket: expected a non-empty string, got 7"),
+    ("log-opt-newline", _set("docker.log_opts", {"tag": "a\nb"}),
+     "docker.log_opts.tag: 'a\\nb' contains the control character '\\n'"),
+    ("ssh-key-newline", _set("ssh_authorized_keys", [
+        "ssh-ed25519 AAAAC3Nza me\nruncmd: [reboot]"]),
+     "ssh_authorized_keys[0]: 'ssh-ed25519 AAAAC3Nza me\\nruncmd: [reboot]' contains the control"),
+    ("url-escape", _set("updater.channel.url", "http://10.77.0.1:8080/\x1b[2J"),
+     "updater.channel.url: 'http://10.77.0.1:8080/\\x1b[2J' contains the control character"),
+    ("unit-with-space", _set("updater.health", {"units": ["docker.service; reboot"]}),
+     "updater.health.units[0]: 'docker.service; reboot' is not a systemd unit name"),
+    ("command-open-quote", _set("updater.health", {"commands": ["docker 'info"]}),
+     "updater.health.commands[0]: \"docker 'info\" is not a command line in shell words"),
+    ("command-tab", _set("updater.health", {"commands": ["docker\tinfo"]}),
+     "updater.health.commands[0]: 'docker\\tinfo' contains the control character '\\t'"),
 ]  # fmt: skip
 
 
@@ -161,6 +217,34 @@ def test_bad_cluster_file(tmp_path: Path, edit: Callable[[dict], None], message:
     assert "\n" not in text
     assert text.startswith(f"{path}: "), text
     assert message in text, text
+
+
+def test_values_mean_what_they_say(tmp_path: Path) -> None:
+    """``strategy: off`` and ``start: 02:00`` unquoted (YAML 1.1 reads false and 120), day
+    ranges as systemd's calendar writes them, durations in the agent's syntax."""
+    text = EXAMPLE.read_text().replace("strategy: etcd-lock", "strategy: off")
+    text = text.replace('start: "00:00"', "start: 02:00").replace("length: 24h", "length: 1d")
+    text = text.replace("days: [mon, tue, wed, thu, fri, sat, sun]", "days: [mon-wed, fri..sat]")
+    text = text.replace("check: {interval: 1m, jitter: 10s}", "check: {interval: 1h30m, jitter: 600}")
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    u = parse_cluster_file(path).updater
+    assert u.strategy is Strategy.OFF
+    assert u.window is not None and u.window.start == "02:00" and u.window.length == "24h"
+    assert [d.value for d in u.window.days] == ["mon", "tue", "wed", "fri", "sat"]
+    assert (u.check_interval, u.check_jitter) == (5400, 600)
+    data = example_data()
+    data["updater"]["window"]["days"] = "sat,sun"
+    u = parse_cluster_file(write_cluster(tmp_path / "d.yaml", data)).updater
+    assert u.window is not None and [d.value for d in u.window.days] == ["sat", "sun"]
+
+
+def test_invalid_utf8_is_one_line(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_bytes(EXAMPLE.read_bytes().replace(b"cluster: demo", b"cluster: d\xffmo"))
+    with pytest.raises(ConfigError) as err:
+        parse_cluster_file(p)
+    assert str(err.value) == f"{p}: the cluster file is not UTF-8 text (byte {EXAMPLE.read_bytes().index(b'cluster: demo') + 10})"
 
 
 def test_not_yaml(tmp_path: Path) -> None:

@@ -125,8 +125,10 @@ def test_example_node1_content(tmp_path: Path, cluster_file) -> None:
             "endpoints": ["https://10.77.0.11:2379", "https://10.77.0.12:2379",
                           "https://10.77.0.13:2379"],
             "cacert": "/etc/tidehost/etcd/ca.crt",
-            "cert": "/etc/tidehost/etcd/client.crt",
-            "key": "/etc/tidehost/etcd/client.key",
+            "cert": "/etc/tidehost/etcd/agent.crt",  # no CN: the gateway refuses one
+            "key": "/etc/tidehost/etcd/agent.key",
+            "user": "node1",
+            "password_file": "/etc/tidehost/etcd/password",
         },
         "group": "default",
         "max": 1,
@@ -213,6 +215,48 @@ def test_tls_off_needs_no_certs(tmp_path: Path) -> None:
     flags = etcd_exec_flags(files["/etc/systemd/system/etcd.service.d/10-tidehost.conf"]["content"])
     assert "--advertise-client-urls=http://10.77.0.11:2379" in flags
     assert "--client-cert-auth" not in flags
+
+
+def test_etcd_auth_files(tmp_path: Path, cluster_file, certs_dir: Path) -> None:
+    """Every node gets its CN-less agent certificate and password (0600); only the first etcd
+    member gets tidehost-etcd-auth (0700: every node's password) and runs it; the root
+    password reaches no node. ``etcd.auth: false`` renders none of it."""
+    path = cluster_file(yaml.safe_load(EXAMPLE.read_text()))
+    root_password = (certs_dir / "root.password").read_text().strip()
+    for node in ("node1", "node2", "node3"):
+        out, doc = render_to(tmp_path, path, node, Provider.NOCLOUD)
+        cloud_init_schema(out)
+        files = files_of(doc)
+        password = (certs_dir / node / "etcd.password").read_text().strip()
+        assert files["/etc/tidehost/etcd/password"]["content"].strip() == password
+        for secret in ("password", "agent.key", "client.key"):
+            assert files[f"/etc/tidehost/etcd/{secret}"]["permissions"] == "0600"
+        assert files["/etc/tidehost/etcd/agent.crt"]["content"] == \
+            (certs_dir / node / "agent.crt").read_text()
+        first = node == "node1"
+        assert ("/etc/tidehost/bin/tidehost-etcd-auth" in files) == first
+        assert (["systemctl", "enable", "--now", "--no-block", "tidehost-etcd-auth.service"]
+                in doc["runcmd"]) == first
+        text = out.read_text()
+        assert root_password not in text
+        if first:
+            script = files["/etc/tidehost/bin/tidehost-etcd-auth"]
+            assert script["permissions"] == "0700"
+            for other in ("node1", "node2", "node3"):
+                assert (certs_dir / other / "etcd.password").read_text().strip() in \
+                    script["content"]
+            assert "grant node-node3 readwrite tidehost/rebootlock/groups/default/holders/node3" \
+                in script["content"]
+        else:
+            assert all((certs_dir / o / "etcd.password").read_text().strip() not in text
+                       for o in ("node1", "node2", "node3") if o != node)
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["etcd"]["auth"] = False
+    _, doc = render_to(tmp_path, cluster_file(data), "node1", Provider.NOCLOUD)
+    files = files_of(doc)
+    assert not {"/etc/tidehost/etcd/password", "/etc/tidehost/bin/tidehost-etcd-auth"} & set(files)
+    etcd = yaml.safe_load(files["/etc/tidehost/update.yaml"]["content"])["etcd"]
+    assert etcd["cert"] == "/etc/tidehost/etcd/client.crt" and "user" not in etcd
 
 
 def test_fleetlock_and_no_window(tmp_path: Path, cluster_file) -> None:
@@ -316,7 +360,7 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path, cluster_file) -> None
             dest = unitdir / path.removeprefix("/etc/systemd/system/")
             dest.write_text(text)
             units.append(unitdir / ("etcd.service" if dest.suffix == ".conf" else dest.name))
-        assert len(units) == 3
+        assert len(units) == 4  # node1 is the first etcd member: tidehost-etcd-auth too
         proc = run(["systemd-analyze", "verify", *units], check=False, capture=True,
                    env={"SYSTEMD_UNIT_PATH": f"{unitdir}:", "PATH": "/usr/bin:/bin"})  # fmt: skip
         out = (proc.stdout + proc.stderr).decode()

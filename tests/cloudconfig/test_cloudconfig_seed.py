@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,27 @@ def test_seed_folder(tmp_path: Path, cluster_file, capsys: pytest.CaptureFixture
     cluster = parse_cluster_file(path)
     assert cluster.node("node3").cluster_mac == "52:54:00:aa:bb:cc"
     assert cluster.node("node1").cluster_mac == "52:54:00:4d:00:0b"
+
+
+def test_seed_and_its_iso_are_private(tmp_path: Path, cluster_file) -> None:
+    """The seed holds the node's private keys: its folder 0700, user-data and the ISO 0600."""
+    from imagebuild.lab.vm import make_seed, make_seed_iso
+
+    path = cluster_file(yaml.safe_load(EXAMPLE.read_text()))
+    seed = tmp_path / "seed"
+    assert main(["cloud-config", "seed", str(path), "--node", "node1", "--out", str(seed)]) == 0
+    assert stat.S_IMODE(seed.stat().st_mode) == 0o700
+    assert stat.S_IMODE((seed / "user-data").stat().st_mode) == 0o600
+    old = os.umask(0o022)
+    try:
+        iso = make_seed_iso(seed, tmp_path / "seed.iso")
+        other = make_seed(tmp_path / "other.iso", "#cloud-config\n{}\n", "h")
+    finally:
+        os.umask(old)
+    for f in (iso, other):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600
+    assert b"BEGIN PRIVATE KEY" in iso.read_bytes()  # why: the node's keys are in it
+    assert not list(tmp_path.glob(".*"))  # no temporary file left
 
 
 def test_seed_refuses_cloud_providers(cluster_file, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,7 +1,9 @@
 """End to end under QEMU: a host updates itself from a signed channel under the etcd lock.
 
 v1 is the reference image; the host's agent polls a channel served from the test machine and
-takes its reboot lock in an etcd started by the test. v2 is published: the host stages it,
+takes its reboot lock in an etcd started by the test. v2 is published: the host stages it by
+delta (its slot A and ESP kernels as seeds, only the missing chunks fetched), although one
+chunk it needs is corrupt in the store (that one file comes by full download instead),
 takes the lock, reboots into slot B, passes its health gate, blesses the boot and releases
 the lock. Then v3, whose health check fails, is published: the host tries it, falls back to
 v2 on B by itself, reports rolled-back, releases the lock and never tries v3 again.
@@ -15,11 +17,14 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from channels.bundle import load_bundle
+from channels.casync.index import BlobIndex
+from channels.casync.store import chunk_relpath
 from imagebuild.image.config import parse_image_file
 from imagebuild.image.pipeline import BuildResult, build
 from imagebuild.lab.agent import print_status, status
@@ -73,22 +78,58 @@ def host(lab: UpdateLab, releases, ssh_keypair: Path, tmp_path_factory) -> Itera
         vm.stop(timeout=30)
 
 
+def corrupt_a_chunk(repo: Path, old: str, new: str) -> tuple[str, str, Callable[[], None]]:
+    """Flip a byte of the stored copy of a chunk that ``new``'s initrd needs and ``old``'s
+    lacks, so a host seeded with ``old`` must fetch it (usr.img's if the initrds are equal).
+    Returns the file, the chunk id and how to put the good chunk back."""
+    targets = repo / "published/targets/alpha"
+
+    def ids(version: str, fname: str) -> list[str]:
+        index = next(targets.glob(f"*-{version}.{fname}.caibx"))
+        return [c.id for c in BlobIndex.read(index).chunks]
+
+    for fname in ("initrd", "usr.img"):
+        old_ids = set(ids(old, fname))
+        missing = [c for c in ids(new, fname) if c not in old_ids]
+        if missing:
+            break
+    assert missing, f"{new} shares every chunk with {old}: nothing to fetch"
+    cid = missing[len(missing) // 2]
+    path = repo / "published/chunks.castr" / chunk_relpath(cid)
+    good = path.read_bytes()
+    path.chmod(0o644)
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0xFF
+    path.write_bytes(bytes(bad))
+
+    def restore() -> None:
+        path.write_bytes(good)
+        path.chmod(0o444)
+
+    return fname, cid, restore
+
+
 def test_a_host_updates_itself_under_the_etcd_lock(lab: UpdateLab, releases, host: VM) -> None:
     st = wait_for(host, lambda s: s["state"] == "idle", timeout=300)
     assert (st["version"], st["slot"]) == ("1.0.0", "a")
     lab.publish(releases[V2].artifacts["release"])
+    # at once, before the host's next check (every 20 s) reaches that file's chunks
+    broken, cid, restore = corrupt_a_chunk(lab.repo, "1.0.0", V2)
     seen_holders: set[str] = set()
     most_at_once = 0
     deadline = time.monotonic() + 1800
     st = None
-    while time.monotonic() < deadline:
-        holders = lab.lock_holders()
-        most_at_once = max(most_at_once, len(holders))
-        seen_holders.update(holders)
-        st = status(host)
-        if st and st["version"] == V2 and st["state"] == "idle":
-            break
-        time.sleep(2)
+    try:
+        while time.monotonic() < deadline:
+            holders = lab.lock_holders()
+            most_at_once = max(most_at_once, len(holders))
+            seen_holders.update(holders)
+            st = status(host)
+            if st and st["version"] == V2 and st["state"] == "idle":
+                break
+            time.sleep(2)
+    finally:
+        restore()  # v3 finds an honest store
     assert st is not None and st["version"] == V2, f"the host did not reach {V2}: {st}"
     assert st["slot"] == "b" and not st["lock_held"] and st["last_error"] in ("", None), st
     holder = host.ssh("cat /etc/machine-id").strip()  # the agent's holder id by default
@@ -100,6 +141,24 @@ def test_a_host_updates_itself_under_the_etcd_lock(lab: UpdateLab, releases, hos
     # the first boot of a new /usr (factory /etc copy, ldconfig, ...) left nothing failed
     assert host.ssh("systemctl --failed --plain --no-legend").strip() == ""
     print(f"boot-complete.target to blessed + lock released: {bless_latency(host)} s")
+    # the delta path: far less than the release was fetched, and the file whose chunk was
+    # corrupt came whole (one line saying why), the others by delta
+    v2 = load_bundle(releases[V2].artifacts["release"])
+    full = sum(i.size for i in v2.files.values())
+    broken_size = v2.files[broken].size
+    print(f"v1 -> v2: fetched {st['fetched_bytes']} of {full} bytes, reused "
+          f"{st['reused_bytes']}; {st['last_download']}")
+    assert 0 < st["fetched_bytes"] < broken_size + full // 20, st
+    assert st["reused_bytes"] > full - broken_size - full // 20, st
+    lines = {ln.split(":", 1)[0]: ln for ln in st["last_download"]}
+    assert lines[broken].startswith(f"{broken}: full download") and cid in lines[broken], lines
+    for fname in ("usr.img", "vmlinuz", "initrd"):
+        if fname != broken:
+            assert lines[fname].startswith(f"{fname}: delta"), lines
+    # ... and the host ends exactly on v2: its root hash booted, its kernel and initrd on B
+    assert f"usrhash={v2.roothash}" in host.ssh("cat /proc/cmdline")
+    sums = host.ssh("sudo sha256sum /efi/tidehost/b/vmlinuz /efi/tidehost/b/initrd").split()
+    assert sums[0::2] == [v2.files["vmlinuz"].sha256, v2.files["initrd"].sha256], sums
 
 
 def test_a_release_that_fails_health_rolls_back_by_itself(lab: UpdateLab, releases,

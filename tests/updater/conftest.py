@@ -265,6 +265,8 @@ class FakeChannel:
         self.error: Exception | None = None
         self.download_error: Exception | None = None
         self.downloads: list[str] = []
+        self.seeds: list[object] = []  # the seeds of each download
+        self.last_report = None
 
     def publish(self, bundle: Path) -> None:
         self.published[load_bundle(bundle, verify=False).version] = bundle
@@ -280,10 +282,12 @@ class FakeChannel:
         v = max(self.published, key=Version.parse)
         return FakeOffer(v, load_bundle(self.published[v], verify=False))
 
-    def download(self, offer: FakeOffer, dest_dir: Path, progress: object = None) -> Path:
+    def download(self, offer: FakeOffer, dest_dir: Path, progress: object = None, *,
+                 seeds: object = ()) -> Path:
         if self.download_error:
             raise self.download_error
         self.downloads.append(offer.version)
+        self.seeds.append(list(seeds))  # type: ignore[call-overload]
         dest = Path(dest_dir) / offer.manifest.bundle_name
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(self.published[offer.version], dest)

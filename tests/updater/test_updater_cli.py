@@ -108,3 +108,22 @@ def test_health_with_bad_config_uses_the_defaults(tmp_path: Path,
     caplog.set_level("INFO")
     assert main([*config(tmp_path, "health: {units: 3}\n"), "health"]) == 0
     assert "field 'health.units'" in caplog.text and "healthy" in caplog.text
+
+
+def test_the_image_gets_the_compiled_chunker_and_its_python3_loads_it(tmp_path: Path) -> None:
+    """install_agent_files builds casync's C scanner beside channels/casync; Debian's python3
+    (as on a host: no cache directory to fall back on) loads it instead of pure Python."""
+    from channels.casync import fastchunk
+    from imagebuild.image.stages.configure import SITE, install_agent_files
+
+    install_agent_files(tmp_path / "tree")
+    site = tmp_path / "tree" / SITE
+    lib = site / "channels/casync" / fastchunk.LIBRARY_NAME
+    assert lib.is_file() and len(list(site.rglob("*.so"))) == 1
+    probe = ("import channels.casync.chunker as c, channels.casync.fastchunk as f; "
+             "print(c.default_cutter().name, f.find_library())")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site),
+           "TIDEHOST_CACHE": str(tmp_path / "no-cache")}
+    out = subprocess.run(["/usr/bin/python3", "-c", probe], env=env, cwd=tmp_path, check=True,
+                         capture_output=True, text=True).stdout.split()
+    assert out == ["c", str(lib)]

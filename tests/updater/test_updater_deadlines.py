@@ -29,9 +29,9 @@ def test_a_hanging_download_is_ended_and_backed_off(rig: Rig, bundles, tmp_path:
     rig.channel.publish(bundles["2.0.0"])
     pids = tmp_path / "pids"
 
-    def trickle(offer: object, dest: Path, progress: object = None) -> Path:
+    def trickle(offer: object, dest: Path, progress: object = None, **kw: object) -> Path:
         pids.write_text(f"{os.getpid()}\n")
-        run(["sleep", "300"], timeout=None)  # a mirror that never finishes, and a command
+        run(["sleep", "301.7"], timeout=None)  # a mirror that never finishes, and a command
         raise AssertionError("not reached")
 
     rig.channel.download = trickle  # type: ignore[method-assign]
@@ -59,7 +59,7 @@ def test_a_hanging_download_is_ended_and_backed_off(rig: Rig, bundles, tmp_path:
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)  # the step's process is gone...
     assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and
-                _cmdline(p) == "sleep\x00300\x00"]  # ...and the command it ran with it
+                _cmdline(p) == "sleep\x00301.7\x00"]  # ...and the command it ran with it
     s = StateStore(rig.config.state_dir).load()
     assert s.phase is Phase.ERROR and "downloading stopped: step download" in s.last_error
     assert s.next_check > time.time() and s.failures == 1  # backed off, not retried at once

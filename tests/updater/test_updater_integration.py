@@ -11,6 +11,7 @@ import pytest
 
 from channels.bundle import Slot, boot_entry, load_bundle
 from updater.agent import Agent, Layout
+from updater.channel import HostChannel
 from updater.config import AgentConfig, Strategy
 from updater.lock.etcd import EtcdLockClient
 from updater.lock.gateway import EtcdGateway
@@ -47,9 +48,9 @@ def test_real_channel_and_etcd(tmp_path: Path, disk, bundles, host, etcd) -> Non
                    for s in Slot}
 
         def agent() -> Agent:
-            channel = client_mod.ChannelClient(
+            channel = HostChannel(client_mod.ChannelClient(
                 server.url, "stable", cfg.state_dir / "channel",
-                repo / "published" / "metadata" / "1.root.json", timeout=10)
+                repo / "published" / "metadata" / "1.root.json", timeout=10))
             lock = EtcdLockClient(EtcdGateway([etcd.url]), group, cfg.lease)
             return Agent(cfg, host, lock, channel, layout=Layout(esp, devices))
 

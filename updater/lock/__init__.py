@@ -69,6 +69,13 @@ def host_token(state_dir: Path) -> str:
     return token
 
 
+def password_reader(path: Path | None) -> Any:
+    """A callable that reads the etcd password from ``path`` each time a token is needed."""
+    if path is None:
+        return None
+    return lambda: Path(path).read_text().strip()
+
+
 def etcd_lock(config: AgentConfig, *, endpoints: tuple[str, ...] | None = None,
               group: str | None = None, lease: int | None = None, token: str = "") -> Any:
     """The etcd lock client of ``config`` (the agent's and ``tidehost-update lock``'s)."""
@@ -76,7 +83,8 @@ def etcd_lock(config: AgentConfig, *, endpoints: tuple[str, ...] | None = None,
     from updater.lock.gateway import EtcdGateway
 
     gw = EtcdGateway(endpoints or config.etcd_endpoints, ca=config.etcd_ca,
-                     cert=config.etcd_cert, key=config.etcd_key)
+                     cert=config.etcd_cert, key=config.etcd_key, user=config.etcd_user,
+                     password=password_reader(config.etcd_password_file))
     return EtcdLockClient(gw, group or config.group, lease or config.lease,
                           init_max=config.lock_max, token=token)
 

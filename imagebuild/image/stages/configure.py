@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
+from channels.casync import fastchunk
 from imagebuild.core.errors import StageError
 from imagebuild.core.files import data_file, package_dir
 from imagebuild.core.run import run
@@ -169,8 +170,10 @@ def dist_manifest(text: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ..
 
 def install_agent_files(tree: Path) -> None:
     """Put the on-host agent into ``tree``: ``updater`` and ``channels`` into dist-packages,
-    ``/usr/bin/tidehost-update``, and what ``updater/dist/MANIFEST`` lists (units, their
-    enablement links, tmpfiles, defaults).
+    the casync chunker's compiled scanner beside ``channels/casync`` (built with this
+    machine's gcc: it needs no libc, so the image's python3 loads it), ``/usr/bin/tidehost-
+    update``, and what ``updater/dist/MANIFEST`` lists (units, their enablement links,
+    tmpfiles, defaults).
 
     The packages are taken from where the toolkit is installed (a checkout or a wheel), never
     imported. Raises StageError when a listed file is missing, when updater/dist holds a
@@ -181,7 +184,9 @@ def install_agent_files(tree: Path) -> None:
         dest = site / pkg
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(package_dir(pkg), dest,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "dist", "*.md"))
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "dist", "*.md",
+                                                      "*.so"))
+    fastchunk.build_shared_library(site / "channels/casync" / fastchunk.LIBRARY_NAME, run)
     _write(tree / "usr/bin/tidehost-update", AGENT_BIN, 0o755)
     dist = package_dir("updater") / "dist"
     manifest = dist / "MANIFEST"
