@@ -1,19 +1,28 @@
 """The release bundle: the contract between ``imagebuild``, ``channels`` and ``updater``.
 
-A release bundle is a directory ``<name>-<version>.release/`` holding exactly these files::
+A release bundle is a directory ``<name>-<version>.release/`` holding exactly these files
+(``files_for(format)``)::
 
     manifest.json   this module's ``Manifest``, JSON, UTF-8
     usr.img         the read-only /usr filesystem (squashfs or erofs), written as-is to a
                     USR-A or USR-B partition; its length is the dm-verity data size
     usr.verity      the dm-verity hash tree *with* its superblock (``veritysetup format``
                     output), written as-is to that slot's USR-x-VERITY partition
+  format 2 (what the build writes):
+    uki-a.efi       slot A's unified kernel image (kernel, initrd, slot A's command line,
+    uki-b.efi       os-release; signed for Secure Boot when the image has keys), written
+                    to the ESP as EFI/Linux/tidehost-<slot>+<tries>.efi (``uki_entry_name``)
+  format 1 (still accepted: today's fleet updates onto UKIs through it):
     vmlinuz         the kernel, copied to the ESP as /tidehost/<slot>/vmlinuz
     initrd          the initrd, copied to the ESP as /tidehost/<slot>/initrd
 
-``manifest.json`` (``format`` 1)::
+A UKI carries its slot's command line, signed, and the host never signs: so a format-2
+release carries one UKI per slot, and the agent writes the one of the slot it fills.
+
+``manifest.json``::
 
     {
-      "format": 1,
+      "format": 2,                        # or 1
       "name": "tidehost",                 # image name, [a-z0-9-]
       "version": "1.2.0",                 # MAJOR.MINOR.PATCH, see channels.version
       "channel": "alpha",                 # the channel it was built for
@@ -25,14 +34,17 @@ A release bundle is a directory ``<name>-<version>.release/`` holding exactly th
       "kernel_cmdline": "console=ttyS0",  # extra kernel arguments from the image file
       "boot_tries": 3,                    # tries a freshly written slot gets
       "files": {"usr.img": {"size": 123, "sha256": "<64 hex>"}, ...}   # all four files
+      "db_sha256": "<64 hex>" | "",       # format 2: the db certificate that signed the UKIs
+      "pcr_public_key_sha256": "<64 hex>" | ""   # format 2: the PCR 11 policy's signing key
     }
 
 Unknown top-level keys are kept (``extra``) so a newer manifest survives a round trip.
 
 The host side of the contract: GPT partition labels ``USR-A``/``USR-A-VERITY`` and
 ``USR-B``/``USR-B-VERITY``, ``ROOT`` and ``ESP`` (mounted at /efi); one Boot Loader
-Specification entry per slot, built only by ``boot_entry`` below, so the image build and the
-updater write the very same entries.
+Specification entry per slot, built only by ``boot_entry`` (format 1, type #1 entries) and
+``uki_entry_name`` (format 2, type #2 entries) below, so the image build and the updater
+write the very same entries.
 """
 
 from __future__ import annotations
@@ -50,9 +62,12 @@ from typing import Any
 from channels.errors import BundleError
 from channels.version import Version
 
-FORMAT = 1
+FORMAT = 2  # what the build writes
+FORMATS = (1, 2)  # what readers accept
 MANIFEST = "manifest.json"
-FILES = ("usr.img", "usr.verity", "vmlinuz", "initrd")
+FILES = ("usr.img", "usr.verity", "vmlinuz", "initrd")  # format 1
+FILES_V2 = ("usr.img", "usr.verity", "uki-a.efi", "uki-b.efi")
+UKI_DIR = "EFI/Linux"  # type #2 entries, relative to the ESP's root
 CHANNELS = ("alpha", "beta", "stable")
 ESP_MOUNT = "/efi"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -123,6 +138,9 @@ class Manifest:
     boot_tries: int
     files: Mapping[str, FileInfo]
     extra: Mapping[str, Any] = field(default_factory=dict)
+    format: int = 1
+    db_sha256: str = ""  # format 2: who signed the UKIs ("" unsigned)
+    pcr_public_key_sha256: str = ""  # format 2: the PCR policy's key ("" none)
 
     def __post_init__(self) -> None:
         def bad(fld: str, why: str) -> BundleError:
@@ -149,13 +167,26 @@ class Manifest:
             raise bad("roothash", "not 64 lowercase hex digits")
         if not is_int(self.boot_tries) or not 1 <= self.boot_tries <= 9:
             raise bad("boot_tries", f"{self.boot_tries!r} is not a whole number from 1 to 9")
-        missing = [f for f in FILES if f not in self.files]
-        if missing or set(self.files) - set(FILES):
-            raise bad("files", f"must list exactly {', '.join(FILES)}")
+        if not is_int(self.format) or self.format not in FORMATS:
+            raise bad("format", f"{self.format!r} is not one of {', '.join(map(str, FORMATS))}")
+        names = files_for(self.format)
+        if set(self.files) != set(names):
+            raise bad("files", f"must list exactly {', '.join(names)}")
+        for fld in ("db_sha256", "pcr_public_key_sha256"):
+            value = getattr(self, fld)
+            if self.format == 1 and value:
+                raise bad(fld, "only a format-2 manifest names signing keys")
+            if not isinstance(value, str) or (value and not _HEX64.match(value)):
+                raise bad(fld, "not empty or 64 lowercase hex digits")
         for fname, info in self.files.items():
             if (not is_int(info.size) or info.size < 0 or not isinstance(info.sha256, str)
                     or not _HEX64.match(info.sha256)):
                 raise bad(f"files.{fname}", "needs a whole-number size and a 64-hex sha256")
+
+    @property
+    def uki(self) -> bool:
+        """Whether the release boots from unified kernel images (format 2)."""
+        return self.format >= 2
 
     @property
     def parsed_version(self) -> Version:
@@ -168,7 +199,7 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = dict(self.extra)
         d.update(
-            format=FORMAT,
+            format=self.format,
             name=self.name,
             version=self.version,
             channel=self.channel,
@@ -181,6 +212,8 @@ class Manifest:
             boot_tries=self.boot_tries,
             files={k: v.to_dict() for k, v in sorted(self.files.items())},
         )
+        if self.uki:
+            d.update(db_sha256=self.db_sha256, pcr_public_key_sha256=self.pcr_public_key_sha256)
         return d
 
     def to_json(self) -> str:
@@ -190,12 +223,14 @@ class Manifest:
     def from_dict(cls, d: Mapping[str, Any]) -> Manifest:
         if not isinstance(d, Mapping):
             raise BundleError(f"{MANIFEST}: not a JSON object")
-        if d.get("format") != FORMAT:
-            raise BundleError(f"{MANIFEST}: field 'format': {d.get('format')!r} is not {FORMAT}")
+        fmt = d.get("format")
+        if not is_int(fmt) or fmt not in FORMATS:
+            raise BundleError(f"{MANIFEST}: field 'format': {fmt!r} is not one of "
+                              f"{', '.join(map(str, FORMATS))}")
         known = (
             "name version channel build_id arch suite usr_filesystem roothash "
             "kernel_cmdline boot_tries files"
-        ).split()
+        ).split() + (["db_sha256", "pcr_public_key_sha256"] if fmt >= 2 else [])
         for k in known:
             if k not in d:
                 raise BundleError(f"{MANIFEST}: field '{k}' is missing")
@@ -214,6 +249,7 @@ class Manifest:
             **{k: d[k] for k in known if k != "files"},
             files=files,
             extra=extra,
+            format=fmt,
         )
 
     @classmethod
@@ -228,6 +264,16 @@ class Manifest:
             raise BundleError(f"{MANIFEST}: nested too deeply") from None
         except json.JSONDecodeError as e:
             raise BundleError(f"{MANIFEST}: not valid JSON ({e.msg}, line {e.lineno})") from None
+
+
+def files_for(fmt: int) -> tuple[str, ...]:
+    """The files (besides manifest.json) a bundle of format ``fmt`` holds."""
+    return FILES_V2 if fmt >= 2 else FILES
+
+
+def uki_file(slot: Slot) -> str:
+    """The bundle's file holding ``slot``'s UKI (format 2)."""
+    return f"uki-{slot.value}.efi"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -349,3 +395,16 @@ def boot_entry(
                               f"character {ch}; refusing to write it")
     text = "".join(f"{key} {value}\n" for key, value in lines)
     return BootEntry(filename=filename, text=text, kernel=kernel, initrd=initrd)
+
+
+def uki_entry_name(slot: Slot, tries: int | None) -> str:
+    """The type #2 entry of ``slot`` in ``EFI/Linux/`` on the ESP: ``tidehost-b+3.efi`` with
+    ``tries`` left to boot it, ``tidehost-a.efi`` without a counter (the factory slot, or one
+    already blessed). systemd-boot takes the entry's sort key and version from the UKI's
+    os-release (``IMAGE_ID``, ``IMAGE_VERSION``), so the newer slot is preferred while it
+    has tries left, as with type #1 entries."""
+    if tries is not None and (not is_int(tries) or not 0 <= tries <= 99):
+        raise BundleError(f"boot entry of slot {slot.name}: tries {tries!r} is not a whole "
+                          "number from 0 to 99")
+    stem = entry_stem(slot)
+    return f"{stem}.efi" if tries is None else f"{stem}+{tries}.efi"

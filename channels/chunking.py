@@ -1,7 +1,7 @@
 """Publishing a release's chunks: usr.img, vmlinuz and initrd cut into casync chunks.
 
 ``chunk_bundle`` runs inside ``ChannelRepository.publish``: each chunked file
-(``index.CHUNKED_FILES``) is cut with casync's chunker (``channels.casync``), its chunks go
+(``index.chunked_files``) is cut with casync's chunker (``channels.casync``), its chunks go
 once into the repository's one store ``published/chunks.castr/`` (``<4 hex>/<id>.cacnk``,
 zstd; a chunk already there is not written again, so a release that differs from the last
 one by a version string adds a few hundred KB), and its ``.caibx`` index becomes a target
@@ -30,7 +30,7 @@ from channels.casync.chunker import DEFAULT_PARAMS, ChunkerParams, Cutter
 from channels.casync.make import make_blob
 from channels.casync.store import ChunkStore
 from channels.errors import BundleError, VerityError
-from channels.index import CHUNKED_FILES, INDEX_SUFFIX, TreeParams, target_path
+from channels.index import INDEX_SUFFIX, TreeParams, chunked_files, target_path
 from channels.layout import Layout, atomic_write
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def chunk_bundle(layout: Layout, bundle: Path, manifest: Manifest, channel: str,
     store = ChunkStore(layout.chunks)
     targets: dict[str, TargetFile] = {}
     n = total = new = new_bytes = stored = 0
-    for fname in CHUNKED_FILES:
+    for fname in chunked_files(manifest.format):
         path = Path(bundle) / fname
         index, st = make_blob(path, store, params, cutter=cutter)
         if index.total_size != manifest.files[fname].size:

@@ -44,10 +44,10 @@ from channels.errors import (
 )
 from channels.fetch import DEFAULT_MIN_RATE, RequestsFetcher, download_resumable, new_session
 from channels.index import (
-    BUNDLE_FILES,
     ChannelIndex,
     Release,
     TreeParams,
+    bundle_files,
     check_channel,
     index_path,
 )
@@ -250,7 +250,7 @@ class ChannelClient:
 
     def _offer(self, rel: Release, d: Decision) -> Offer:
         files = []
-        for fname in BUNDLE_FILES:
+        for fname in bundle_files(rel.manifest.format):
             tf = self.target(rel.files[fname])
             if "sha256" not in tf.hashes:
                 raise ChannelIndexError(f"target {tf.path}: signed without a sha256")

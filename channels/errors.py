@@ -102,6 +102,10 @@ class VerityError(BundleError):
     """A dm-verity hash tree is malformed, or does not match its data or its root hash."""
 
 
+class ImageSignatureError(BundleError):
+    """A boot artifact (UKI, systemd-boot) would not pass Secure Boot against a db/dbx."""
+
+
 # --- delta updates (channels.casync): every failure there means "use the full download" --
 
 

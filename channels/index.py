@@ -30,16 +30,27 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from channels.bundle import CHANNELS, FILES, MANIFEST, Manifest
+from channels.bundle import CHANNELS, FILES, MANIFEST, Manifest, files_for
 from channels.errors import BundleError, ChannelIndexError, UnknownChannelError
 from channels.rollout import RolloutPlan, iso_time, parse_time
 from channels.version import Version
 
 FORMAT = 1
 INDEX_NAME = "index.json"
-BUNDLE_FILES = (MANIFEST, *FILES)
-CHUNKED_FILES = ("usr.img", "vmlinuz", "initrd")  # cut into chunks at publish
+BUNDLE_FILES = (MANIFEST, *FILES)  # a format-1 release's targets
+CHUNKED_FILES = ("usr.img", "vmlinuz", "initrd")  # cut into chunks at publish (format 1)
+CHUNKED_FILES_V2 = ("usr.img", "uki-a.efi", "uki-b.efi")  # format 2: the UKIs instead
 INDEX_SUFFIX = ".caibx"
+
+
+def bundle_files(fmt: int) -> tuple[str, ...]:
+    """The targets of a release whose manifest has format ``fmt``: its bundle's files."""
+    return (MANIFEST, *files_for(fmt))
+
+
+def chunked_files(fmt: int) -> tuple[str, ...]:
+    """The files of a format-``fmt`` release that publish cuts into chunks."""
+    return CHUNKED_FILES_V2 if fmt >= 2 else CHUNKED_FILES
 
 
 def check_channel(channel: str) -> str:
@@ -102,10 +113,12 @@ class Release:
             Version.parse(self.min_version)
         if self.manifest.version != self.version:
             raise ValueError(f"manifest version {self.manifest.version} is not {self.version}")
-        if set(self.files) != set(BUNDLE_FILES):
-            raise ValueError(f"files must list exactly {', '.join(BUNDLE_FILES)}")
-        if set(self.indexes) - set(CHUNKED_FILES):
-            raise ValueError(f"indexes may list only {', '.join(CHUNKED_FILES)}")
+        names = bundle_files(self.manifest.format)
+        if set(self.files) != set(names):
+            raise ValueError(f"files must list exactly {', '.join(names)}")
+        chunked = chunked_files(self.manifest.format)
+        if set(self.indexes) - set(chunked):
+            raise ValueError(f"indexes may list only {', '.join(chunked)}")
 
     @property
     def parsed_version(self) -> Version:

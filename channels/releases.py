@@ -27,9 +27,9 @@ from channels.casync.chunker import Cutter
 from channels.chunking import ChunkStats, chunk_bundle, index_target, tree_params
 from channels.errors import BundleError, NotARepositoryError, ReleaseError
 from channels.index import (
-    BUNDLE_FILES,
     ChannelIndex,
     Release,
+    bundle_files,
     check_channel,
     index_path,
     target_path,
@@ -37,6 +37,7 @@ from channels.index import (
 from channels.layout import atomic_write, fsync_dir, link
 from channels.repository import TufRepository
 from channels.rollout import IMMEDIATE, RolloutPlan, Wave, iso_time
+from channels.ukicheck import check_ukis
 from channels.version import Version
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,8 @@ class ChannelRepository:
         mbytes = (Path(bundle) / MANIFEST).read_bytes()
         sizes = {MANIFEST: (hashlib.sha256(mbytes).hexdigest(), len(mbytes))}
         sizes.update({f: (i.sha256, i.size) for f, i in manifest.files.items()})
-        for fname in BUNDLE_FILES:  # cheap checks first: nothing is written on a bad bundle
+        names = bundle_files(manifest.format)
+        for fname in names:  # cheap checks first: nothing is written on a bad bundle
             path = Path(bundle) / fname
             if not path.is_file():
                 raise BundleError(f"{path}: missing from the bundle")
@@ -175,9 +177,10 @@ class ChannelRepository:
                 raise BundleError(f"{path}: size {path.stat().st_size} does not match the "
                                   f"manifest's {sizes[fname][1]}")
         verity.check_bundle(Path(bundle), manifest.roothash)  # the tree matches the data
+        check_ukis(Path(bundle), manifest, (r.manifest for r in index.releases), channel)
         copied = reused = 0
         files: dict[str, str] = {}
-        for fname in BUNDLE_FILES:
+        for fname in names:
             sha, size = sizes[fname]
             tpath = target_path(channel, manifest, fname)
             n = _store(Path(bundle) / fname, self.tuf.layout.target(sha, tpath), sha, size)

@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 from channels.errors import ChannelError
-from imagebuild.commands import build, channel, cloudconfig, demo, fleet, vagrant, vm
+from imagebuild.commands import build, channel, cloudconfig, demo, fleet, keys, vagrant, vm
 from imagebuild.core import log as tlog
 from imagebuild.core.errors import TidehostError
 
-VERBS = (build, vm, channel, cloudconfig, vagrant, demo, fleet)
+VERBS = (build, vm, channel, cloudconfig, vagrant, demo, fleet, keys)
 
 
 def parser() -> argparse.ArgumentParser:

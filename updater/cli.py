@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="boot the other slot from the next reboot on")
     rb.add_argument("--now", action="store_true", help="take the lock and reboot now")
     sub.add_parser("health", help="wait for the health checks (the health-check unit)")
+    sub.add_parser("bless-guard", help="exit 1 when the loader counted a try of another entry "
+                   "than the one that booted (systemd-bless-boot's ExecCondition)")
     lk = sub.add_parser("lock", help="the reboot lock (like locksmithctl)")
     lk.add_argument("--etcd", help="etcd endpoints URL[,URL…] (default: config)")
     lk.add_argument("--group", help="lock group (default: config)")
@@ -198,6 +200,10 @@ def cmd_health(config: cfgmod.AgentConfig) -> None:
     if bad:
         raise UpdaterError(f"unhealthy: {', '.join(bad)}")
     log.info("healthy")
+    from updater.secureboot import bless_guard
+
+    if why := bless_guard():  # systemd-bless-boot's ExecCondition skips the blessing
+        log.warning("%s", why)
 
 
 def _config_for_daemon(path: Path, defaults: Path) -> cfgmod.AgentConfig:
@@ -224,6 +230,12 @@ def run(argv: list[str] | None = None) -> None:
     _setup_logging(a.debug)
     if a.verb == "daemon":
         cmd_daemon(_config_for_daemon(a.config, a.defaults))
+        return
+    if a.verb == "bless-guard":  # no configuration: it runs before anything else could
+        from updater.secureboot import bless_guard
+
+        if why := bless_guard():
+            raise UpdaterError(why)
         return
     if a.verb == "health":
         try:

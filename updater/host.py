@@ -78,6 +78,11 @@ class SystemdHost:
             return False
 
     def bless(self, good: bool) -> None:
+        from updater.secureboot import bless_guard
+
+        if good and (why := bless_guard()):
+            log.warning("%s", why)
+            return
         try:
             run(["/usr/lib/systemd/systemd-bless-boot", "good" if good else "bad"], timeout=60)
         except CommandError as e:  # e.g. not booted with boot counting: nothing to bless

@@ -5,7 +5,9 @@
 - the inactive slot's /usr device, limited the same way by its own verity superblock: the
   stale contents of the release before (skipped when that superblock is unreadable: a slot
   never written holds nothing worth chunking);
-- the kernels and initrds of both slots on the ESP (``tidehost/<slot>/{vmlinuz,initrd}``).
+- the kernels and initrds of both slots on the ESP (``tidehost/<slot>/{vmlinuz,initrd}``),
+  and their unified kernel images (``EFI/Linux/tidehost-<slot>*.efi``): a new release's UKIs
+  share most of their chunks with them (the same kernel, much of the initrd).
 
 Seeds are only read (``channels.casync.seed``), before the inactive slot is written, and
 every byte taken from one is checked against its chunk id when it is used; a seed that
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from channels import verity
-from channels.bundle import Slot
+from channels.bundle import UKI_DIR, Slot, entry_stem
 from channels.delta import SeedSource
 from channels.errors import VerityError
 
@@ -63,4 +65,8 @@ def host_seeds(devices: dict[Slot, SlotDevices | None], esp: Path,
             path = Path(esp) / slot.esp_dir / name
             if path.is_file():
                 out.append(SeedSource(path))
+        ukis = Path(esp) / UKI_DIR
+        if ukis.is_dir():
+            out += [SeedSource(p) for p in sorted(ukis.glob(f"{entry_stem(slot)}*.efi"))
+                    if p.is_file()]  # fmt: skip
     return out

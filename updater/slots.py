@@ -16,6 +16,13 @@ Write order (``write_slot``), so that an interruption at any point boots the cur
 4. write ``loader/entries/tidehost-<slot>+<tries>.conf`` (temp file, fsync, rename) last:
    only now can the bootloader pick the new slot, and it prefers it (newer ``version``).
 
+A format-2 release boots from its UKI instead (no kernel or initrd on the ESP): in step 0
+its ``uki-<slot>.efi`` must carry the slot's command line with the release's root hash and,
+when the firmware enforces Secure Boot, pass the enrolled db and dbx (``updater.secureboot``):
+a UKI the firmware would refuse is never written, and the host stays on its slot. Step 4
+writes exactly the checked bytes as ``EFI/Linux/tidehost-<slot>+<tries>.efi`` (temp file,
+fsync, rename, fsync of the folder), the type #2 entry that systemd-boot counts the same way.
+
 The active slot's devices and entry are never written; a target that resolves to the same
 device as the active slot is refused.
 """
@@ -32,8 +39,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from channels.bundle import BootEntry, Manifest, Slot, boot_entry, entry_stem
-from updater import verity
+from channels.bundle import (
+    UKI_DIR,
+    BootEntry,
+    Manifest,
+    Slot,
+    boot_entry,
+    entry_stem,
+    uki_entry_name,
+    uki_file,
+)
+from updater import secureboot, verity
 from updater.errors import BadRelease, CommandError, SlotError, VerificationError
 from updater.run import run
 from updater.state import atomic_write, fsync_dir
@@ -42,7 +58,9 @@ log = logging.getLogger(__name__)
 BY_PARTLABEL = Path("/dev/disk/by-partlabel")
 ENTRIES = "loader/entries"
 CHUNK = verity.CHUNK
-_ENTRY = re.compile(r"^(?P<stem>tidehost-[ab])(?:\+(?P<left>\d+)(?:-(?P<done>\d+))?)?\.conf$")
+_ENTRY = re.compile(r"^(?P<stem>tidehost-[ab])(?:\+(?P<left>\d+)(?:-(?P<done>\d+))?)?"
+                    r"\.(?P<ext>conf|efi)$")
+_ENTRY_DIRS = {"conf": ENTRIES, "efi": UKI_DIR}  # type #1 entries, type #2 entries (UKIs)
 
 
 def active_slot(cmdline: str) -> Slot:
@@ -95,10 +113,14 @@ def parse_entry(name: str) -> EntryName | None:
 
 
 def slot_entries(esp: Path, slot: Slot) -> list[Path]:
-    d = Path(esp) / ENTRIES
-    if not d.is_dir():
-        return []
-    return sorted(p for p in d.iterdir() if (e := parse_entry(p.name)) and e.slot is slot)
+    """``slot``'s boot entries on the ESP: type #1 ``.conf`` files and type #2 UKIs."""
+    out = []
+    for ext, rel in _ENTRY_DIRS.items():
+        d = Path(esp) / rel
+        if d.is_dir():
+            out += [p for p in d.iterdir() if p.name.endswith(f".{ext}")
+                    and (e := parse_entry(p.name)) and e.slot is slot]  # fmt: skip
+    return sorted(out)
 
 
 def _device_id(path: Path) -> tuple[int, int]:
@@ -138,6 +160,34 @@ _ENTRY_KEYS = ["title", "sort-key", "version", "linux", "initrd", "options"]
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
+def _checked_tries(tries: object) -> int:
+    if isinstance(tries, bool) or not isinstance(tries, int) or not 1 <= tries <= 9:
+        raise BadRelease(f"manifest.json: field 'boot_tries': {tries!r} is not a whole number "
+                         "from 1 to 9; no boot entry written")
+    return tries
+
+
+def _checked_uki(bundle: Path, manifest: Manifest, target: Slot, tries: object,
+                 efivars: Path) -> tuple[str, bytes]:  # fmt: skip
+    """The type #2 entry's name and the UKI's bytes for ``target``, checked where they are
+    written (``updater.secureboot.check_uki``).
+
+    Raises:
+        BadRelease: not the slot's UKI, or one the firmware would refuse.
+    """
+    name = uki_entry_name(target, _checked_tries(tries))
+    if parse_entry(name) != EntryName(target, tries, 0):  # type: ignore[arg-type]
+        raise SlotError(f"boot entry {name!r} is not one this agent writes")
+    try:
+        data = (Path(bundle) / uki_file(target)).read_bytes()
+    except OSError as e:
+        raise VerificationError(f"{bundle}/{uki_file(target)}: cannot read ({e.strerror})") \
+            from None
+    verdict = secureboot.check_uki(data, uki_file(target), manifest, target, efivars)
+    log.info("slot %s: %s %s", target.name, uki_file(target), verdict)
+    return name, data
+
+
 def _checked_entry(manifest: Manifest, target: Slot, tries: object) -> BootEntry:
     """The boot entry for ``target``, validated where it is written: a counter of 1 to 9
     (an int, not a bool), no control character from the manifest (a newline would add
@@ -148,9 +198,7 @@ def _checked_entry(manifest: Manifest, target: Slot, tries: object) -> BootEntry
             manifest unless the config sets it, and the config's is checked when parsed).
         SlotError: the entry is not one this agent writes.
     """
-    if isinstance(tries, bool) or not isinstance(tries, int) or not 1 <= tries <= 9:
-        raise BadRelease(f"manifest.json: field 'boot_tries': {tries!r} is not a whole number "
-                         "from 1 to 9; no boot entry written")
+    _checked_tries(tries)
     for name in ("name", "version", "usr_filesystem", "roothash", "kernel_cmdline"):
         if _CONTROL.search(str(getattr(manifest, name))):
             raise BadRelease(f"manifest.json: field '{name}': contains a control character; "
@@ -189,14 +237,21 @@ def write_slot(
     tries: int,
     full_verify: bool = False,
     runner: Callable[..., object] = run,
-) -> BootEntry:
-    """Write ``bundle`` into slot ``target`` and make it the preferred boot entry.
+    efivars: Path = secureboot.EFIVARS,
+) -> str:
+    """Write ``bundle`` into slot ``target`` and make it the preferred boot entry; the entry's
+    file name (``tidehost-b+3.conf``, or ``tidehost-b+3.efi`` for a format-2 release).
 
     Raises:
         SlotError: ``target`` is the active slot, a device is missing or too small.
         VerificationError: the read-back does not match the manifest's root hash.
+        BadRelease: the release cannot boot this slot here (its UKI is another slot's, or
+            the firmware enforces Secure Boot and would refuse it).
     """
-    entry = _checked_entry(manifest, target, tries)  # before anything is written
+    if manifest.uki:  # before anything is written
+        entry, uki = None, _checked_uki(bundle, manifest, target, tries, efivars)
+    else:
+        entry, uki = _checked_entry(manifest, target, tries), None
     if target is active:
         raise SlotError(f"refusing to write slot {target.name}: it is the running slot")
     for dev in (devices.usr, devices.verity):
@@ -223,24 +278,34 @@ def write_slot(
             for old in slot_entries(esp, target):
                 log.info("slot %s: removing old boot entry %s", target.name, old.name)
                 old.unlink()
-            fsync_dir(esp / ENTRIES)
+                fsync_dir(old.parent)
             for name in ("vmlinuz", "initrd"):  # unused now: room on a small ESP for new ones
                 (esp / target.esp_dir / name).unlink(missing_ok=True)
-            esp_files = pool.submit(_copy_kernel, bundle, esp / target.esp_dir)
+            esp_files = pool.submit(_copy_kernel, bundle, esp / target.esp_dir) if entry \
+                else None
             log.info("slot %s: writing %s to %s", target.name, manifest.version, devices.usr)
             _stream(bundle / "usr.img", devices.usr)
             _stream(bundle / "usr.verity", devices.verity)
             _read_back(bundle, manifest, devices, full_verify, runner)
-            esp_files.result()
+            if esp_files is not None:
+                esp_files.result()
         except BaseException:
             stop.set()  # do not wait for the hashing of a slot that is not staged
             raise
         hashed.result()
     log.info("slot %s: read back and verified (root hash %s…)", target.name,
              manifest.roothash[:12])
-    atomic_write(esp / ENTRIES / entry.filename, entry.text)
-    log.info("slot %s: boot entry %s written (%d tries)", target.name, entry.filename, tries)
-    return entry
+    if uki is not None:
+        name, data = uki
+        atomic_write(esp / UKI_DIR / name, data)  # the bytes that were checked, nothing else
+        fsync_dir(esp / UKI_DIR)
+    else:
+        assert entry is not None
+        name = entry.filename
+        atomic_write(esp / ENTRIES / name, entry.text)
+        fsync_dir(esp / ENTRIES)
+    log.info("slot %s: boot entry %s written (%d tries)", target.name, name, tries)
+    return name
 
 
 def rollback(esp: Path, active: Slot) -> Path:
@@ -259,10 +324,10 @@ def rollback(esp: Path, active: Slot) -> Path:
     if not mine:
         raise SlotError(f"slot {active.name} (running) has no boot entry in {esp / ENTRIES}")
     for p in mine:
-        dest = p.with_name(f"{entry_stem(active)}+0.conf")
+        dest = p.with_name(f"{entry_stem(active)}+0{p.suffix}")  # .conf or .efi
         if p != dest:
             os.replace(p, dest)
-    fsync_dir(Path(esp) / ENTRIES)
+            fsync_dir(p.parent)
     log.info("rollback: slot %s marked bad, slot %s preferred at next boot", active.name,
              active.other.name)
     return other[0]

@@ -36,6 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--serial-log", type=Path, help="serial console log (default: a temp file)")
     r.add_argument("--snapshot", action="store_true", help="discard the disk's changes on exit")
     r.add_argument("--no-wait", action="store_true", help="return once SSH answers")
+    r.add_argument("--secure-boot", action="store_true",
+                   help="OVMF's Secure Boot firmware in Setup Mode (with SMM): the image enrols "
+                        "its fleet's keys on the first boot")
+    r.add_argument("--tpm", action="store_true", help="a TPM 2.0 from swtpm")
     r.set_defaults(func=run_vm)
     _register_cluster(vsub)
 
@@ -76,7 +80,8 @@ def run_vm(args: argparse.Namespace) -> int:
             raise VMError(f"--user-data: cannot read {args.user_data} ({e.strerror})") from None
     vm = VM(disk=args.disk, authorized_keys=keys, user_data=user_data, hostname=args.hostname,
             memory=args.memory, cpus=args.cpus, accel=args.accel, ssh_port=args.port,
-            serial_log=args.serial_log, snapshot=args.snapshot)  # fmt: skip
+            serial_log=args.serial_log, snapshot=args.snapshot, secure_boot=args.secure_boot,
+            tpm=args.tpm)  # fmt: skip
     vm.start()
     try:
         if keys:
@@ -85,7 +90,7 @@ def run_vm(args: argparse.Namespace) -> int:
         print(f"ssh -p {vm.ssh_port} {SSH_USER}@127.0.0.1    # serial log: {vm.serial_log}",
               flush=True)  # fmt: skip
         if args.no_wait:
-            vm.proc = None  # leave QEMU running
+            vm.proc = vm.swtpm = None  # leave QEMU (and its swtpm) running
             return 0
         with contextlib.suppress(KeyboardInterrupt):
             assert vm.proc is not None

@@ -21,6 +21,10 @@ An image file is YAML::
     boot_tries: 3                  # tries a newly written slot gets
     formats: [raw, qcow2]
     channel_root: null             # a channel's root.json to bake into /usr (trust anchor)
+    secure_boot: {keys: keys/}     # sign systemd-boot and the UKIs with the fleet's keys
+                                   # (`tidehost keys init`); unset: unsigned UKIs
+    bundle_format: 2               # 1: kernel, initrd and .conf entries, no UKIs (a stepping
+                                   # stone for hosts whose agent takes only format 1)
 
 ``exclude`` is an ordered list of path globs (dpkg's ``path-exclude`` patterns, where ``*``
 also matches ``/``); one that starts with ``!`` takes matching paths back in (``path-include``),
@@ -47,6 +51,7 @@ from imagebuild.core.errors import ConfigError
 from imagebuild.core.fields import boolean, enum, int_range, name, read_text, string, yaml_mapping
 from imagebuild.core.files import data_file
 from imagebuild.core.platforms import OutputFormat
+from imagebuild.image.keys import check_key_dir
 
 # What every Tidehost image needs to boot its A/B, verity-checked /usr and run the updater.
 REQUIRED_PACKAGES = (
@@ -56,6 +61,10 @@ REQUIRED_PACKAGES = (
     "libnss-myhostname",
     "python3", "python3-requests", "python3-yaml", "python3-cryptography", "python3-tuf",
     "python3-zstandard",
+    # TPM 2.0 for systemd (measured boot, systemd-creds with a signed PCR policy): it dlopens
+    # these; the initrd gets them too (dracut-tidehost.conf)
+    "libtss2-esys-3.0.2-0t64", "libtss2-rc0t64", "libtss2-mu-4.0.1-0t64",
+    "libtss2-tcti-device0t64",
 )  # fmt: skip
 
 
@@ -107,6 +116,15 @@ class Partitions:
 
 
 @dataclass(frozen=True)
+class SecureBoot:
+    """``secure_boot: {keys: DIR}``: systemd-boot, every UKI and the platforms' addons are
+    signed with DIR's db, each UKI carries a PCR 11 policy signed with DIR's PCR key, and the
+    ESP enrols PK, KEK and db on firmware in Setup Mode (``image.keys``)."""
+
+    keys: Path
+
+
+@dataclass(frozen=True)
 class ImageConfig:
     source: str  # the image file's path (or "<built-in reference>"), for messages
     name: str = "tidehost"
@@ -128,6 +146,8 @@ class ImageConfig:
     boot_tries: int = 3
     formats: tuple[OutputFormat, ...] = (OutputFormat.RAW, OutputFormat.QCOW2)
     channel_root: Path | None = None
+    secure_boot: SecureBoot | None = None
+    bundle_format: int = 2
 
     @property
     def all_packages(self) -> tuple[str, ...]:
@@ -235,6 +255,23 @@ def _partitions(where: str, raw: Any) -> Partitions:
     return Partitions(**values)
 
 
+def _secure_boot(base: Path) -> Parser:
+    def parse(where: str, raw: Any) -> SecureBoot | None:
+        if raw is None:
+            return None
+        if not isinstance(raw, Mapping) or "keys" not in raw:
+            raise ConfigError(f"{where}: expected a mapping with keys: DIR (a key set made by "
+                              "`tidehost keys init DIR`)")  # fmt: skip
+        unknown = [k for k in raw if k != "keys"]
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}: unknown field (known: keys)")
+        d = Path(string(f"{where}.keys", raw["keys"]))
+        d = d if d.is_absolute() else base / d
+        return SecureBoot(keys=check_key_dir(d, f"{where}.keys"))
+
+    return parse
+
+
 def _field_parser(key: str, base: Path = Path(".")) -> Parser:
     table: dict[str, Parser] = {
         "name": name,
@@ -256,6 +293,8 @@ def _field_parser(key: str, base: Path = Path(".")) -> Parser:
         "boot_tries": int_range(1, 9),
         "formats": _str_list(enum(OutputFormat)),
         "channel_root": _path_in(base),
+        "secure_boot": _secure_boot(base),
+        "bundle_format": int_range(1, 2),
     }
     return table[key]
 
@@ -282,4 +321,6 @@ def parse_image_text(text: str, source: str, base: Path) -> ImageConfig:
         values[key] = _field_parser(key, base)(f"{source}: {key}", val)
     if "formats" in values and not values["formats"]:
         raise ConfigError(f"{source}: formats: name at least one output format")
+    if values.get("bundle_format") == 1 and values.get("secure_boot"):
+        raise ConfigError(f"{source}: secure_boot: needs bundle_format 2 (signed UKIs)")
     return ImageConfig(source=source, **values)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from imagebuild.core.platforms import OutputFormat
 from imagebuild.image.config import ImageConfig
+from imagebuild.image.keys import SigningKeys
 
 
 class Artifact(StrEnum):
@@ -42,6 +43,7 @@ class BuildContext:
     epoch: int = 0  # seconds: /usr's time and the newest time in it
     roothash: str = ""
     kernel_version: str = ""
+    signing: SigningKeys | None = None  # the fleet's keys, unlocked into work (secure_boot)
     artifacts: Artifacts = field(default_factory=dict)
 
     @property

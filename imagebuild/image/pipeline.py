@@ -19,11 +19,11 @@ from imagebuild.core.errors import ConfigError
 from imagebuild.core.log import complete_step
 from imagebuild.core.platforms import OutputFormat
 from imagebuild.core.run import require
-from imagebuild.image import platforms
+from imagebuild.image import keys, platforms
 from imagebuild.image.config import ImageConfig, UsrFilesystem
 from imagebuild.image.context import Artifacts, BuildContext, default_cache_dir
 from imagebuild.image.epoch import env_epoch, epoch_and_build_id
-from imagebuild.image.stages import configure, disk, release, rootfs, usr
+from imagebuild.image.stages import configure, disk, esp, release, rootfs, tools, uki, usr
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,9 @@ def prepare_tree(ctx: BuildContext, source_date_epoch: str = "") -> None:
         rootfs.install_tree(ctx)
         ctx.epoch, ctx.build_id = epoch_and_build_id(ctx.config, ctx.tree, source_date_epoch)
         log.info("  build id %s, epoch %d", ctx.build_id, ctx.epoch)
+    if ctx.config.bundle_format >= 2:
+        with complete_step("Tools tree (ukify, sbsign, systemd-boot; cached)"):
+            tools.install_tools(ctx)
     with complete_step("Configuring the tree"):
         configure.configure_tree(ctx)
         configure.install_updater(ctx)
@@ -114,15 +117,27 @@ def prepare_tree(ctx: BuildContext, source_date_epoch: str = "") -> None:
 
 
 def build_image(ctx: BuildContext, source_date_epoch: str = "") -> None:
+    if ctx.config.secure_boot:  # a wrong passphrase fails here, before any slow work
+        ctx.signing = keys.unlock(ctx.config.secure_boot.keys, ctx.work / "keys",
+                                  f"{ctx.config.source}: secure_boot.keys")  # fmt: skip
     prepare_tree(ctx, source_date_epoch)
     with complete_step(f"/usr image ({ctx.config.usr_filesystem.value})"):
         usr.make_usr_image(ctx)
     with complete_step("dm-verity hash tree"):
         usr.make_verity(ctx)
-    with complete_step("Release manifest"):
-        release.write_manifest(ctx)
-    with complete_step("ESP with systemd-boot and slot A's entry"):
-        disk.make_esp(ctx)
+    if ctx.config.bundle_format >= 2:
+        signed = "signed, with a PCR policy" if ctx.signing else "unsigned"
+        with complete_step(f"Unified kernel images, one per slot ({signed})"):
+            uki.make_ukis(ctx, release.slot_cmdlines(ctx), ctx.signing)
+        with complete_step("Release manifest"):
+            release.write_manifest(ctx, keys=ctx.signing)
+        with complete_step("ESP with systemd-boot and slot A's UKI"):
+            esp.make_esp(ctx, ctx.signing)
+    else:
+        with complete_step("Release manifest (format 1)"):
+            release.write_manifest(ctx, fmt=1)
+        with complete_step("ESP with systemd-boot and slot A's entry"):
+            esp.make_entries_esp(ctx)
     with complete_step("ROOT and OEM filesystems (ext4)"):
         disk.make_root_fs(ctx)
         disk.make_oem_fs(ctx)

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+# Secure Boot firmware (needs SMM); with the empty OVMF_VARS it starts in Setup Mode, so a
+# Tidehost ESP enrols its fleet's keys on the first boot (SPECS §10.5)
+OVMF_CODE_SECURE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
 SSH_USER = "core"
 
 
@@ -180,7 +183,10 @@ class VM:
     tap_mac: str | None = None
     user_mac: str | None = None  # MAC of the user-networking (SSH) NIC; default QEMU's
     detach: bool = False  # QEMU in its own session (output in WORKDIR/qemu.log): outlives us
+    secure_boot: bool = False  # OVMF's Secure Boot firmware, in Setup Mode, with SMM
+    tpm: bool = False  # a TPM 2.0 from swtpm (state in WORKDIR/tpm), stopped with QEMU
     proc: Process | None = None
+    swtpm: Process | None = None
     started: float = 0.0
     workdir: Path | None = None
 
@@ -188,10 +194,12 @@ class VM:
         assert self.workdir is not None
         fmt = "qcow2" if self.disk.suffix == ".qcow2" else "raw"
         drive = f"file={self.disk},if=virtio,format={fmt},cache=unsafe"
-        cmd = ["qemu-system-x86_64", "-machine", "q35", "-m", str(self.memory),
+        machine, code = ("q35,smm=on", OVMF_CODE_SECURE) if self.secure_boot else ("q35", OVMF_CODE)
+        cmd = ["qemu-system-x86_64", "-machine", machine, "-m", str(self.memory),
                "-smp", str(self.cpus), *accel_args(self.accel, self.cpus),
                "-nodefaults", "-display", "none", "-vga", "none",
-               "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+               *self.firmware_args(),
+               "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
                "-drive", f"if=pflash,format=raw,unit=1,file={self.workdir / 'vars.fd'}",
                "-drive", drive,
                "-drive", f"file={self.workdir / 'seed.iso'},if=virtio,format=raw,readonly=on",
@@ -212,11 +220,40 @@ class VM:
         cmd += self.extra_args
         return in_netns(self.netns, cmd)
 
+    def firmware_args(self) -> list[str]:
+        """Secure Boot's flash protection and the TPM's device (the long ``-global`` form:
+        the short one is mis-parsed)."""
+        args = []
+        if self.secure_boot:
+            args += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+        if self.tpm:
+            assert self.workdir is not None
+            args += ["-chardev", f"socket,id=chrtpm,path={self.workdir / 'tpm' / 'swtpm-sock'}",
+                     "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+                     "-device", "tpm-tis,tpmdev=tpm0"]  # fmt: skip
+        return args
+
+    def start_swtpm(self) -> None:
+        """swtpm for this VM, its state kept in WORKDIR/tpm across restarts of QEMU."""
+        require("swtpm")
+        assert self.workdir is not None
+        tdir = self.workdir / "tpm"
+        tdir.mkdir(mode=0o700, exist_ok=True)
+        sock = tdir / "swtpm-sock"
+        sock.unlink(missing_ok=True)
+        self.swtpm = spawn(["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={tdir}",
+                            "--ctrl", f"type=unixio,path={sock}",
+                            "--log", f"file={tdir / 'swtpm.log'},level=1"],
+                           new_session=self.detach)  # fmt: skip
+        if not poll(lambda: sock.exists() or not self.swtpm.alive(), 10, every=0.1) \
+                or not self.swtpm.alive():
+            raise VMError(f"swtpm did not start (log: {tdir / 'swtpm.log'})")
+
     def start(self) -> VM:
         require("qemu-system-x86_64")
         if not self.disk.exists():
             raise VMError(f"{self.disk}: no such disk image")
-        for fw in (OVMF_CODE, OVMF_VARS):
+        for fw in (OVMF_CODE_SECURE if self.secure_boot else OVMF_CODE, OVMF_VARS):
             if not fw.exists():
                 raise VMError(f"{fw}: UEFI firmware missing (apt-get install ovmf)")
         if self.workdir is None:
@@ -233,6 +270,8 @@ class VM:
                       self.hostname, self.network_config)  # fmt: skip
         self.ssh_port = self.ssh_port or free_port()
         self.serial_log = self.serial_log or self.workdir / "serial.log"
+        if self.tpm:
+            self.start_swtpm()
         cmd = self.command()
         log.info("Booting %s (SSH on 127.0.0.1:%d, serial log %s)", self.disk, self.ssh_port,
                  self.serial_log)  # fmt: skip
@@ -338,6 +377,8 @@ class VM:
         if self.alive():
             assert self.proc is not None
             self.proc.kill()
+        if self.swtpm is not None:
+            self.swtpm.stop(timeout=5)  # QEMU gone: swtpm would wait for it forever
 
     def cleanup(self) -> None:
         self.stop(timeout=5)

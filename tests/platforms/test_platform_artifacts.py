@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from channels.authenticode import pe_sections
 from imagebuild.core.platforms import BoxProvider
 from imagebuild.image.pipeline import BuildResult
 from imagebuild.image.platforms.oem import SPECS, Oem
@@ -53,16 +54,13 @@ def read_platform_disk(disk: Path, tmp: Path) -> dict[str, str]:
     sh("dd", f"if={disk}", f"of={oem}", "bs=1M", f"skip={off >> 20}", f"count={size >> 20}",
        "status=none")  # fmt: skip
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    addon = tmp / f"{disk.stem}-oem.addon.efi"  # UKI images: the OEM's command-line addon
+    sh("mcopy", "-n", "-i", f"{disk}@@{parts['ESP'][0]}", "::/loader/addons/tidehost-oem.addon.efi",
+       str(addon), env=env)  # fmt: skip
     return {
         "cmdline": sh("debugfs", "-R", "cat /cmdline", oem).strip(),
         "platform": sh("debugfs", "-R", "cat /platform.json", oem),
-        "entry": sh(
-            "mtype",
-            "-i",
-            f"{disk}@@{parts['ESP'][0]}",
-            "::/loader/entries/tidehost-a.conf",
-            env=env,
-        ),  # fmt: skip
+        "entry": pe_sections(addon.read_bytes())[".cmdline"].decode(),
     }
 
 

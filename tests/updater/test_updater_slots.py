@@ -65,7 +65,7 @@ def test_write_inactive_slot(disk, bundles, tmp_path: Path) -> None:  # noqa: AN
         (esp / "tidehost" / d / "vmlinuz").write_bytes(b"old kernel " + d.encode())
     entry = write_slot(b2, m, Slot.B, active=Slot.A, devices=devs(disk, Slot.B),
                        active_devices=devs(disk, Slot.A), esp=esp, tries=3)
-    assert entry.filename == "tidehost-b+3.conf"
+    assert entry == "tidehost-b+3.conf"
     assert entries(esp) == ["tidehost-a.conf", "tidehost-b+3.conf"]
     text = (esp / "loader/entries/tidehost-b+3.conf").read_text()
     assert f"usrhash={m.roothash}" in text and "tidehost.slot=b" in text

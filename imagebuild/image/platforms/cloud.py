@@ -13,18 +13,23 @@ from imagebuild.core.platforms import OutputFormat
 from imagebuild.core.run import require, run
 from imagebuild.image.config import ImageConfig
 from imagebuild.image.context import Artifact, Artifacts, BuildContext
+from imagebuild.image.platforms.uefidata import aws_uefi_data
 
 GiB = 1 << 30
 SNAPSHOT_PLACEHOLDER = "SNAPSHOT_ID"
 
 
-def ec2_register_image(c: ImageConfig, disk_bytes: int) -> dict[str, Any]:
+def ec2_register_image(c: ImageConfig, disk_bytes: int,
+                       uefi_data: str | None = None) -> dict[str, Any]:  # fmt: skip
     """``aws ec2 register-image --cli-input-json`` parameters (pure).
 
     Replace ``SNAPSHOT_ID`` with the id ``aws ec2 import-snapshot`` (of the raw or VMDK)
-    returns. UEFI boot (systemd-boot, no BIOS loader), ENA, IMDSv2 only.
+    returns. UEFI boot (systemd-boot, no BIOS loader), ENA, IMDSv2 only. ``uefi_data``: the
+    fleet's Secure Boot keys as EC2's variable store (``platforms.uefidata``); the instance
+    then starts with Secure Boot on under the fleet's db, and with a NitroTPM for the PCR
+    policy.
     """
-    return {
+    doc = {
         "Name": f"{c.name}-{c.version}-{c.channel.value}",
         "Description": f"Tidehost {c.version} ({c.channel.value})",
         "Architecture": "x86_64",
@@ -46,6 +51,9 @@ def ec2_register_image(c: ImageConfig, disk_bytes: int) -> dict[str, Any]:
             }
         ],
     }
+    if uefi_data:
+        doc.update(UefiData=uefi_data, TpmSupport="v2.0")
+    return doc
 
 
 def ec2(ctx: BuildContext, disk: Path) -> Artifacts:
@@ -57,7 +65,10 @@ def ec2(ctx: BuildContext, disk: Path) -> Artifacts:
     run(["qemu-img", "convert", "-f", "raw", "-O", "vmdk",
          "-o", "adapter_type=lsilogic,subformat=streamOptimized,compat6", disk, vmdk])  # fmt: skip
     params = ctx.work / f"{stem}.register-image.json"
-    doc = ec2_register_image(ctx.config, disk.stat().st_size)
+    c = ctx.config
+    uefi = aws_uefi_data(c.secure_boot.keys, f"{c.source}: secure_boot.keys") \
+        if c.secure_boot else None  # fmt: skip
+    doc = ec2_register_image(c, disk.stat().st_size, uefi)
     params.write_text(json.dumps(doc, indent=2) + "\n")
     return {Artifact.EC2_RAW: raw, Artifact.EC2_VMDK: vmdk, Artifact.EC2_REGISTER_IMAGE: params}
 

@@ -19,6 +19,7 @@ from imagebuild.image.context import BuildContext
 from imagebuild.image.layout import MiB, Part, layout
 from imagebuild.image.platforms.oem import OemSpec
 from imagebuild.image.platforms.vagrant_user import add_vagrant_user
+from imagebuild.image.stages.uki import ADDON_DIR, make_addon
 
 log = logging.getLogger(__name__)
 GiB = 1 << 30
@@ -65,16 +66,27 @@ def make_vagrant_root(ctx: BuildContext, dest: Path) -> Path:
     return dest
 
 
+OEM_ADDON = "tidehost-oem.addon.efi"
+
+
 def rewrite_factory_entry(ctx: BuildContext, disk: Path, spec: OemSpec) -> None:
-    """Slot A's entry on the copy's ESP, with the OEM's kernel arguments appended."""
+    """The OEM's kernel arguments on the copy's ESP: appended to slot A's entry (format 1);
+    for UKIs, whose command line is signed, as a command-line addon that systemd-stub adds
+    to every slot's UKI, the ones updates bring too (``stages.uki.make_addon``)."""
     manifest = Manifest.from_json((ctx.parts / "manifest.json").read_text())
+    esp = _part(ctx, "ESP")
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    img = f"{disk}@@{esp.offset}"
+    if manifest.uki:
+        addon = make_addon(ctx, spec.cmdline, f"oem-{spec.oem.value}.addon.efi", ctx.signing)
+        run(["mmd", "-D", "s", "-i", img, f"::/{ADDON_DIR}"], env=env, check=False,
+            capture=True)  # fmt: skip
+        run(["mcopy", "-o", "-i", img, addon, f"::/{ADDON_DIR}/{OEM_ADDON}"], env=env)
+        return
     entry = boot_entry(manifest, Slot.A, None, extra_cmdline=spec.cmdline)
     src = ctx.work / f"entry-{spec.oem.value}.conf"
     src.write_text(entry.text)
-    esp = _part(ctx, "ESP")
-    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-    run(["mcopy", "-o", "-i", f"{disk}@@{esp.offset}", src,
-         f"::/loader/entries/{entry.filename}"], env=env)  # fmt: skip
+    run(["mcopy", "-o", "-i", img, src, f"::/loader/entries/{entry.filename}"], env=env)
 
 
 def platform_disk(ctx: BuildContext, spec: OemSpec, raw: Path) -> Path:

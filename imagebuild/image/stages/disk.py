@@ -1,4 +1,5 @@
-"""Stages: ROOT and ESP filesystems, the GPT disk that holds them, and its qcow2.
+"""Stages: ROOT and OEM filesystems, the GPT disk that holds them (and the ESP of
+``stages.esp``), and its qcow2.
 
 No loop mounts: ROOT is made with ``mkfs.ext4 -d``, the ESP with ``mkfs.vfat`` and mtools,
 and every partition is written into the disk image at its offset (``image.layout``).
@@ -9,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 
-from channels.bundle import Manifest, Slot, boot_entry
 from imagebuild.core.platforms import OutputFormat
 from imagebuild.core.run import require, run
 from imagebuild.image.context import BuildContext
@@ -37,43 +37,6 @@ def make_oem_fs(ctx: BuildContext) -> None:
     (staging / "README").write_text("Tidehost OEM partition: generic image, no platform.\n")
     run(["mkfs.ext4", "-q", "-F", "-L", "OEM", "-d", staging, ctx.parts / "oem.img",
          f"{ctx.config.partitions.oem}M"], capture=True)  # fmt: skip
-
-
-def loader_conf() -> str:
-    return "timeout 0\neditor no\nauto-entries no\nauto-firmware no\nconsole-mode keep\n"
-
-
-def make_esp(ctx: BuildContext) -> None:
-    """A FAT32 ESP with systemd-boot and slot A's kernel, initrd and boot entry.
-
-    The factory slot's entry has no boot counter (it is good by definition); the updater
-    writes slot B's entry with tries when it installs a release there.
-    """
-    require("mkfs.vfat", "mmd", "mcopy")
-    img, t = ctx.parts / "esp.img", ctx.tree
-    img.unlink(missing_ok=True)
-    run(["mkfs.vfat", "-F", "32", "-n", "ESP", "-C", img,
-         str(ctx.config.partitions.esp * 1024)], capture=True)  # fmt: skip
-    efi = t / "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
-    if not efi.exists():
-        efi = t / "usr/lib/systemd/boot/efi/systemd-bootx64.efi.signed"
-    manifest = Manifest.from_json((ctx.parts / "manifest.json").read_text())
-    entry = boot_entry(manifest, Slot.A, tries=None)
-    (ctx.work / "loader.conf").write_text(loader_conf())
-    (ctx.work / entry.filename).write_text(entry.text)
-    dirs = ["::/EFI", "::/EFI/BOOT", "::/EFI/systemd", "::/loader", "::/loader/entries",
-            "::/tidehost", "::/tidehost/a", "::/tidehost/b"]  # fmt: skip
-    run(["mmd", "-i", img, *dirs])
-    copies = [
-        (efi, "::/EFI/BOOT/BOOTX64.EFI"),
-        (efi, "::/EFI/systemd/systemd-bootx64.efi"),
-        (ctx.work / "loader.conf", "::/loader/loader.conf"),
-        (ctx.work / entry.filename, f"::/loader/entries/{entry.filename}"),
-        (ctx.parts / "vmlinuz", f"::{entry.kernel}"),
-        (ctx.parts / "initrd", f"::{entry.initrd}"),
-    ]
-    for src, dest in copies:
-        run(["mcopy", "-o", "-i", img, src, dest])
 
 
 def assemble_disk(ctx: BuildContext) -> None:

@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import logging
 
-from channels.bundle import FILES, MANIFEST, FileInfo, Manifest, sha256_file
+from channels.bundle import (
+    FORMAT,
+    MANIFEST,
+    FileInfo,
+    Manifest,
+    Slot,
+    files_for,
+    sha256_file,
+    slot_cmdline,
+)
 from imagebuild.image.context import Artifact, BuildContext
+from imagebuild.image.keys import SigningKeys
 
 log = logging.getLogger(__name__)
+_UNKNOWN = FileInfo(size=0, sha256="0" * 64)
 
 
-def write_manifest(ctx: BuildContext) -> None:
+def manifest(ctx: BuildContext, files: dict[str, FileInfo], fmt: int = FORMAT,
+             keys: SigningKeys | None = None) -> Manifest:  # fmt: skip
     c = ctx.config
-    files = {
-        name: FileInfo(size=(ctx.parts / name).stat().st_size, sha256=sha256_file(ctx.parts / name))
-        for name in FILES
-    }
-    manifest = Manifest(
+    signed = {"db_sha256": keys.db_sha256, "pcr_public_key_sha256": keys.pcr_public_sha256} \
+        if keys else {}  # fmt: skip
+    return Manifest(
         name=c.name,
         version=c.version,
         channel=c.channel.value,
@@ -29,14 +39,30 @@ def write_manifest(ctx: BuildContext) -> None:
         boot_tries=c.boot_tries,
         files=files,
         extra={"kernel_version": ctx.kernel_version},
+        format=fmt,
+        **signed,
     )
-    (ctx.parts / MANIFEST).write_text(manifest.to_json())
+
+
+def slot_cmdlines(ctx: BuildContext) -> dict[Slot, str]:
+    """Each slot's kernel command line, as its UKI embeds it (before the UKIs exist)."""
+    draft = manifest(ctx, {name: _UNKNOWN for name in files_for(FORMAT)})
+    return {slot: slot_cmdline(draft, slot) for slot in Slot}
+
+
+def write_manifest(ctx: BuildContext, fmt: int = FORMAT, keys: SigningKeys | None = None) -> None:
+    """``parts/manifest.json`` over the files of a format-``fmt`` bundle in ``parts``."""
+    files = {name: FileInfo(size=(ctx.parts / name).stat().st_size,
+                            sha256=sha256_file(ctx.parts / name))
+             for name in files_for(fmt)}  # fmt: skip
+    (ctx.parts / MANIFEST).write_text(manifest(ctx, files, fmt, keys).to_json())
 
 
 def assemble_bundle(ctx: BuildContext) -> None:
     """Gather the bundle's files in ``work/<name>-<version>.release`` (hard links)."""
     bundle = ctx.work / f"{ctx.config.artifact_stem}.release"
     bundle.mkdir()
-    for name in (*FILES, MANIFEST):
+    fmt = Manifest.from_json((ctx.parts / MANIFEST).read_text()).format
+    for name in (*files_for(fmt), MANIFEST):
         (bundle / name).hardlink_to(ctx.parts / name)
     ctx.artifacts[Artifact.RELEASE] = bundle
