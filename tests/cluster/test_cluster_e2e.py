@@ -19,14 +19,18 @@ No image can be pulled here (no internet): each node imports a tiny image of sym
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
 
 from imagebuild.cli import tidehost
@@ -45,6 +49,7 @@ from imagebuild.lab.demo import (
     wait_until,
     web_urls,
 )
+from imagebuild.lab.net import free_port
 from imagebuild.lab.probe import Prober
 from imagebuild.lab.rollout import RESTING, lock_holders, watch
 from imagebuild.lab.vm import log_tail
@@ -204,8 +209,53 @@ def test_container_on_worker_reaches_service_by_name(
     assert answer in web
 
 
+@pytest.fixture(scope="module")
+def fleet_page(cluster: ClusterState, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``tidehost fleet serve``'s page for the cluster, up from before the rollout."""
+    port = free_port()
+    pid = fleetview.serve(SPEC["cluster"], cluster.netns, port,
+                          tmp_path_factory.mktemp("fleet-serve"))  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until("the fleet page: 3 hosts on v1", lambda: versions_now(url).get(V1) == 3, 120)
+        yield url
+    finally:
+        os.kill(pid, signal.SIGTERM)
+
+
+def version_history(url: str) -> list[dict[str, int]]:
+    """The fleet page's chart data: hosts per version at each read."""
+    return [counts for _, counts in requests.get(url + "fleet.json", timeout=10).json()["history"]]
+
+
+def versions_now(url: str) -> dict[str, int]:
+    try:
+        history = version_history(url)
+    except requests.RequestException:  # not listening yet
+        return {}
+    return history[-1] if history else {}
+
+
+def screenshot(url: str, dest: Path) -> None:
+    """The page as headless Chromium draws it (Debian's chromium), after its scripts ran."""
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    args = [chromium, "--headless", "--disable-gpu", "--no-first-run", "--disable-sync",
+            "--disable-background-networking", "--disable-component-update",
+            "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1280,1000",
+            "--virtual-time-budget=5000", f"--user-data-dir={profile}",
+            f"--screenshot={dest}", url]  # fmt: skip
+    if os.geteuid() == 0:
+        args.insert(1, "--no-sandbox")
+    try:
+        subprocess.run(args, capture_output=True, timeout=120, check=True)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
 def test_rolling_update_one_node_at_a_time_while_the_service_answers(
-    cluster: ClusterState, web: dict[str, str], channel: Path, v2: BuildResult
+    cluster: ClusterState, web: dict[str, str], channel: Path, v2: BuildResult,
+    fleet_page: str, tmp_path: Path,
 ) -> None:
     vms = [cluster.vm(n.name) for n in cluster.nodes]
     for vm in vms:  # every agent is up, on v1, and has nothing to do
@@ -243,6 +293,16 @@ def test_rolling_update_one_node_at_a_time_while_the_service_answers(
     assert sorted(hosts) == ["node1", "node2", "node3"], snap["problems"]
     assert all((h["version"], h["slot"]) == (V2, "b") for h in hosts.values()), hosts
     assert snap["groups"]["default"]["lock_holders"] == [] and not snap["rolled_back"]
+    # The fleet page watched it happen: all three on v1, then all three on v2.
+    wait_until("the fleet page: 3 hosts on v2", lambda: versions_now(fleet_page).get(V2) == 3, 60)
+    history = version_history(fleet_page)
+    assert any(c.get(V1) == 3 for c in history), history
+    assert any(0 < c.get(V2, 0) < 3 for c in history), history  # mid-rollout points too
+    shot = tmp_path / "fleet-rollout.png"
+    screenshot(fleet_page, shot)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    if os.environ.get("TIDEHOST_SCREENSHOT"):  # the README's picture: docs/fleet-rollout.png
+        shutil.copy(shot, os.environ["TIDEHOST_SCREENSHOT"])
     # Drained before each reboot: the service barely noticed (the issue's goal: 2 s).
     print(f"longest unanswered gap during the rollout: {report.longest_gap:.1f}s (goal 2s)")
 
