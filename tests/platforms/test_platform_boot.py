@@ -1,17 +1,16 @@
 """Platform disks boot under QEMU with their OEM, and cloud-init takes the datasource the
-OEM lists: NoCloud on the Vagrant box, ConfigDrive on DigitalOcean (with a NoCloud seed
-attached too, which DigitalOcean's list must ignore). Two boots in all: EC2's and GCE's
-metadata services cannot be simulated here; their disks differ from these only in the
-OEM and entry checked in test_platform_artifacts."""
+OEM lists: ConfigDrive on DigitalOcean (with a NoCloud seed attached too, which
+DigitalOcean's list must ignore). The Vagrant box boots in the real ``vagrant up``
+(test_platform_vagrant_up, which checks its OEM the same way). EC2's and GCE's metadata
+services cannot be simulated here; their disks differ from these only in the OEM and entry
+checked in test_platform_artifacts."""
 
 from __future__ import annotations
 
-import glob
 import gzip
 import json
 import shutil
 import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -41,42 +40,6 @@ def check_oem(facts: dict[str, str], oem: Oem) -> None:
     assert facts["cmdline"].strip().endswith(spec.cmdline)
     listed = facts["run_cfg"].split("[", 1)[1].split("]", 1)[0].replace(" ", "").split(",")
     assert set(listed) <= set(spec.datasources), facts["run_cfg"]
-
-
-def insecure_key(tmp: Path) -> Path | None:
-    found = sorted(glob.glob("/usr/share/rubygems-integration/all/gems/vagrant-*/keys/vagrant"))
-    if not found:
-        return None
-    key = tmp / "vagrant-insecure"
-    shutil.copy(found[-1], key)
-    key.chmod(0o600)
-    return key
-
-
-def test_vagrant_box_boots_with_nocloud_and_the_vagrant_user(
-    platform_image: BuildResult, ssh_keypair: Path, tmp_path: Path
-) -> None:
-    with tarfile.open(platform_image.artifacts["vagrant-libvirt"]) as t:
-        t.extract("box.img", tmp_path, filter="data")
-    disk = tmp_path / "box.qcow2"  # VM picks the format by suffix
-    (tmp_path / "box.img").rename(disk)
-    vm = VM(disk=disk, ssh_key=ssh_keypair, serial_log=tmp_path / "serial.log", snapshot=True)
-    vm.start()
-    try:
-        facts = boot_facts(vm)
-        check_oem(facts, Oem.VAGRANT)
-        assert "DataSourceNoCloud" in facts["status"], facts["status"]
-        assert "uid=" in vm.ssh("id vagrant")
-        key = insecure_key(tmp_path)
-        if key is not None:  # what `vagrant up` does first: log in with the insecure key
-            args = vm.ssh_args()
-            args[-1] = "vagrant@127.0.0.1"
-            args[args.index("-i") + 1] = str(key)
-            proc = subprocess.run([*args, "sudo -n id -u"], capture_output=True, text=True,
-                                  timeout=120, check=False)  # fmt: skip
-            assert proc.returncode == 0 and proc.stdout.strip() == "0", proc.stderr
-    finally:
-        vm.stop()
 
 
 def config_drive(dest: Path, tmp: Path, pubkey: str) -> Path:

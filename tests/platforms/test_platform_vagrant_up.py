@@ -23,6 +23,7 @@ import pytest
 
 from imagebuild.cli import tidehost
 from imagebuild.image.pipeline import BuildResult
+from imagebuild.image.platforms.oem import SPECS, Oem
 from imagebuild.lab import libvirt
 from imagebuild.lab.net import free_port
 
@@ -122,6 +123,15 @@ def cluster(platform_image: BuildResult, tmp_path_factory: pytest.TempPathFactor
 def test_the_node_answers_with_etcd_swarm_and_the_updater_on_the_channel(cluster: Cluster) -> None:
     status = cluster.ssh("cloud-init status --wait --long", timeout=1200)
     assert "status: done" in status, status
+    # the box's OEM: its kernel arguments on the slot's command line, NoCloud (the cidata
+    # CD-ROM) the only datasource cloud-init was offered
+    oem = SPECS[Oem.VAGRANT]
+    assert "DataSourceNoCloud" in status, status
+    assert cluster.ssh("cat /oem/cmdline").splitlines()[0].strip() == oem.cmdline
+    assert cluster.ssh("cat /proc/cmdline").splitlines()[0].strip().endswith(oem.cmdline)
+    run_cfg = cluster.ssh("cat /run/cloud-init/cloud.cfg")
+    listed = run_cfg.split("[", 1)[1].split("]", 1)[0].replace(" ", "").split(",")
+    assert set(listed) <= set(oem.datasources), run_cfg
     health = cluster.ssh("sudo /etc/tidehost/bin/tidehost-etcdctl endpoint health --cluster")
     assert "is healthy" in health, health
     # tidehost-swarm forms the swarm after cloud-init, once etcd answers
