@@ -37,6 +37,17 @@ _load_by_path("hostile_mirror")
 _load_by_path("delta_releases")
 
 
+@pytest.fixture
+def vagrant_env(tmp_path: Path) -> dict[str, str]:
+    """An environment for the real ``vagrant`` with a private, temporary VAGRANT_HOME."""
+    if shutil.which("vagrant") is None:
+        pytest.fail("vagrant is not installed (apt-get install vagrant vagrant-libvirt)")
+    home = tmp_path / "vagrant-home"
+    home.mkdir()
+    return {**os.environ, "VAGRANT_HOME": str(home), "VAGRANT_CHECKPOINT_DISABLE": "1",
+            "VAGRANT_DEFAULT_PROVIDER": "libvirt"}  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def ssh_keypair(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh ed25519 key pair; returns the private key's path (``.pub`` beside it)."""

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-from pathlib import Path
 
 import pytest
 
@@ -27,13 +25,3 @@ def platform_image(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
     )
     return build(config, out)
 
-
-@pytest.fixture
-def vagrant_env(tmp_path: Path) -> dict[str, str]:
-    """An environment for the real ``vagrant`` with a private, temporary VAGRANT_HOME."""
-    if shutil.which("vagrant") is None:
-        pytest.fail("vagrant is not installed (apt-get install vagrant vagrant-libvirt)")
-    home = tmp_path / "vagrant-home"
-    home.mkdir()
-    return {**os.environ, "VAGRANT_HOME": str(home), "VAGRANT_CHECKPOINT_DISABLE": "1",
-            "VAGRANT_DEFAULT_PROVIDER": "libvirt"}  # fmt: skip

@@ -45,12 +45,3 @@ def open_dir() -> Iterator[Path]:
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
-
-@pytest.fixture
-def vagrant_home(tmp_path: Path) -> dict[str, str]:
-    if shutil.which("vagrant") is None:
-        pytest.fail("vagrant is not installed (apt-get install vagrant vagrant-libvirt)")
-    home = tmp_path / "vagrant-home"
-    home.mkdir()
-    return {**os.environ, "VAGRANT_HOME": str(home), "VAGRANT_CHECKPOINT_DISABLE": "1",
-            "VAGRANT_DEFAULT_PROVIDER": "libvirt"}  # fmt: skip

@@ -22,7 +22,7 @@ def test_the_libvirt_box_boots_uefi_from_pflash_with_its_own_nvram() -> None:
 
 
 def test_vagrant_loads_and_validates_the_box_vagrantfile(
-    tmp_path: Path, vagrant_home: dict[str, str]
+    tmp_path: Path, vagrant_env: dict[str, str]
 ) -> None:
     folder = tmp_path / "box"
     folder.mkdir()
@@ -40,7 +40,7 @@ def test_vagrant_loads_and_validates_the_box_vagrantfile(
     (project / "Vagrantfile").write_text('Vagrant.configure("2") { |c| c.vm.box = "t" }\n')
 
     def vagrant(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["vagrant", *argv], cwd=project, env={**vagrant_home, **env},
+        return subprocess.run(["vagrant", *argv], cwd=project, env={**vagrant_env, **env},
                               capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
 
     added = vagrant("box", "add", "--name", "t", str(box))

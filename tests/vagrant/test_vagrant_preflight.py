@@ -56,24 +56,24 @@ def vagrant_up(state: libvirt.LibvirtState, cwd: Path, env: dict[str, str],
     return lines[0]
 
 
-def test_a_catalog_without_the_channel(libvirt_state, served, open_dir, vagrant_home) -> None:  # noqa: ANN001
+def test_a_catalog_without_the_channel(libvirt_state, served, open_dir, vagrant_env) -> None:  # noqa: ANN001
     url, root = served
-    line = vagrant_up(libvirt_state, project(open_dir, url, root, "beta"), vagrant_home)
+    line = vagrant_up(libvirt_state, project(open_dir, url, root, "beta"), vagrant_env)
     assert line == (f"tidehost: {url}vagrant/beta.json: no box catalog for this channel there "
                     "(HTTP 404): publish the channel's boxes (tidehost vagrant catalog publish "
                     "REPO --channel CHANNEL ...)")  # fmt: skip
 
 
-def test_a_box_url_that_does_not_answer(libvirt_state, served, open_dir, vagrant_home) -> None:  # noqa: ANN001
+def test_a_box_url_that_does_not_answer(libvirt_state, served, open_dir, vagrant_env) -> None:  # noqa: ANN001
     _, root = served
     url = f"http://{libvirt_state.service_address or '127.0.0.1'}:{free_port()}/"
-    line = vagrant_up(libvirt_state, project(open_dir, url, root), vagrant_home)
+    line = vagrant_up(libvirt_state, project(open_dir, url, root), vagrant_env)
     assert line.startswith(f"tidehost: the box catalog {url}vagrant/alpha.json does not answer (")
     assert line.endswith("): serve the channel repository there (tidehost channel serve REPO)")
 
 
 def test_a_node_name_that_an_existing_domain_has(
-    libvirt_state, served, open_dir, vagrant_home, tmp_path: Path  # noqa: ANN001
+    libvirt_state, served, open_dir, vagrant_env, tmp_path: Path  # noqa: ANN001
 ) -> None:
     url, root = served
     cwd = project(open_dir, url, root)
@@ -83,7 +83,7 @@ def test_a_node_name_that_an_existing_domain_has(
                    "<os><type arch='x86_64'>hvm</type></os></domain>")  # fmt: skip
     libvirt.virsh("define", str(xml))
     try:
-        line = vagrant_up(libvirt_state, cwd, vagrant_home)
+        line = vagrant_up(libvirt_state, cwd, vagrant_env)
     finally:
         libvirt.virsh("undefine", name)
     assert line == (f"tidehost: libvirt already has a domain {name}, not made by this folder's "
@@ -91,9 +91,9 @@ def test_a_node_name_that_an_existing_domain_has(
                     "the cluster from a folder of another name")  # fmt: skip
 
 
-def test_libvirt_not_running(libvirt_state, served, open_dir, vagrant_home) -> None:  # noqa: ANN001
+def test_libvirt_not_running(libvirt_state, served, open_dir, vagrant_env) -> None:  # noqa: ANN001
     url, root = served
-    env = {**vagrant_home, "LIBVIRT_DEFAULT_URI": "qemu:///system?socket=/nonexistent/sock"}
+    env = {**vagrant_env, "LIBVIRT_DEFAULT_URI": "qemu:///system?socket=/nonexistent/sock"}
     line = vagrant_up(libvirt_state, project(open_dir, url, root), env)
     assert line.startswith("tidehost: libvirt does not answer at "
                            "qemu:///system?socket=/nonexistent/sock (")  # fmt: skip
@@ -101,21 +101,21 @@ def test_libvirt_not_running(libvirt_state, served, open_dir, vagrant_home) -> N
                          "tidehost vagrant libvirt start)")  # fmt: skip
 
 
-def test_vagrant_outside_libvirts_namespace(libvirt_state, served, open_dir, vagrant_home) -> None:  # noqa: ANN001
+def test_vagrant_outside_libvirts_namespace(libvirt_state, served, open_dir, vagrant_env) -> None:  # noqa: ANN001
     if not libvirt_state.netns:
         pytest.skip("libvirtd runs in this network namespace (a systemd service)")
     url, root = served
-    line = vagrant_up(libvirt_state, project(open_dir, url, root), vagrant_home, in_netns=False)
+    line = vagrant_up(libvirt_state, project(open_dir, url, root), vagrant_env, in_netns=False)
     assert line == (f"tidehost: libvirtd runs in network namespace {libvirt_state.netns}, and "
                     "vagrant must run there to reach its guests: ip netns exec "
                     f"{libvirt_state.netns} vagrant up")  # fmt: skip
 
 
-def test_a_seed_qemu_cannot_read(libvirt_state, served, tmp_path: Path, vagrant_home) -> None:  # noqa: ANN001
+def test_a_seed_qemu_cannot_read(libvirt_state, served, tmp_path: Path, vagrant_env) -> None:  # noqa: ANN001
     url, root = served
     closed = tmp_path / "closed"
     closed.mkdir(mode=0o700)
-    line = vagrant_up(libvirt_state, project(closed, url, root), vagrant_home)
+    line = vagrant_up(libvirt_state, project(closed, url, root), vagrant_env)
     assert line == (f"tidehost: libvirt's QEMU cannot read {closed}/cluster/.vagrant/tidehost/"
                     f"node1-cidata.iso: {closed} is closed to other users (chmod o+x {closed}, "
                     "or keep the cluster in another folder; TIDEHOST_SEED_CHECK=0 skips this "
