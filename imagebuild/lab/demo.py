@@ -185,6 +185,7 @@ def run_cluster_demo(out: Path, *, keep: bool = False, v1: str = "1.0.0",
                                        state_root=state_root, timeout=1800))  # fmt: skip
         with complete_step("Waiting for etcd and the swarm to form"):
             wait_converged(state, 1500)
+            fleetview.grant_operator(spec, state.netns)  # root's password, for the fleet view
         log.info("cluster formed %.0fs after QEMU started", time.monotonic() - t0)
         first = state.vm("node1")
         show(first, f"{ETCDCTL} endpoint health --cluster")

@@ -2,7 +2,7 @@
 
 The etcd members listen on the cluster bridge inside the cluster's network namespace; the
 reads run in a thread that entered it (``net.enter_netns`` moves one thread only), with the
-operator's client certificate (``admin.crt``).  ``serve`` forks ``tidehost fleet serve``'s
+operator's identity (``operator_credentials``).  ``serve`` forks ``tidehost fleet serve``'s
 server: it listens on 127.0.0.1 of this machine, its reader thread reads in the namespace.
 """
 
@@ -14,9 +14,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from imagebuild.cloudconfig.certs import ROOT_PASSWORD, ROOT_USER
 from imagebuild.cloudconfig.model import Cluster
-from imagebuild.core.errors import VMError
-from imagebuild.core.run import fork
+from imagebuild.core.errors import CommandTimeout, VMError
+from imagebuild.core.run import fork, run
+from imagebuild.core.wait import poll
 from imagebuild.fleet import source, table
 from imagebuild.lab.net import enter_netns
 
@@ -24,17 +26,62 @@ SERVER = "tidehost-fleet"
 LOG = "fleet-serve.log"
 
 
+def operator_credentials(cluster: Cluster) -> dict[str, Any]:
+    """``source.connect``'s TLS files and user for the operator (pure): the admin certificate;
+    with etcd's authentication on, the CN-less gateway certificate and the root user with its
+    password instead (etcd's JSON gateway refuses a certificate with a CN then)."""
+    certs = cluster.etcd.cert_dir
+    if not cluster.etcd.tls or certs is None:
+        return {}
+    if cluster.etcd_auth:
+        return {"cacert": certs / "ca.crt", "cert": certs / "gateway.crt",
+                "key": certs / "gateway.key", "user": ROOT_USER,
+                "password_file": certs / ROOT_PASSWORD}  # fmt: skip
+    return {"cacert": certs / "ca.crt", "cert": certs / "admin.crt", "key": certs / "admin.key"}
+
+
+def grant_operator(cluster: Cluster, netns: str, timeout: float = 600) -> None:
+    """Give etcd's root user the operator's password (``certs/root.password``), as the
+    cloud-config README tells an operator to once the cluster formed: the first member's
+    ``tidehost-etcd-auth`` made root with a password nobody keeps and turned authentication
+    on. etcdctl is root by the admin certificate's CN (gRPC), inside ``netns`` ("": this
+    namespace); it is retried until authentication is on. Nothing to do without etcd's
+    authentication.
+
+    Raises: VMError (root's password could not be set within ``timeout``).
+    """
+    certs = cluster.etcd.cert_dir
+    if not cluster.etcd_auth or certs is None:
+        return
+    inside = ["ip", "netns", "exec", netns] if netns else []
+    argv = [*inside, "etcdctl",
+            "--endpoints", ",".join(cluster.client_endpoints()), "--cacert", certs / "ca.crt",
+            "--cert", certs / "admin.crt", "--key", certs / "admin.key", "--dial-timeout", "10s",
+            "user", "passwd", ROOT_USER, "--interactive=false"]  # fmt: skip
+    password = (certs / ROOT_PASSWORD).read_bytes()
+    last = [""]
+
+    def granted() -> bool:
+        try:
+            done = run(argv, check=False, capture=True, input=password, timeout=60)
+        except CommandTimeout:
+            last[0] = "etcdctl did not answer in 60 s"
+            return False
+        last[0] = (done.stderr.decode(errors="replace").strip().splitlines() or [""])[-1]
+        return done.returncode == 0
+
+    if not poll(granted, timeout, every=10):
+        raise VMError(f"etcd of cluster {cluster.name}: root's password not set within "
+                      f"{timeout:.0f}s ({last[0] or 'no answer'})")  # fmt: skip
+
+
 def reader(cluster: Cluster, netns: str) -> Callable[[], dict[str, Any]]:
     """A snapshot reader for ``cluster``; call it from a thread that may enter ``netns``."""
-    certs = cluster.etcd.cert_dir
-    tls: dict[str, Path] = {}
-    if cluster.etcd.tls and certs is not None:
-        tls = {"cacert": certs / "ca.crt", "cert": certs / "admin.crt", "key": certs / "admin.key"}
-    gw = source.connect(list(cluster.client_endpoints()), **tls)  # type: ignore[arg-type]
+    gw = source.connect(list(cluster.client_endpoints()), **operator_credentials(cluster))
     entered = threading.local()
 
     def read() -> dict[str, Any]:
-        if not getattr(entered, "done", False):
+        if netns and not getattr(entered, "done", False):  # "": this namespace
             enter_netns(netns)
             entered.done = True
         return source.snapshot(gw, halt_after=cluster.updater.halt_after or 2)

@@ -26,6 +26,7 @@ from channels import fleet
 from imagebuild.cloudconfig import Provider, generate_certs, parse_cluster_file, render_user_data
 from imagebuild.cloudconfig.auth import lock_keys
 from imagebuild.core.run import run
+from imagebuild.lab import fleet as fleetview
 from imagebuild.lab.net import free_port
 from updater.errors import LockError
 from updater.lock import password_reader
@@ -190,14 +191,19 @@ def test_three_members_with_authentication(tmp_path: Path) -> None:
         code, text = _etcdctl(admin, "get", "--prefix", "--keys-only", "")
         assert code == 0 and "/tidehost/swarm/manager-token" in text
         root_password = (certs / "root.password").read_text().strip()
-        assert _etcdctl(admin, "user", "passwd", "root", "--interactive=false",
-                        stdin=root_password + "\n")[0] == 0
+        fleetview.grant_operator(cluster, "")  # what the demo and the cluster e2e test do
         operator = EtcdGateway(endpoints, ca=certs / "ca.crt", cert=certs / "gateway.crt",
                                key=certs / "gateway.key", user="root",
                                password=password_reader(certs / "root.password"), timeout=5)
         EtcdLockClient(operator, "default").unlock("m1", force=True)
         assert m3.status().holders == ()
         assert operator.get("/tidehost/swarm/manager-token") is not None
+        # the lab's fleet view reads as that operator: every report (m3's above is not a
+        # whole one, and is flagged), no lock holder left
+        snap = fleetview.snapshot(cluster, "")
+        assert snap["hosts"] == [] and len(snap["problems"]) == 1, snap["problems"]
+        assert snap["problems"][0].startswith("tidehost/fleet/hosts/m3: not a host report")
+        assert snap["groups"]["default"]["lock_holders"] == []
         assert not any(root_password in (r / "etc/tidehost").joinpath(p).read_text()
                        for r in roots.values() for p in _files(r / "etc/tidehost"))
     finally:

@@ -108,6 +108,7 @@ def cluster(
                                    serve=channel, timeout=BOOT_TIMEOUT))  # fmt: skip
         TIMES["ssh"] = time.monotonic() - t0
         waits = wait_converged(state, CONVERGE_TIMEOUT)
+        fleetview.grant_operator(spec, state.netns)  # the fleet view reads as root
         TIMES["etcd"] = TIMES["ssh"] + waits["etcd"]
         TIMES["swarm"] = TIMES["etcd"] + waits["swarm"]
         yield state
