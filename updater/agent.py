@@ -99,12 +99,15 @@ class Agent(Staging, Rebooting):
     def load(self) -> State:
         return self.store.load()
 
+    def _slot(self) -> str:
+        try:
+            return self.booted.value
+        except UpdaterError:
+            return ""
+
     def save(self, s: State) -> State:
         self.store.save(s)
-        try:
-            slot = self.booted.value
-        except UpdaterError:
-            slot = ""
+        slot = self._slot()
         try:
             metrics.write(self.config.metrics_file, metrics.render(
                 s, version=self.version, slot=slot, channel=self.config.channel_name))
@@ -113,6 +116,11 @@ class Agent(Staging, Rebooting):
         if self.fleet is not None:
             self.fleet.publish(self.report(s, slot))
         return s
+
+    def report_again(self, s: State) -> None:
+        """Write this host's fleet report again though nothing changed (a long wait)."""
+        if self.fleet is not None:
+            self.fleet.publish(self.report(s, self._slot()), again=True)
 
     def report(self, s: State, slot: str) -> HostReport:
         """What this host tells the fleet (``channels.fleet``)."""

@@ -51,6 +51,7 @@ class Rebooting:
         holder_id: str
 
         def save(self, s: State) -> State: ...
+        def report_again(self, s: State) -> None: ...
         def _failed(self, s: State, error: str) -> tuple[State, float]: ...
 
     def reboot_when_locked(self, s: State) -> float:
@@ -144,7 +145,11 @@ class Rebooting:
                     return LOCK_POLL * (0.5 + self.rand())
                 if left < 1:
                     return 0.0
-                wait_turn(self.holder_id, left)
+                # a waiter's fleet report is written again before its lease runs out: a
+                # host in the queue is not a host that is gone
+                turn = min(left, self.fleet.refresh_every) if self.fleet else left
+                if not wait_turn(self.holder_id, turn):
+                    self.report_again(s)
             except UpdaterError as e:
                 log.error("reboot lock: %s", e)
                 self.save(replace(s, last_error=f"reboot lock: {e}", last_error_time=now))

@@ -74,10 +74,17 @@ class FleetReporter:
                 for v in report.bad_versions]
         self.gw.txn([], ops)
 
-    def publish(self, report: fleet.HostReport) -> None:
-        """Write ``report`` unless it is what this process wrote last; never raises."""
+    @property
+    def refresh_every(self) -> float:
+        """How often a host that stays in one state (waiting for the lock) writes its report
+        again, so that its lease does not run out: a third of the lease."""
+        return self.ttl / 3
+
+    def publish(self, report: fleet.HostReport, again: bool = False) -> None:
+        """Write ``report`` unless it is what this process wrote last (``again``: even then,
+        to renew its lease and time); never raises."""
         text = json.dumps({**report.to_dict(), "time": 0}, sort_keys=True)
-        if self.broken or text == self.last:
+        if self.broken or (text == self.last and not again):
             return
         try:
             try:

@@ -199,3 +199,31 @@ def test_nothing_is_written_without_etcd_and_a_dead_etcd_stops_nothing(  # noqa:
     steps(h, lambda s: s.phase is Phase.REBOOTING)  # updating goes on
     warnings = [r for r in caplog.records if "fleet report" in r.getMessage()]
     assert len(warnings) == 1 and "updating goes on without it" in warnings[0].getMessage()
+
+
+def test_a_host_waiting_for_the_lock_keeps_its_report(tmp_path: Path, etcd, bundles,  # noqa: ANN001
+                                                      channel, clock) -> None:  # noqa: ANN001
+    from updater.config import Deadlines
+
+    g = f"wait-{uuid.uuid4().hex[:6]}"
+    v1 = load_bundle(bundles["1.0.0"])
+    # a short lock step: one wait of at most 24 s (its budget), 20 s at a time (the report's
+    # lease is 60 s: written again every third of it)
+    short = {"deadlines": Deadlines(lock=90)}
+    holder, waiter = (sim(tmp_path, etcd, f"{g}-{n}", g, channel, clock, v1, **short)
+                      for n in ("holder", "waiter"))  # fmt: skip
+    for h in (holder, waiter):
+        h.agent_args["fleet"] = FleetReporter(EtcdGateway([etcd.url], timeout=5),
+                                              h.config.state_dir, 60, clock=clock)  # fmt: skip
+        h.agent().startup()
+    channel.publish(bundles["2.0.0"])
+    steps(holder, lambda s: s.phase is Phase.REBOOTING)  # it holds the only slot
+    steps(waiter, lambda s: s.phase is Phase.WAITING_FOR_LOCK)
+    gw = Gateway([etcd.url])
+    before = gw.get(fleet.host_key(waiter.name))
+    assert before is not None
+    waiter.agent().step()  # waits on the queue's watch for the whole step, in vain
+    after = gw.get(fleet.host_key(waiter.name))
+    assert after is not None and after.mod_revision > before.mod_revision, "not written again"
+    assert after.lease == before.lease and gw.lease_keepalive(after.lease) >= 50
+    assert waiter.state().phase is Phase.WAITING_FOR_LOCK and waiter.host.reboots == 0
