@@ -9,7 +9,6 @@ corrupted byte in USR-A shows that dm-verity stops the boot, and that the host r
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import testinfra
 
-from channels.bundle import Slot, boot_entry, load_bundle
+from channels.bundle import load_bundle
 from imagebuild.image.config import Partitions
 from imagebuild.image.layout import layout
 from imagebuild.image.pipeline import BuildResult
@@ -29,20 +28,22 @@ from imagebuild.lab.vm import SSH_OPTIONS, VM
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
 
 
-TRIAL_ENTRY = "tidehost-trial+1.conf"  # systemd-boot: 1 try left
+TRIAL_ENTRY = "tidehost-trial+1.efi"  # systemd-boot: 1 try left
 
 
 def add_failing_trial_entry(disk: Path, bundle: Path) -> None:
-    """Give ``disk``'s ESP a boot entry newer than slot A's, with one try, that boots A's
-    kernel and initrd with a root hash /usr does not have."""
+    """Give ``disk``'s ESP a type #2 entry sorted before slot A's (same version, a later
+    name), with one try: slot A's UKI with one digit of its root hash changed, so that
+    /usr does not verify under it."""
     m = load_bundle(bundle, verify=False)
-    wrong = m.roothash[:-1] + ("0" if m.roothash[-1] != "0" else "1")
-    entry = boot_entry(dataclasses.replace(m, version="99.0.0", roothash=wrong), Slot.A, tries=1)
+    uki = bytearray((bundle / "uki-a.efi").read_bytes())
+    at = uki.index(f"usrhash={m.roothash}".encode()) + len("usrhash=") + len(m.roothash) - 1
+    uki[at] = ord("0") if uki[at] != ord("0") else ord("1")  # same length: a wrong hash
     src = disk.parent / TRIAL_ENTRY
-    src.write_text(entry.text)
+    src.write_bytes(bytes(uki))
     esp = next(p for p in layout(Partitions()) if p.label == "ESP")
     subprocess.run(["mcopy", "-i", f"{disk}@@{esp.offset}", str(src),
-                    f"::/loader/entries/{TRIAL_ENTRY}"], check=True)  # fmt: skip
+                    f"::/EFI/Linux/{TRIAL_ENTRY}"], check=True)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +88,8 @@ def test_a_failing_initrd_reboots_and_uses_up_the_trial(booted) -> None:
     for prompt in ("Press Enter", "Give root password", "Entering emergency mode. Exit"):
         assert prompt not in serial
     assert "Reached target multi-user.target" not in first
-    entries = host.run("sudo ls /efi/loader/entries").stdout.split()
-    assert "tidehost-trial+0-1.conf" in entries and "tidehost-a.conf" in entries, entries
+    entries = host.run("sudo ls /efi/EFI/Linux").stdout.split()
+    assert "tidehost-trial+0-1.efi" in entries and "tidehost-a.efi" in entries, entries
     assert "tidehost.slot=a" in host.file("/proc/cmdline").content_string
 
 
