@@ -79,8 +79,9 @@ def host(lab: UpdateLab, releases, ssh_keypair: Path, tmp_path_factory) -> Itera
 
 
 def corrupt_a_chunk(repo: Path, old: str, new: str) -> tuple[str, str, Callable[[], None]]:
-    """Flip a byte of the stored copy of a chunk that ``new``'s initrd needs and ``old``'s
-    lacks, so a host seeded with ``old`` must fetch it (usr.img's if the initrds are equal).
+    """Flip a byte of the stored copy of a chunk that ``new``'s boot file for slot B (its
+    UKI, or with format 1 its initrd) needs and ``old``'s lacks, so a host seeded with ``old``
+    must fetch it (usr.img's if those files are equal).
     Returns the file, the chunk id and how to put the good chunk back."""
     targets = repo / "published/targets/alpha"
 
@@ -88,7 +89,10 @@ def corrupt_a_chunk(repo: Path, old: str, new: str) -> tuple[str, str, Callable[
         index = next(targets.glob(f"*-{version}.{fname}.caibx"))
         return [c.id for c in BlobIndex.read(index).chunks]
 
-    for fname in ("initrd", "usr.img"):
+    names = {p.name.split(f"-{new}.", 1)[1].removesuffix(".caibx")
+             for p in targets.glob(f"*-{new}.*.caibx")}  # fmt: skip
+    boot = "uki-b.efi" if "uki-b.efi" in names else "initrd"  # slot B's, from slot A
+    for fname in (boot, "usr.img"):
         old_ids = set(ids(old, fname))
         missing = [c for c in ids(new, fname) if c not in old_ids]
         if missing:
@@ -152,13 +156,16 @@ def test_a_host_updates_itself_under_the_etcd_lock(lab: UpdateLab, releases, hos
     assert st["reused_bytes"] > full - broken_size - full // 20, st
     lines = {ln.split(":", 1)[0]: ln for ln in st["last_download"]}
     assert lines[broken].startswith(f"{broken}: full download") and cid in lines[broken], lines
-    for fname in ("usr.img", "vmlinuz", "initrd"):
+    boot = ["uki-b.efi"] if "uki-b.efi" in v2.files else ["vmlinuz", "initrd"]
+    for fname in ("usr.img", *boot):
         if fname != broken:
             assert lines[fname].startswith(f"{fname}: delta"), lines
-    # ... and the host ends exactly on v2: its root hash booted, its kernel and initrd on B
+    # ... and the host ends exactly on v2: its root hash booted, its boot files on B
     assert f"usrhash={v2.roothash}" in host.ssh("cat /proc/cmdline")
-    sums = host.ssh("sudo sha256sum /efi/tidehost/b/vmlinuz /efi/tidehost/b/initrd").split()
-    assert sums[0::2] == [v2.files["vmlinuz"].sha256, v2.files["initrd"].sha256], sums
+    on_esp = (["/efi/EFI/Linux/tidehost-b.efi"] if boot == ["uki-b.efi"]
+              else ["/efi/tidehost/b/vmlinuz", "/efi/tidehost/b/initrd"])  # fmt: skip
+    sums = host.ssh(f"sudo sha256sum {' '.join(on_esp)}").split()
+    assert sums[0::2] == [v2.files[f].sha256 for f in boot], sums
 
 
 def test_a_release_that_fails_health_rolls_back_by_itself(lab: UpdateLab, releases,
