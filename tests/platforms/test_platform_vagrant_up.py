@@ -44,9 +44,11 @@ class Cluster:
     before: tuple[set[str], set[str], set[str]] = (set(), set(), set())  # libvirt's, at first
     up_seconds: float = 0.0
 
-    def run(self, *argv: str, timeout: float = 600, check: bool = True) -> str:
-        """A command where libvirtd's guests are reachable (its network namespace)."""
-        proc = subprocess.run([*self.state.prefix(), *argv], cwd=self.dir, env=self.env,
+    def run(self, *argv: str, timeout: float = 600, check: bool = True,
+            cwd: Path | None = None) -> str:
+        """A command where libvirtd's guests are reachable (its network namespace), in the
+        cluster's folder unless ``cwd`` says otherwise."""
+        proc = subprocess.run([*self.state.prefix(), *argv], cwd=cwd or self.dir, env=self.env,
                               capture_output=True, text=True, timeout=timeout,
                               check=False)  # fmt: skip
         out = proc.stdout + proc.stderr
@@ -106,7 +108,7 @@ def cluster(platform_image: BuildResult, tmp_path_factory: pytest.TempPathFactor
         try:
             c.dir.parent.mkdir(exist_ok=True)
             init = c.run(TIDEHOST, "vagrant", "init", "--nodes", "1", "--channel-url", url,
-                         "--channel", "alpha", "-o", str(c.dir))  # fmt: skip
+                         "--channel", "alpha", "-o", str(c.dir), cwd=c.dir.parent)  # fmt: skip
             assert f"trusting {url}metadata/root.json" in init
             t0 = time.monotonic()
             out = c.run("vagrant", "up", timeout=UP_TIMEOUT)
@@ -153,7 +155,9 @@ def test_box_update_fetches_the_next_published_box(cluster: Cluster) -> None:
     tidehost("vagrant", "catalog", "publish", cluster.repo, "--channel", "alpha",
              "--version", "1.0.1", "--box", f"libvirt={cluster.box}",
              "--box-url-base", cluster.url)  # fmt: skip
-    assert "is outdated" in cluster.run("vagrant", "box", "outdated")
+    outdated = " ".join(cluster.run("vagrant", "box", "outdated").split())  # vagrant wraps it
+    assert "A newer version of the box 'tidehost-alpha'" in outdated, outdated
+    assert "The latest is version '1.0.1'" in outdated, outdated
     out = cluster.run("vagrant", "box", "update", timeout=900)
     assert "Successfully added box 'tidehost-alpha' (v1.0.1) for 'libvirt'" in out, out
     listed = cluster.run("vagrant", "box", "list")
