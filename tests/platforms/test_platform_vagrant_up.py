@@ -10,6 +10,7 @@ update`` after a second publish, and ``vagrant destroy -f`` leaves libvirt as it
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -167,7 +168,9 @@ def test_box_update_fetches_the_next_published_box(cluster: Cluster) -> None:
 
 def test_destroy_leaves_no_domain_volume_or_network(cluster: Cluster) -> None:
     nvram = libvirt.virsh("dumpxml", f"{cluster.dir.name}_node1")
-    path = nvram.split("<nvram>", 1)[1].split("</nvram>", 1)[0]
+    found = re.search(r"<nvram[^>]*>([^<]+)</nvram>", nvram)  # <nvram template=...>PATH
+    assert found, nvram
+    path = found.group(1)
     assert Path(path).is_file()
     cluster.run("vagrant", "destroy", "-f", timeout=600)
     domains_before, networks_before, volumes_before = cluster.before
