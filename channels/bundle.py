@@ -52,7 +52,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -60,6 +59,10 @@ from pathlib import Path
 from typing import Any
 
 from channels.errors import BundleError
+from channels.text import (  # noqa: F401 - re-exported: the names importers use
+    control_character,
+    is_int,
+)
 from channels.version import Version
 
 FORMAT = 2  # what the build writes
@@ -74,21 +77,6 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _TEXT_FIELDS = ("name", "version", "channel", "build_id", "arch", "suite", "usr_filesystem",
                 "roothash", "kernel_cmdline")
-
-
-def control_character(text: str) -> str | None:
-    """The first character of ``text`` that must not reach a boot entry, a unit or a shell
-    line (control characters: newline, tab, NUL, ESC, ...; format and line/paragraph
-    separators), shown as ``repr``; None if there is none."""
-    for ch in text:
-        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
-            return repr(ch)
-    return None
-
-
-def is_int(value: object) -> bool:
-    """An int and not a bool (JSON's ``true`` is not the number 1)."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class Slot(StrEnum):

@@ -16,8 +16,7 @@ import inspect
 import logging
 import os
 import shutil
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,12 +45,15 @@ from channels.fetch import DEFAULT_MIN_RATE, RequestsFetcher, download_resumable
 from channels.index import (
     ChannelIndex,
     Release,
-    TreeParams,
     bundle_files,
     check_channel,
     index_path,
 )
 from channels.layout import target_url_path
+from channels.offer import (  # noqa: F401 - re-exported: the names importers use
+    Offer,
+    OfferedFile,
+)
 from channels.policy import Decision, decide
 from channels.version import Version
 
@@ -59,38 +61,6 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 _INDEX_MAX = 16 << 20
 _HAS_BOOTSTRAP = "bootstrap" in inspect.signature(Updater.__init__).parameters
-
-
-@dataclass(frozen=True)
-class OfferedFile:
-    name: str  # the bundle file name: manifest.json, usr.img, ...
-    target: str  # the TUF target path, <channel>/<name>-<version>.<file>
-    length: int
-    hashes: Mapping[str, str]  # from the signed targets metadata
-
-    @property
-    def sha256(self) -> str:
-        return self.hashes["sha256"]
-
-
-@dataclass(frozen=True)
-class Offer:
-    version: str
-    manifest: Manifest
-    channel: str
-    files: tuple[OfferedFile, ...]
-    reason: str  # one line: why this version, for the journal
-    position: float  # this host's place in [0, 100) for this release
-    open_percent: float  # how far the release's rollout has opened
-    barrier: bool  # a newer release exists but needs this one first (min_version)
-    min_version: str | None  # the release's own barrier
-    published: datetime
-    indexes: Mapping[str, str] = field(default_factory=dict)  # file -> .caibx target path
-    verity: TreeParams | None = None  # rebuilds usr.verity from usr.img (channels.delta)
-
-    @property
-    def size(self) -> int:
-        return sum(f.length for f in self.files)
 
 
 def _translate(what: str, e: Exception) -> ChannelError:

@@ -90,6 +90,24 @@ class Layout:
         """The flat ``<sha256>.<name>`` that clients before the spec layout fetch."""
         return self.targets / f"{sha256}.{target_path.rsplit('/', 1)[-1]}"
 
+    def stored_target(self, sha256: str, target_path: str) -> Path:
+        """A target's stored bytes: its spec-layout path (the flat one before migration)."""
+        path = self.target(sha256, target_path)
+        if not path.exists():
+            legacy = self.legacy_target(sha256, target_path)
+            if legacy.exists():
+                return legacy
+        return path
+
+    def link_both(self, sha256: str, target_path: str) -> int | None:
+        """Hard-link a stored target at both its paths (spec layout and flat): the links
+        made, or None when neither path holds it."""
+        new, old = self.target(sha256, target_path), self.legacy_target(sha256, target_path)
+        src = new if new.exists() else old if old.exists() else None
+        if src is None:
+            return None
+        return sum(1 for dest in (new, old) if dest != src and link(src, dest))
+
     def read_config(self) -> dict[str, Any]:
         """Raises NotARepositoryError unless ``root`` holds a channel repository."""
         if not self.root.is_dir():

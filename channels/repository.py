@@ -42,7 +42,7 @@ from tuf.api.serialization.json import JSONSerializer
 from channels import keys
 from channels.bundle import CHANNELS
 from channels.errors import NotARepositoryError, SigningKeyError, UnknownChannelError
-from channels.layout import Layout, atomic_write, fsync_dir, link
+from channels.layout import Layout, atomic_write, fsync_dir
 
 log = logging.getLogger(__name__)
 TOP_ROLES = ("root", "targets", "snapshot", "timestamp")
@@ -338,12 +338,7 @@ class TufRepository:
 
     def target_file(self, target: TargetFile) -> Path:
         """The stored bytes of ``target``: its spec-layout path (the flat one before migration)."""
-        path = self.layout.target(target.hashes["sha256"], target.path)
-        if not path.exists():
-            legacy = self.layout.legacy_target(target.hashes["sha256"], target.path)
-            if legacy.exists():
-                return legacy
-        return path
+        return self.layout.stored_target(target.hashes["sha256"], target.path)
 
     def link_targets(self) -> int:
         """Give every listed target both its paths (spec layout and flat); returns links made.
@@ -358,16 +353,12 @@ class TufRepository:
                 sha = tf.hashes.get("sha256")
                 if sha is None:
                     continue
-                new = self.layout.target(sha, tf.path)
-                old = self.layout.legacy_target(sha, tf.path)
-                src = new if new.exists() else old if old.exists() else None
-                if src is None:
+                linked = self.layout.link_both(sha, tf.path)
+                if linked is None:
                     log.warning("target %s (%s) is missing from %s", tf.path, sha[:12],
                                 self.layout.targets)
                     continue
-                for dest in (new, old):
-                    if dest != src and link(src, dest):
-                        made += 1
+                made += linked
         if made:
             fsync_dir(self.layout.targets)
             log.debug("linked %d target file(s) at both their paths", made)
