@@ -44,7 +44,6 @@ from imagebuild.image.pipeline import build
 from updater.verity import write_through
 
 MB = 1_000_000
-CHUNKED = ("usr.img", "vmlinuz", "initrd")
 
 
 def builds(out: Path) -> dict[str, Path]:
@@ -89,7 +88,8 @@ def case(tmp: Path, base: Path, new: Path) -> tuple[delta.DeltaReport, float, fl
     slot = tmp / "slot"
     try:
         root = repo / "published/metadata/1.root.json"
-        seeds = [delta.SeedSource(base / f) for f in CHUNKED]
+        # what a host on base holds: its /usr slot and its boot files (kernel and initrd, or UKIs)
+        seeds = [delta.SeedSource(base / f) for f in load_bundle(base, verify=False).files]
         client = ChannelClient(server.url, "alpha", tmp / "state-delta", root)
         t = time.monotonic()
         path, report = delta.download(client, client.offer("m", "1.0.0"), tmp / "dl-delta",
