@@ -1,4 +1,5 @@
-"""Shared fixtures: the reference image, built once per test session, and an SSH key.
+"""Shared fixtures: the reference image and the releases after it, each built once per test
+session, and an SSH key.
 
 The image build uses the root-tree cache (~/.cache/tidehost or $TIDEHOST_CACHE), so only the
 first build on a machine bootstraps Debian; every later build is warm.
@@ -6,6 +7,7 @@ first build on a machine bootstraps Debian; every later build is warm.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import shutil
@@ -16,11 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from imagebuild.core.platforms import OutputFormat
 from imagebuild.image.config import parse_image_file
 from imagebuild.image.pipeline import BuildResult, build
 from imagebuild.lab.etcd import LocalEtcd
 
 TEST_VERSION = "1.0.0"
+V2, V3 = "1.1.0", "1.2.0"  # the releases after it
 
 
 def _load_by_path(name: str) -> None:
@@ -63,6 +67,42 @@ def reference_image(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
         pytest.fail("the image build needs root (mmdebstrap --mode=root)")
     out = tmp_path_factory.mktemp("out")
     config = parse_image_file(None).with_overrides(version=TEST_VERSION, channel="alpha")
+    return build(config, out)
+
+
+@pytest.fixture(scope="session")
+def platform_image(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
+    """The reference image built a second time, with every platform artifact: the platform
+    tests' image, and the reproducibility test's second build of the same inputs."""
+    if os.geteuid() != 0:
+        pytest.fail("the image build needs root (mmdebstrap --mode=root)")
+    out = tmp_path_factory.mktemp("platforms")
+    formats = ",".join(f.value for f in OutputFormat)
+    config = parse_image_file(None).with_overrides(version=TEST_VERSION, channel="alpha",
+                                                   formats=formats)  # fmt: skip
+    return build(config, out)
+
+
+@pytest.fixture(scope="session")
+def release_v2(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
+    """The next release of the reference image (1.1.0, raw), built once for the update and
+    cluster tests (before their guests boot, not beside them)."""
+    config = parse_image_file(None).with_overrides(version=V2, channel="alpha", formats="raw")
+    return build(config, tmp_path_factory.mktemp("v2"))
+
+
+@pytest.fixture(scope="session")
+def failing_release_v3(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
+    """1.2.0, whose health gate always fails (a drop-in in its /usr); its UKIs are unsigned,
+    as every build without ``secure_boot`` is: the rollback test's release, and the one a
+    Secure Boot host must refuse."""
+    out = tmp_path_factory.mktemp("v3")
+    dropin = out / "overlay/usr/lib/systemd/system/tidehost-update-health.service.d"
+    dropin.mkdir(parents=True)
+    (dropin / "50-broken.conf").write_text("[Service]\nExecStartPre=/bin/false\n")
+    base = parse_image_file(None)
+    config = dataclasses.replace(base, overlay=out / "overlay").with_overrides(
+        version=V3, channel="alpha", formats="raw")
     return build(config, out)
 
 

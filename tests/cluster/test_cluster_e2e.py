@@ -35,8 +35,7 @@ import yaml
 
 from imagebuild.cli import tidehost
 from imagebuild.cloudconfig.parse import parse_cluster_file
-from imagebuild.image.config import parse_image_file
-from imagebuild.image.pipeline import BuildResult, build
+from imagebuild.image.pipeline import BuildResult
 from imagebuild.lab import fleet as fleetview
 from imagebuild.lab.agent import print_status
 from imagebuild.lab.cluster import ClusterState, UpOptions, down, status, up
@@ -62,7 +61,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "cloud-config" / "examples" / "c
 BOOT_TIMEOUT = 1200
 CONVERGE_TIMEOUT = 1200
 ROLLOUT_TIMEOUT = 2700
-V1, V2 = "1.0.0", "1.1.0"
+V1, V2 = "1.0.0", "1.1.0"  # tests/conftest.py builds both
 FETCH = ("import sys, urllib.request; "
          "print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode().strip())")  # fmt: skip
 TIMES: dict[str, float] = {}
@@ -71,7 +70,8 @@ SPEC: dict[str, Any] = {}  # the parsed cluster file, for the fleet view
 
 @pytest.fixture(scope="module")
 def channel(reference_image: BuildResult, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A signed channel repository with v1 on alpha; v2 built beside it, not yet published."""
+    """A signed channel repository with v1 on alpha (v2, built once per session, is
+    published later)."""
     repo = tmp_path_factory.mktemp("channel") / "repo"
     tidehost("channel", "init", repo)
     tidehost("channel", "publish", repo, reference_image.artifacts["release"], "--channel",
@@ -80,15 +80,8 @@ def channel(reference_image: BuildResult, tmp_path_factory: pytest.TempPathFacto
 
 
 @pytest.fixture(scope="module")
-def v2(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
-    """The next release, built before the cluster boots (not beside three busy guests)."""
-    config = parse_image_file(None).with_overrides(version=V2, channel="alpha", formats="raw")
-    return build(config, tmp_path_factory.mktemp("v2"))
-
-
-@pytest.fixture(scope="module")
 def cluster(
-    reference_image: BuildResult, channel: Path, v2: BuildResult, ssh_keypair: Path,
+    reference_image: BuildResult, channel: Path, release_v2: BuildResult, ssh_keypair: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ClusterState]:
     """The example cluster (renamed, with the test's key) up; torn down even on failure."""
@@ -255,7 +248,7 @@ def screenshot(url: str, dest: Path) -> None:
 
 
 def test_rolling_update_one_node_at_a_time_while_the_service_answers(
-    cluster: ClusterState, web: dict[str, str], channel: Path, v2: BuildResult,
+    cluster: ClusterState, web: dict[str, str], channel: Path, release_v2: BuildResult,
     fleet_page: str, tmp_path: Path,
 ) -> None:
     vms = [cluster.vm(n.name) for n in cluster.nodes]
@@ -264,7 +257,8 @@ def test_rolling_update_one_node_at_a_time_while_the_service_answers(
         assert (st["version"], st["slot"]) == (V1, "a") and st["state"] in ("idle", "checking"), st
     with Prober(cluster.netns, web_urls(cluster)) as probe:
         probe.wait_answering(120)
-        tidehost("channel", "publish", channel, v2.artifacts["release"], "--channel", "alpha")
+        tidehost("channel", "publish", channel, release_v2.artifacts["release"], "--channel",
+                 "alpha")  # fmt: skip
         report = watch(cluster, V2, ROLLOUT_TIMEOUT, prober=probe,
                        on_change=lambda name, st: print_status(st, name),
                        say=lambda line: print(line, flush=True))  # fmt: skip
@@ -308,9 +302,7 @@ def test_rolling_update_one_node_at_a_time_while_the_service_answers(
     print(f"longest unanswered gap during the rollout: {report.longest_gap:.1f}s (goal 2s)")
 
 
-def test_v2_is_promoted_to_beta_and_stable_with_the_same_bits(
-    channel: Path, v2: BuildResult
-) -> None:
+def test_v2_is_promoted_to_beta_and_stable_with_the_same_bits(channel: Path) -> None:
     for src, dst in (("alpha", "beta"), ("beta", "stable")):
         out = tidehost("channel", "promote", channel, V2, "--from", src, "--to", dst)
         assert "(0 bytes copied" in out, out  # the same targets, re-listed and re-signed

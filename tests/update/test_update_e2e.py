@@ -14,7 +14,6 @@ rolling update (tests/cluster), three VMs with the lock in the cluster's own etc
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -25,31 +24,20 @@ import pytest
 from channels.bundle import load_bundle
 from channels.casync.index import BlobIndex
 from channels.casync.store import chunk_relpath
-from imagebuild.image.config import parse_image_file
-from imagebuild.image.pipeline import BuildResult, build
+from imagebuild.image.pipeline import BuildResult
 from imagebuild.lab.agent import print_status, status
 from imagebuild.lab.hostlab import UpdateLab, bless_latency, wait_for
 from imagebuild.lab.vm import VM
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
 
-V2, V3 = "1.1.0", "1.2.0"
-BROKEN_HEALTH = "[Service]\nExecStartPre=/bin/false\n"
+V2, V3 = "1.1.0", "1.2.0"  # tests/conftest.py builds them: v3's health gate always fails
 
 
 @pytest.fixture(scope="module")
-def releases(reference_image: BuildResult, tmp_path_factory: pytest.TempPathFactory
-             ) -> dict[str, BuildResult]:  # fmt: skip
-    out = tmp_path_factory.mktemp("releases")
-    base = parse_image_file(None)
-    v2 = build(base.with_overrides(version=V2, formats="raw"), out)
-    overlay = out / "broken-overlay"
-    dropin = overlay / "usr/lib/systemd/system/tidehost-update-health.service.d"
-    dropin.mkdir(parents=True)
-    (dropin / "50-broken.conf").write_text(BROKEN_HEALTH)
-    v3 = build(dataclasses.replace(base, overlay=overlay).with_overrides(version=V3,
-                                                                       formats="raw"), out)  # fmt: skip
-    return {"1.0.0": reference_image, V2: v2, V3: v3}
+def releases(reference_image: BuildResult, release_v2: BuildResult,
+             failing_release_v3: BuildResult) -> dict[str, BuildResult]:  # fmt: skip
+    return {"1.0.0": reference_image, V2: release_v2, V3: failing_release_v3}
 
 
 @pytest.fixture(scope="module")
