@@ -42,27 +42,47 @@ def longest_gap(answers: Sequence[tuple[float, bool]], start: float, end: float)
 
 @dataclass
 class NodeProgress:
-    """One node's way to the new version, in watcher time (time.time())."""
+    """One node's way to the new version, in watcher time (time.time()).
+
+    Looks are sequential SSH calls that may be slow or time out under load, so an
+    unreachable node is not yet a rebooting one: a span counts from the first look that saw
+    it rebooting, or from the first unreachable look before it came back confirming (the
+    reboot fell between looks). ``first_down`` and ``last_down`` are only what was seen (the
+    agent in ``rebooting``/``confirming``, or unreachable once seen rebooting): the overlap
+    check uses them alone, never a guess from a slow look."""
 
     name: str
-    went_down: float | None = None  # first seen rebooting (or unreachable once staged)
-    updated: float | None = None  # first seen idle on the new version
+    went_down: float | None = None  # the reboot's start as best seen (first_down or earlier)
+    updated: float | None = None  # first seen at rest on the new version
+    first_down: float | None = None  # first look that saw it rebooting or confirming
+    last_down: float | None = None  # last look that saw it so (or unreachable, rebooting)
     staged: bool = False
     last: AgentStatus | None = None
+    unreachable_since: float | None = None  # staged and unreachable since (not yet seen down)
+    confirming: bool = False  # seen back up in its health gate since it went down
 
     def observe(self, t: float, st: AgentStatus | Mapping[str, Any] | None,
                 version: str) -> None:  # fmt: skip
         if self.updated is not None:
             return
-        if st is None:  # unreachable: rebooting, if it had something to reboot into
-            if self.staged and self.went_down is None:
-                self.went_down = t
+        if st is None:
+            if self.first_down is not None and not self.confirming:
+                self.last_down = t  # down in its reboot
+            elif self.staged and self.first_down is None and self.unreachable_since is None:
+                self.unreachable_since = t  # rebooting, or only a slow look: known later
             return
         self.last = st = AgentStatus.parse(st)
         if st.target_version == version or st.phase is Phase.REBOOTING:
             self.staged = True
-        if st.phase in (Phase.REBOOTING, Phase.CONFIRMING) and self.went_down is None:
-            self.went_down = t
+        if st.phase in (Phase.REBOOTING, Phase.CONFIRMING):
+            if self.first_down is None:
+                self.first_down = t
+                self.went_down = (self.unreachable_since
+                                  if st.phase is Phase.CONFIRMING and self.unreachable_since
+                                  else t)  # fmt: skip
+            self.last_down = t
+            self.confirming = st.phase is Phase.CONFIRMING
+        self.unreachable_since = None
         if st.version == version and st.phase in RESTING:
             self.updated = t
 
@@ -100,9 +120,10 @@ class RolloutReport:
         return longest_gap(self.answers, self.started, self.finished or time.time())
 
     def overlapping_reboots(self) -> list[tuple[str, str]]:
-        """Pairs of nodes whose down-to-updated spans overlap (must be none with max=1)."""
-        spans = sorted((n.went_down, n.updated, n.name) for n in self.nodes.values()
-                       if n.went_down is not None and n.updated is not None)  # fmt: skip
+        """Pairs of nodes seen down at once (must be none with max=1): the later one seen
+        rebooting or confirming before the earlier one's last look in that state."""
+        spans = sorted((n.first_down, n.last_down, n.name) for n in self.nodes.values()
+                       if n.first_down is not None and n.last_down is not None)  # fmt: skip
         return [(a[2], b[2]) for i, a in enumerate(spans) for b in spans[i + 1:] if b[0] < a[1]]
 
     def summary(self) -> str:

@@ -62,13 +62,51 @@ def test_a_rollback_is_not_an_update() -> None:
 def test_report_totals_and_overlaps() -> None:
     r = RolloutReport(version=V, started=0.0, finished=100.0)
     for name, down, up in (("node1", 10, 30), ("node2", 35, 60), ("node3", 55, 90)):
-        r.nodes[name] = NodeProgress(name, went_down=down, updated=up)
+        r.nodes[name] = NodeProgress(name, went_down=down, updated=up, first_down=down,
+                                     last_down=up - 1)  # fmt: skip
     r.answers = [(t, True) for t in range(0, 101, 2)]
     assert r.done and r.reboot_sum == 20 + 25 + 35
     assert r.overlapping_reboots() == [("node2", "node3")]
     assert r.longest_gap == 2
     text = r.summary()
     assert "100 s in all; sum of single-node reboots 80 s" in text and "longest gap 2.0 s" in text
+
+
+def _rollout(node3_reboots_at: float) -> RolloutReport:
+    """Three nodes through one lock, as slow looks see them (a CI run's timeline, shortened):
+    node1 is unreachable once while it waits, node3 is seen rebooting before node1 is next
+    seen at rest (looks go node by node; node1 released the lock before node3 took it)."""
+    r = RolloutReport(version=V, started=0.0)
+    r.nodes = {n: NodeProgress(n) for n in ("node1", "node2", "node3")}
+    looks = [
+        (90, "node1", _st("1.0.0", "waiting-for-lock", V)),
+        (95, "node3", _st("1.0.0", "waiting-for-lock", V)),
+        (100, "node2", _st("1.0.0", "rebooting", V)),
+        (110, "node2", None),
+        (150, "node1", None),  # a look that timed out: not a reboot
+        (160, "node1", _st("1.0.0", "waiting-for-lock", V)),
+        (200, "node2", _st(V, "confirming", V)),
+        (210, "node2", _st(V, "confirming", V)),
+        (220, "node2", _st(V, "idle")),
+        (230, "node1", None),  # it took the lock and rebooted between two looks
+        (300, "node1", _st(V, "confirming", V)),
+        (node3_reboots_at, "node3", _st("1.0.0", "rebooting", V)),
+        (320, "node1", _st(V, "idle")),
+        (330, "node3", None),
+        (400, "node3", _st(V, "confirming", V)),
+        (420, "node3", _st(V, "idle")),
+    ]
+    for t, name, st in sorted(looks, key=lambda look: look[0]):
+        r.nodes[name].observe(t, st, V)
+    return r
+
+
+def test_slow_looks_are_no_overlap_and_a_real_overlap_is_found() -> None:
+    r = _rollout(node3_reboots_at=310)
+    assert r.done and r.overlapping_reboots() == []
+    assert [r.nodes[n].reboot_seconds for n in ("node1", "node2", "node3")] == [90, 120, 110]
+    # node3 seen rebooting (250) before node1 was seen back in its health gate (300): both down
+    assert _rollout(node3_reboots_at=250).overlapping_reboots() == [("node3", "node1")]
 
 
 class _Hello(http.server.BaseHTTPRequestHandler):
