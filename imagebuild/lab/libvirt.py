@@ -28,7 +28,9 @@ and refuses while libvirt still has domains or active networks (``vagrant destro
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
+import logging
 import os
 import signal
 import threading
@@ -42,6 +44,8 @@ from imagebuild.core.files import write_atomic
 from imagebuild.core.run import require, run
 from imagebuild.core.wait import poll
 from imagebuild.lab.net import enter_netns, in_netns, netns_exists
+
+log = logging.getLogger(__name__)
 
 URI = "qemu:///system"
 NETNS = "tidehost-libvirt"
@@ -147,6 +151,23 @@ def running() -> LibvirtState | None:
     return LibvirtState(netns=netns)
 
 
+def kvm_device_for_qemu(dev: Path = Path("/dev/kvm")) -> None:
+    """Give ``dev`` the group and mode Debian's udev rule gives it (root:kvm 0660) where no
+    udev ran (``crw------- root root``). libvirt's QEMU user (in group kvm) then has the
+    access libvirt checks for: QEMU's probe finds KVM, and without that access libvirt
+    takes its cached capabilities for stale and probes QEMU again on every call (4 s
+    each, 32 s for one ``virsh define`` here). Whether guests can run under KVM is the
+    Vagrantfile's business (``TIDEHOST_LIBVIRT_DRIVER`` or init's boot probe)."""
+    try:
+        st, kvm = dev.stat(), grp.getgrnam("kvm").gr_gid
+    except (OSError, KeyError):
+        return  # no device, or no kvm group (libvirt not installed): nothing to do
+    if st.st_uid == 0 and st.st_gid == 0 and st.st_mode & 0o077 == 0:
+        os.chown(dev, 0, kvm)
+        os.chmod(dev, 0o660)
+        log.info("%s: group kvm, mode 0660 (what udev would have set)", dev)
+
+
 def start(netns: str = NETNS, service_address: str = SERVICE_ADDRESS,
           timeout: float = 60) -> LibvirtState:  # fmt: skip
     """libvirt answering on qemu:///system: the one running, or virtlogd and libvirtd
@@ -160,6 +181,7 @@ def start(netns: str = NETNS, service_address: str = SERVICE_ADDRESS,
     if found is not None:
         return found
     require("ip", "virsh", *DAEMONS)
+    kvm_device_for_qemu()
     made = not netns_exists(netns)
     if made:
         run(["ip", "netns", "add", netns])

@@ -137,9 +137,12 @@ def test_the_node_answers_with_etcd_swarm_and_the_updater_on_the_channel(cluster
     assert set(listed) <= set(oem.datasources), run_cfg
     health = cluster.ssh("sudo /etc/tidehost/bin/tidehost-etcdctl endpoint health --cluster")
     assert "is healthy" in health, health
-    # tidehost-swarm forms the swarm after cloud-init, once etcd answers
-    wait = ("for i in $(seq 120); do systemctl is-active -q tidehost-swarm && break; sleep 5; "
-            "done; sudo docker node ls --format '{{.Hostname}} {{.ManagerStatus}}'")
+    # tidehost-swarm forms the swarm after cloud-init, once etcd answers; the manager lists
+    # its own hostname a moment after `swarm init` (its description comes with the agent's
+    # first report)
+    nodes = "sudo docker node ls --format '{{.Hostname}} {{.ManagerStatus}}'"
+    wait = (f"for i in $(seq 120); do systemctl is-active -q tidehost-swarm && {nodes} | "
+            f"grep -q '^node1 Leader' && break; sleep 5; done; {nodes}")
     nodes = cluster.ssh(wait, timeout=900)
     assert "node1 Leader" in nodes, nodes
     update = cluster.ssh("sudo cat /etc/tidehost/update.yaml")

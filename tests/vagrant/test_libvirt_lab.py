@@ -3,6 +3,7 @@ service runs them (real daemons), idempotently, and stopped only by their starte
 
 from __future__ import annotations
 
+import grp
 import os
 from pathlib import Path
 
@@ -42,3 +43,19 @@ def test_start_is_idempotent_and_stop_ends_what_it_started(tmp_path: Path) -> No
     assert not libvirt.answers() and not netns_exists(state.netns)
     assert libvirt.stop() == []  # nothing left to stop
     assert "not running" in libvirt.describe(libvirt.running())
+
+
+def test_a_kvm_device_no_udev_set_up_gets_udevs_group_and_mode(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("changing a file's group needs root")
+    kvm = grp.getgrnam("kvm").gr_gid  # libvirt-daemon-system's group
+    bare, done = tmp_path / "kvm", tmp_path / "kvm-by-udev"
+    for path, mode in ((bare, 0o600), (done, 0o666)):
+        path.touch()
+        os.chown(path, 0, 0)
+        path.chmod(mode)
+    libvirt.kvm_device_for_qemu(bare)
+    libvirt.kvm_device_for_qemu(done)  # set up already (udev, or the admin): left alone
+    libvirt.kvm_device_for_qemu(tmp_path / "absent")  # no /dev/kvm: nothing to do
+    assert (bare.stat().st_gid, bare.stat().st_mode & 0o777) == (kvm, 0o660)
+    assert (done.stat().st_gid, done.stat().st_mode & 0o777) == (0, 0o666)
