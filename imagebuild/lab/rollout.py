@@ -77,9 +77,8 @@ class NodeProgress:
         if st.phase in (Phase.REBOOTING, Phase.CONFIRMING):
             if self.first_down is None:
                 self.first_down = t
-                self.went_down = (self.unreachable_since
-                                  if st.phase is Phase.CONFIRMING and self.unreachable_since
-                                  else t)  # fmt: skip
+                back = st.phase is Phase.CONFIRMING and self.unreachable_since is not None
+                self.went_down = self.unreachable_since if back else t
             self.last_down = t
             self.confirming = st.phase is Phase.CONFIRMING
         self.unreachable_since = None
