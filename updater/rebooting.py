@@ -251,6 +251,8 @@ class Rebooting:
         s = self._release(s) if s.lock_held else s
         log.info("updated to %s on slot %s: healthy, blessed%s", s.target_version,
                  s.target_slot.upper(), ", lock released" if not s.lock_held else "")
+        # a healthy update ends what went wrong on the way (a lock watch cut by a member's
+        # reboot, a retried download): the journal keeps it, status shows the result
         self.save(s.to(Phase.IDLE, now, last_result=f"updated to {s.target_version}",
-                       failures=0))
+                       failures=0, last_error="", last_error_time=0.0))
         return 0.0

@@ -7,7 +7,7 @@ import errno
 import json
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, time
 from pathlib import Path
 
@@ -120,12 +120,19 @@ def test_update_then_bad_release_rolls_back_and_is_never_retried(rig: Rig, bundl
     assert rig.lock.holders == {"m-test"}
     assert rig.entries() == ["tidehost-a.conf", "tidehost-b+3.conf"]
 
+    # an error on the way (the lock's watch cut while it waited): shown until the update ends
+    store = StateStore(rig.config.state_dir)
+    store.save(replace(s, last_error="reboot lock: etcd watch: server closed the stream",
+                       last_error_time=1.0))  # fmt: skip
+
     assert rig.boot() == "tidehost-b+2-1.conf"  # the new slot is preferred
     a = rig.agent()  # a new process after the reboot
     assert a.startup().phase is Phase.CONFIRMING
+    assert a.status()["last_error"].startswith("reboot lock: etcd watch")
     a.step()
     s = rig.state()
     assert s.phase is Phase.IDLE and s.last_result == "updated to 2.0.0"
+    assert s.last_error == "" and a.status()["last_error"] == ""  # healthy: nothing is wrong
     assert rig.host.blessed == [True] and rig.lock.holders == set() and not s.lock_held
     assert rig.entries() == ["tidehost-a.conf", "tidehost-b.conf"]
     st = a.status()
