@@ -59,15 +59,14 @@ class NodeProgress:
     staged: bool = False
     last: AgentStatus | None = None
     unreachable_since: float | None = None  # staged and unreachable since (not yet seen down)
-    confirming: bool = False  # seen back up in its health gate since it went down
 
     def observe(self, t: float, st: AgentStatus | Mapping[str, Any] | None,
                 version: str) -> None:  # fmt: skip
         if self.updated is not None:
             return
         if st is None:
-            if self.first_down is not None and not self.confirming:
-                self.last_down = t  # down in its reboot
+            if self.last is not None and self.last.phase is Phase.REBOOTING:
+                self.last_down = t  # down in its reboot (not a slow look once back confirming)
             elif self.staged and self.first_down is None and self.unreachable_since is None:
                 self.unreachable_since = t  # rebooting, or only a slow look: known later
             return
@@ -80,7 +79,6 @@ class NodeProgress:
                 back = st.phase is Phase.CONFIRMING and self.unreachable_since is not None
                 self.went_down = self.unreachable_since if back else t
             self.last_down = t
-            self.confirming = st.phase is Phase.CONFIRMING
         self.unreachable_since = None
         if st.version == version and st.phase in RESTING:
             self.updated = t

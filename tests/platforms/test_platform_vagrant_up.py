@@ -140,9 +140,9 @@ def test_the_node_answers_with_etcd_swarm_and_the_updater_on_the_channel(cluster
     # tidehost-swarm forms the swarm after cloud-init, once etcd answers; the manager lists
     # its own hostname a moment after `swarm init` (its description comes with the agent's
     # first report)
-    nodes = "sudo docker node ls --format '{{.Hostname}} {{.ManagerStatus}}'"
-    wait = (f"for i in $(seq 120); do systemctl is-active -q tidehost-swarm && {nodes} | "
-            f"grep -q '^node1 Leader' && break; sleep 5; done; {nodes}")
+    ls_nodes = "sudo docker node ls --format '{{.Hostname}} {{.ManagerStatus}}'"
+    wait = (f"for i in $(seq 120); do systemctl is-active -q tidehost-swarm && {ls_nodes} | "
+            f"grep -q '^node1 Leader' && break; sleep 5; done; {ls_nodes}")
     nodes = cluster.ssh(wait, timeout=900)
     assert "node1 Leader" in nodes, nodes
     update = cluster.ssh("sudo cat /etc/tidehost/update.yaml")
