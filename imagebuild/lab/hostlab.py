@@ -165,3 +165,26 @@ def bless_latency(vm: VM) -> float | None:
     if "complete" in times and "blessed" in times:
         return times["blessed"] - times["complete"]
     return None
+
+
+def unblessed(vm: VM, slot: str) -> str:
+    """Why ``slot``'s boot is not blessed; "" when it is.
+
+    Blessed: the slot's one entry on the ESP has lost its boot counter, and this boot is the
+    one systemd-bless-boot blessed ("good") or a later boot of the blessed entry ("clean": the
+    loader counts no tries of an entry without a counter). Nothing in an update reboots a
+    healthy host, so a later boot is printed with the end of the boot before it, for whoever
+    reads the log; the update itself stays blessed.
+    """
+    verdict = vm.ssh("sudo /usr/lib/systemd/systemd-bless-boot status", check=False).strip()
+    names = vm.ssh("sudo ls /efi/EFI/Linux /efi/loader/entries", check=False).split()
+    mine = sorted(n for n in names if n.startswith(f"tidehost-{slot}"))
+    if mine not in ([f"tidehost-{slot}.efi"], [f"tidehost-{slot}.conf"]):
+        return f"{vm.hostname}: slot {slot}'s entries on the ESP are {mine} (bless-boot: {verdict})"
+    if verdict == "clean":
+        print(f"--- {vm.hostname} booted again after its update was blessed ---\n"
+              + vm.ssh("journalctl --list-boots --no-pager | tail -n 4; "
+                       "sudo journalctl -b -1 -n 25 --no-pager", check=False), flush=True)
+    elif verdict != "good":
+        return f"{vm.hostname}: systemd-bless-boot status: {verdict!r}"
+    return ""
