@@ -163,6 +163,10 @@ def test_host_stack_is_installed(booted) -> None:
     assert host.service("docker").is_running
     assert host.run("sudo docker info --format '{{.ServerVersion}}'").rc == 0
     assert host.service("etcd").is_enabled is False  # until cloud-config makes it a member
+    # no SysV scripts: `systemctl enable etcd` (cloud-config's) runs no update-rc.d
+    assert host.run("ls -A /etc/init.d /etc/rc2.d").stdout.split() == ["/etc/init.d:", "/etc/rc2.d:"]
+    assert "update-rc.d" not in host.run("sudo systemctl enable etcd.service 2>&1").stdout
+    host.run("sudo systemctl disable etcd.service")
     # enabled from /usr (multi-user.target.wants in /usr/lib), so a new /usr can change it
     wanted_by = host.run("systemctl show -p WantedBy --value tidehost-update").stdout
     assert "multi-user.target" in wanted_by

@@ -144,6 +144,10 @@ def configure_tree(ctx: BuildContext) -> None:
     for mode in ("emergency", "rescue"):
         _write(t / f"usr/lib/systemd/system/{mode}.service.d/50-tidehost.conf",
                f"[Service]\nExecStart=\nExecStart=-/usr/lib/tidehost/emergency {mode}\n")
+    # No SysV scripts: every service has a unit, and `systemctl enable` of a unit that also
+    # has one runs update-rc.d (perl, half a minute a unit under emulation)
+    for script in [*t.glob("etc/init.d/*"), *t.glob("etc/rc[0-6S].d/*")]:
+        script.unlink()
     present = [u for u in DISABLE if (t / "usr/lib/systemd/system" / u).exists()]
     if present:  # also drops aliases such as etcd2.service
         run(["systemctl", f"--root={t}", "disable", "--quiet", *present])
