@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 from channels import verity
 from channels.bundle import FILES, FileInfo, Manifest
+from channels.casync.index import BlobIndex
+from channels.casync.store import chunk_relpath
 
 
 def write_release(parent: Path, version: str, usr: bytes, kernel: bytes, initrd: bytes,
@@ -49,3 +52,38 @@ def release_pair(parent: Path, usr_size: int = 6 << 20, channel: str = "alpha",
     v2 = write_release(parent, "1.1.0", bytes(usr), kernel,
                        initrd[:70_000] + b"+" + initrd[70_000:], channel)
     return v1, v2
+
+
+def corrupt_a_chunk(repo: Path, old: str, new: str) -> tuple[str, str, Callable[[], None]]:
+    """Flip a byte of the stored copy of a chunk that ``new``'s boot file for slot B (its
+    UKI, or with format 1 its initrd) needs and ``old``'s lacks, so a host seeded with ``old``
+    must fetch it (usr.img's if those files are equal).
+    Returns the file, the chunk id and how to put the good chunk back."""
+    targets = repo / "published/targets/alpha"
+
+    def ids(version: str, fname: str) -> list[str]:
+        index = next(targets.glob(f"*-{version}.{fname}.caibx"))
+        return [c.id for c in BlobIndex.read(index).chunks]
+
+    names = {p.name.split(f"-{new}.", 1)[1].removesuffix(".caibx")
+             for p in targets.glob(f"*-{new}.*.caibx")}  # fmt: skip
+    boot = "uki-b.efi" if "uki-b.efi" in names else "initrd"  # slot B's, from slot A
+    for fname in (boot, "usr.img"):
+        old_ids = set(ids(old, fname))
+        missing = [c for c in ids(new, fname) if c not in old_ids]
+        if missing:
+            break
+    assert missing, f"{new} shares every chunk with {old}: nothing to fetch"
+    cid = missing[len(missing) // 2]
+    path = repo / "published/chunks.castr" / chunk_relpath(cid)
+    good = path.read_bytes()
+    path.chmod(0o644)
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0xFF
+    path.write_bytes(bytes(bad))
+
+    def restore() -> None:
+        path.write_bytes(good)
+        path.chmod(0o444)
+
+    return fname, cid, restore

@@ -32,7 +32,9 @@ from typing import Any
 import pytest
 import requests
 import yaml
+from delta_releases import corrupt_a_chunk  # loaded by tests/conftest.py
 
+from channels.bundle import Manifest, load_bundle
 from imagebuild.cli import tidehost
 from imagebuild.cloudconfig.parse import parse_cluster_file
 from imagebuild.image.pipeline import BuildResult
@@ -48,11 +50,11 @@ from imagebuild.lab.demo import (
     wait_until,
     web_urls,
 )
-from imagebuild.lab.hostlab import unblessed
+from imagebuild.lab.hostlab import bless_latency, unblessed
 from imagebuild.lab.net import free_port
 from imagebuild.lab.probe import Prober
 from imagebuild.lab.rollout import RESTING, lock_holders, watch
-from imagebuild.lab.vm import log_tail
+from imagebuild.lab.vm import VM, log_tail
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
 
@@ -260,20 +262,31 @@ def test_rolling_update_one_node_at_a_time_while_the_service_answers(
         probe.wait_answering(120)
         tidehost("channel", "publish", channel, release_v2.artifacts["release"], "--channel",
                  "alpha")  # fmt: skip
-        report = watch(cluster, V2, ROLLOUT_TIMEOUT, prober=probe,
-                       on_change=lambda name, st: print_status(st, name),
-                       say=lambda line: print(line, flush=True))  # fmt: skip
+        # at once, before the nodes' next check (every minute) reaches that file's chunks
+        broken, cid, restore = corrupt_a_chunk(channel, V1, V2)
+        try:
+            report = watch(cluster, V2, ROLLOUT_TIMEOUT, prober=probe,
+                           on_change=lambda name, st: print_status(st, name),
+                           say=lambda line: print(line, flush=True))  # fmt: skip
+        finally:
+            restore()  # the promotion test finds an honest store
     TIMES["rollout"] = report.total_seconds
     print("\n" + report.summary())
     assert report.most_holders == 1, "two nodes held the reboot lock at once"
     assert report.holders_seen == {"node1", "node2", "node3"}, report.holders_seen
     assert report.overlapping_reboots() == [], report.summary()
     assert lock_holders(vms) == []  # the last node released it once healthy
+    v2 = load_bundle(release_v2.artifacts["release"])
     for vm in vms:
         st = json.loads(vm.ssh("tidehost-update status --json"))
         assert (st["version"], st["slot"]) == (V2, "b") and st["state"] in RESTING, st
         assert st["last_error"] in ("", None) and not st["lock_held"], st
-        assert unblessed(vm, "b") == ""
+        assert unblessed(vm, "b") == ""  # slot B's boot counter was removed: blessed
+        print(f"{vm.hostname}: boot-complete.target to blessed + lock released: "
+              f"{bless_latency(vm)} s")
+        # the first boot of a new /usr (factory /etc copy, ldconfig, ...) left nothing failed
+        assert vm.ssh("systemctl --failed --plain --no-legend").strip() == ""
+        assert_delta_update(vm, st, v2, broken, cid)
     # The service never went away for as long as one node's reboot: a replica always answered.
     shortest = min(n.reboot_seconds or 0 for n in report.nodes.values())
     assert report.longest_gap < shortest, report.summary()
@@ -301,6 +314,30 @@ def test_rolling_update_one_node_at_a_time_while_the_service_answers(
         shutil.copy(shot, os.environ["TIDEHOST_SCREENSHOT"])
     # Drained before each reboot: the service barely noticed (the issue's goal: 2 s).
     print(f"longest unanswered gap during the rollout: {report.longest_gap:.1f}s (goal 2s)")
+
+
+def assert_delta_update(vm: VM, st: dict[str, Any], v2: Manifest, broken: str, cid: str) -> None:
+    """The delta path: far less than the release was fetched, the file whose chunk was corrupt
+    came whole (one line saying why), the others by delta; and the node runs exactly v2 (its
+    root hash booted, its boot file on the ESP)."""
+    full = sum(i.size for i in v2.files.values())
+    broken_size = v2.files[broken].size
+    print(f"{vm.hostname}: v1 -> v2 fetched {st['fetched_bytes']} of {full} bytes, reused "
+          f"{st['reused_bytes']}; {st['last_download']}")
+    assert 0 < st["fetched_bytes"] < broken_size + full // 20, st
+    assert st["reused_bytes"] > full - broken_size - full // 20, st
+    lines = {ln.split(":", 1)[0]: ln for ln in st["last_download"]}
+    assert lines[broken].startswith(f"{broken}: full download") and cid in lines[broken], lines
+    boot = ["uki-b.efi"] if "uki-b.efi" in v2.files else ["vmlinuz", "initrd"]
+    for fname in ("usr.img", *boot):
+        if fname != broken:
+            assert lines[fname].startswith(f"{fname}: delta"), lines
+    assert f"usrhash={v2.roothash}" in vm.ssh("cat /proc/cmdline")
+    assert f'VERSION_ID="{V2}"' in vm.ssh("cat /etc/os-release")
+    on_esp = (["/efi/EFI/Linux/tidehost-b.efi"] if boot == ["uki-b.efi"]
+              else ["/efi/tidehost/b/vmlinuz", "/efi/tidehost/b/initrd"])  # fmt: skip
+    sums = vm.ssh(f"sudo sha256sum {' '.join(on_esp)}").split()
+    assert sums[0::2] == [v2.files[f].sha256 for f in boot], sums
 
 
 def test_v2_is_promoted_to_beta_and_stable_with_the_same_bits(channel: Path) -> None:

@@ -163,10 +163,11 @@ def test_host_stack_is_installed(booted) -> None:
     assert host.service("docker").is_running
     assert host.run("sudo docker info --format '{{.ServerVersion}}'").rc == 0
     assert host.service("etcd").is_enabled is False  # until cloud-config makes it a member
-    # no SysV scripts: `systemctl enable etcd` (cloud-config's) runs no update-rc.d
-    assert host.run("ls -A /etc/init.d /etc/rc2.d").stdout.split() == ["/etc/init.d:", "/etc/rc2.d:"]
-    assert "update-rc.d" not in host.run("sudo systemctl enable etcd.service 2>&1").stdout
+    # no SysV scripts: cloud-config's `systemctl enable etcd` runs no systemd-sysv-install
+    assert host.run("find /etc/init.d /etc/rc?.d -mindepth 1").stdout.strip() == ""
+    enabled = host.run("sudo systemctl enable etcd.service 2>&1").stdout
     host.run("sudo systemctl disable etcd.service")
+    assert "etcd.service" in enabled and "SysV" not in enabled, enabled
     # enabled from /usr (multi-user.target.wants in /usr/lib), so a new /usr can change it
     wanted_by = host.run("systemctl show -p WantedBy --value tidehost-update").stdout
     assert "multi-user.target" in wanted_by

@@ -147,7 +147,7 @@ def configure_tree(ctx: BuildContext) -> None:
     # No SysV scripts: every service has a unit, and `systemctl enable` of a unit that also
     # has one runs update-rc.d (perl, half a minute a unit under emulation)
     for script in [*t.glob("etc/init.d/*"), *t.glob("etc/rc[0-6S].d/*")]:
-        script.unlink()
+        shutil.rmtree(script) if script.is_dir() and not script.is_symlink() else script.unlink()
     present = [u for u in DISABLE if (t / "usr/lib/systemd/system" / u).exists()]
     if present:  # also drops aliases such as etcd2.service
         run(["systemctl", f"--root={t}", "disable", "--quiet", *present])
