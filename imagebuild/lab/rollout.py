@@ -46,10 +46,11 @@ class NodeProgress:
 
     Looks are sequential SSH calls that may be slow or time out under load, so an
     unreachable node is not yet a rebooting one: a span counts from the first look that saw
-    it rebooting, or from the first unreachable look before it came back confirming (the
-    reboot fell between looks). ``first_down`` and ``last_down`` are only what was seen (the
-    agent in ``rebooting``/``confirming``, or unreachable once seen rebooting): the overlap
-    check uses them alone, never a guess from a slow look."""
+    it rebooting, or from the first unreachable look before it came back confirming or
+    updated (the reboot, or the reboot and its health gate, fell between looks).
+    ``first_down`` and ``last_down`` are only what was seen (the agent in
+    ``rebooting``/``confirming``, or unreachable once seen rebooting): the overlap check uses
+    them alone, never a guess from a slow look."""
 
     name: str
     went_down: float | None = None  # the reboot's start as best seen (first_down or earlier)
@@ -79,9 +80,11 @@ class NodeProgress:
                 back = st.phase is Phase.CONFIRMING and self.unreachable_since is not None
                 self.went_down = self.unreachable_since if back else t
             self.last_down = t
-        self.unreachable_since = None
         if st.version == version and st.phase in RESTING:
             self.updated = t
+            if self.went_down is None:  # its reboot and health gate fell between two looks
+                self.went_down = self.unreachable_since
+        self.unreachable_since = None
 
     @property
     def reboot_seconds(self) -> float | None:

@@ -52,6 +52,24 @@ def test_a_node_that_confirmed_and_polls_again_is_done() -> None:
     assert (n.went_down, n.updated) == (10, 30)
 
 
+def test_a_reboot_and_health_gate_between_two_looks_count_from_the_unreachable_look() -> None:
+    # seen in a 3-node run: waiting, then unreachable, then next seen idle on the new version
+    n = NodeProgress("node2")
+    n.observe(10, _st("1.0.0", "waiting-for-lock", V), V)
+    n.observe(20, None, V)
+    n.observe(30, None, V)
+    n.observe(390, _st(V, "idle"), V)
+    assert (n.went_down, n.updated, n.reboot_seconds) == (20, 390, 370)
+    assert n.first_down is None  # seen down never: no span for the overlap check
+    # a slow look while it waited is forgotten once it answers again
+    m = NodeProgress("node3")
+    m.observe(10, _st("1.0.0", "waiting-for-lock", V), V)
+    m.observe(20, None, V)
+    m.observe(30, _st("1.0.0", "waiting-for-lock", V), V)
+    m.observe(90, _st(V, "idle"), V)
+    assert m.updated == 90 and m.reboot_seconds is None
+
+
 def test_a_rollback_is_not_an_update() -> None:
     n = NodeProgress("node1")
     n.observe(1, _st("1.0.0", "rebooting", V), V)
