@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from channels.casync import fastchunk
@@ -102,6 +103,12 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
     path.chmod(mode)
 
 
+def _remove(paths: Iterable[Path]) -> None:
+    """Delete each path: a folder with what it holds, a file or a symlink itself."""
+    for p in paths:
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
 def _data(name: str) -> str:
     return data_file("imagebuild.image.data", name).read_text()
 
@@ -146,8 +153,7 @@ def configure_tree(ctx: BuildContext) -> None:
                f"[Service]\nExecStart=\nExecStart=-/usr/lib/tidehost/emergency {mode}\n")
     # No SysV scripts: every service has a unit, and `systemctl enable` of a unit that also
     # has one runs update-rc.d (perl, half a minute a unit under emulation)
-    for script in [*t.glob("etc/init.d/*"), *t.glob("etc/rc[0-6S].d/*")]:
-        shutil.rmtree(script) if script.is_dir() and not script.is_symlink() else script.unlink()
+    _remove([*t.glob("etc/init.d/*"), *t.glob("etc/rc[0-6S].d/*")])
     present = [u for u in DISABLE if (t / "usr/lib/systemd/system" / u).exists()]
     if present:  # also drops aliases such as etcd2.service
         run(["systemctl", f"--root={t}", "disable", "--quiet", *present])
@@ -155,8 +161,7 @@ def configure_tree(ctx: BuildContext) -> None:
     if c.channel_root:
         _write(t / "usr/share/tidehost/channel-root.json", c.channel_root.read_text())
     for junk in ("var/lib/apt/lists", "var/cache/apt", "var/log"):
-        for p in (t / junk).glob("*"):
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        _remove((t / junk).glob("*"))
 
 
 AGENT_PACKAGES = ("updater", "channels")  # what the host runs, copied into dist-packages
