@@ -63,7 +63,7 @@ def main() -> int:
         built = {name: build(c.with_overrides(version="1.0.0", formats="raw"), t / name)
                  for name, c in (("unsigned", plain), ("signed", signed))}  # fmt: skip
         for name, result in built.items():
-            uki = (result.artifacts["release"] / "uki-a.efi").read_bytes()
+            uki = (result.artifacts["release"] / "uki.efi").read_bytes()
             s = pe_sections(uki)
             parts = len(s[".linux"]) + len(s[".initrd"])
             print(f"{name:9s} UKI {len(uki):,} B = kernel + initrd {parts:,} B "

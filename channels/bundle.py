@@ -8,21 +8,31 @@ A release bundle is a directory ``<name>-<version>.release/`` holding exactly th
                     USR-A or USR-B partition; its length is the dm-verity data size
     usr.verity      the dm-verity hash tree *with* its superblock (``veritysetup format``
                     output), written as-is to that slot's USR-x-VERITY partition
-  format 2 (what the build writes):
-    uki-a.efi       slot A's unified kernel image (kernel, initrd, slot A's command line,
-    uki-b.efi       os-release; signed for Secure Boot when the image has keys), written
+  format 3 (what the build writes):
+    uki.efi         the release's unified kernel image (kernel, initrd, command line,
+                    os-release; signed for Secure Boot when the image has keys), written
                     to the ESP as EFI/Linux/tidehost-<slot>+<tries>.efi (``uki_entry_name``)
-  format 1 (still accepted: today's fleet updates onto UKIs through it):
+                    for whichever slot holds the release
+  format 2 (still accepted):
+    uki-a.efi       one UKI per slot, each with that slot's command line
+    uki-b.efi
+  format 1 (still accepted):
     vmlinuz         the kernel, copied to the ESP as /tidehost/<slot>/vmlinuz
     initrd          the initrd, copied to the ESP as /tidehost/<slot>/initrd
 
-A UKI carries its slot's command line, signed, and the host never signs: so a format-2
-release carries one UKI per slot, and the agent writes the one of the slot it fills.
+A UKI's command line is signed, and the host never signs. A format-2 UKI names its slot's
+partitions (by label), so that release carries one per slot. A format-3 UKI names no slot:
+its command line carries only ``usrhash=``, and systemd's veritysetup generator finds the
+/usr data and hash partitions by the GPT partition UUIDs that hash derives
+(``usr_partuuids``: the first and the last 128 bits, as the Discoverable Partitions
+Specification and systemd-repart have them). The build gives slot A those UUIDs, and the
+agent gives them to the slot it writes: one UKI boots either slot, and a release is one
+UKI smaller.
 
 ``manifest.json``::
 
     {
-      "format": 2,                        # or 1
+      "format": 3,                        # or 2, 1
       "name": "tidehost",                 # image name, [a-z0-9-]
       "version": "1.2.0",                 # MAJOR.MINOR.PATCH, see channels.version
       "channel": "alpha",                 # the channel it was built for
@@ -34,8 +44,8 @@ release carries one UKI per slot, and the agent writes the one of the slot it fi
       "kernel_cmdline": "console=ttyS0",  # extra kernel arguments from the image file
       "boot_tries": 3,                    # tries a freshly written slot gets
       "files": {"usr.img": {"size": 123, "sha256": "<64 hex>"}, ...}   # all four files
-      "db_sha256": "<64 hex>" | "",       # format 2: the db certificate that signed the UKIs
-      "pcr_public_key_sha256": "<64 hex>" | ""   # format 2: the PCR 11 policy's signing key
+      "db_sha256": "<64 hex>" | "",       # formats 2, 3: the db certificate that signed the UKIs
+      "pcr_public_key_sha256": "<64 hex>" | ""   # formats 2, 3: the PCR 11 policy's key
     }
 
 Unknown top-level keys are kept (``extra``) so a newer manifest survives a round trip.
@@ -43,8 +53,8 @@ Unknown top-level keys are kept (``extra``) so a newer manifest survives a round
 The host side of the contract: GPT partition labels ``USR-A``/``USR-A-VERITY`` and
 ``USR-B``/``USR-B-VERITY``, ``ROOT`` and ``ESP`` (mounted at /efi); one Boot Loader
 Specification entry per slot, built only by ``boot_entry`` (format 1, type #1 entries) and
-``uki_entry_name`` (format 2, type #2 entries) below, so the image build and the updater
-write the very same entries.
+``uki_entry_name`` (formats 2 and 3, type #2 entries) in ``channels.entries``, so the image
+build and the updater write the very same entries.
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -65,11 +76,13 @@ from channels.text import (  # noqa: F401 - re-exported: the names importers use
 )
 from channels.version import Version
 
-FORMAT = 2  # what the build writes
-FORMATS = (1, 2)  # what readers accept
+FORMAT = 3  # what the build writes
+FORMATS = (1, 2, 3)  # what readers accept
 MANIFEST = "manifest.json"
 FILES = ("usr.img", "usr.verity", "vmlinuz", "initrd")  # format 1
 FILES_V2 = ("usr.img", "usr.verity", "uki-a.efi", "uki-b.efi")
+FILES_V3 = ("usr.img", "usr.verity", "uki.efi")
+SHARED_UKI = "uki.efi"  # format 3: the one UKI of both slots
 UKI_DIR = "EFI/Linux"  # type #2 entries, relative to the ESP's root
 CHANNELS = ("alpha", "beta", "stable")
 ESP_MOUNT = "/efi"
@@ -127,8 +140,8 @@ class Manifest:
     files: Mapping[str, FileInfo]
     extra: Mapping[str, Any] = field(default_factory=dict)
     format: int = 1
-    db_sha256: str = ""  # format 2: who signed the UKIs ("" unsigned)
-    pcr_public_key_sha256: str = ""  # format 2: the PCR policy's key ("" none)
+    db_sha256: str = ""  # formats 2, 3: who signed the UKIs ("" unsigned)
+    pcr_public_key_sha256: str = ""  # formats 2, 3: the PCR policy's key ("" none)
 
     def __post_init__(self) -> None:
         def bad(fld: str, why: str) -> BundleError:
@@ -163,7 +176,7 @@ class Manifest:
         for fld in ("db_sha256", "pcr_public_key_sha256"):
             value = getattr(self, fld)
             if self.format == 1 and value:
-                raise bad(fld, "only a format-2 manifest names signing keys")
+                raise bad(fld, "a format-1 manifest names no signing keys")
             if not isinstance(value, str) or (value and not _HEX64.match(value)):
                 raise bad(fld, "not empty or 64 lowercase hex digits")
         for fname, info in self.files.items():
@@ -173,8 +186,22 @@ class Manifest:
 
     @property
     def uki(self) -> bool:
-        """Whether the release boots from unified kernel images (format 2)."""
+        """Whether the release boots from unified kernel images (formats 2 and 3)."""
         return self.format >= 2
+
+    @property
+    def shared_uki(self) -> bool:
+        """Whether one UKI boots either slot (format 3: the slots are found by root hash)."""
+        return self.format >= 3
+
+    def uki_file(self, slot: Slot) -> str:
+        """The bundle's file holding ``slot``'s UKI."""
+        return uki_file(slot, self.format)
+
+    @property
+    def uki_files(self) -> tuple[str, ...]:
+        """The bundle's UKI files, each once."""
+        return tuple(dict.fromkeys(self.uki_file(s) for s in Slot)) if self.uki else ()
 
     @property
     def parsed_version(self) -> Version:
@@ -256,12 +283,21 @@ class Manifest:
 
 def files_for(fmt: int) -> tuple[str, ...]:
     """The files (besides manifest.json) a bundle of format ``fmt`` holds."""
-    return FILES_V2 if fmt >= 2 else FILES
+    return FILES_V3 if fmt >= 3 else FILES_V2 if fmt == 2 else FILES
 
 
-def uki_file(slot: Slot) -> str:
-    """The bundle's file holding ``slot``'s UKI (format 2)."""
-    return f"uki-{slot.value}.efi"
+def uki_file(slot: Slot, fmt: int) -> str:
+    """The file of a format-``fmt`` bundle (2 or 3) that holds ``slot``'s UKI."""
+    return SHARED_UKI if fmt >= 3 else f"uki-{slot.value}.efi"
+
+
+def usr_partuuids(roothash: str) -> tuple[str, str]:
+    """The GPT partition UUIDs under which systemd's veritysetup generator looks for the
+    /usr data and hash partitions of ``usrhash=roothash`` when the command line names no
+    device: the root hash's first and last 128 bits, as UUID text (pure)."""
+    if not _HEX64.match(roothash):
+        raise BundleError(f"root hash {roothash[:16]!r}… is not 64 lowercase hex digits")
+    return str(uuid.UUID(roothash[:32])), str(uuid.UUID(roothash[-32:]))
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -297,102 +333,3 @@ def load_bundle(directory: Path, *, verify: bool = True) -> Manifest:
             if sha256_file(path) != info.sha256:
                 raise BundleError(f"{path}: sha256 does not match the manifest")
     return manifest
-
-
-OEM_MOUNT = "/oem"
-OEM_CMDLINE = "cmdline"  # on the OEM partition: the platform's extra kernel arguments
-
-
-def read_oem_cmdline(oem_dir: Path = Path(OEM_MOUNT)) -> str:
-    """The platform's kernel arguments kept on the host's OEM partition ("" if none)."""
-    try:
-        return " ".join((oem_dir / OEM_CMDLINE).read_text().split())
-    except OSError:
-        return ""
-
-
-def slot_cmdline(manifest: Manifest, slot: Slot, extra: str = "") -> str:
-    """The kernel command line that boots ``slot`` holding ``manifest``'s /usr.
-
-    The initrd (dracut, systemd) opens USR-x with its verity partition under the root hash,
-    mounts it read-only as /usr, and mounts ROOT as /. ``extra`` is the platform's (OEM)
-    arguments, appended last so they win.
-    """
-    args = [
-        "root=PARTLABEL=ROOT",
-        "rw",
-        "mount.usr=/dev/mapper/usr",
-        f"mount.usrfstype={manifest.usr_filesystem}",
-        "mount.usrflags=ro",
-        f"usrhash={manifest.roothash}",
-        f"systemd.verity_usr_data=PARTLABEL={slot.usr_label}",
-        f"systemd.verity_usr_hash=PARTLABEL={slot.verity_label}",
-        f"tidehost.slot={slot.value}",
-        "rd.emergency=reboot",
-        "panic=10",
-        "oops=panic",  # an Oops leaves a half-dead kernel: reboot (a slot on trial falls back)
-    ]
-    if manifest.kernel_cmdline:
-        args.append(manifest.kernel_cmdline)
-    if extra:
-        args.append(extra)
-    return " ".join(args)
-
-
-@dataclass(frozen=True)
-class BootEntry:
-    filename: str  # relative to loader/entries/ on the ESP
-    text: str
-    kernel: str  # ESP-relative path the entry boots
-    initrd: str
-
-
-def entry_stem(slot: Slot) -> str:
-    return f"tidehost-{slot.value}"
-
-
-def boot_entry(
-    manifest: Manifest, slot: Slot, tries: int | None, extra_cmdline: str = ""
-) -> BootEntry:
-    """The Boot Loader Specification entry for ``slot``.
-
-    ``tries`` is the boot-counting budget (``tidehost-b+3.conf``); None gives an entry without
-    a counter (the factory slot, or a slot already blessed).  systemd-boot sorts entries by
-    ``sort-key`` and then by ``version``, newest first, so the newer slot is preferred while
-    it has tries left. ``extra_cmdline``: see ``slot_cmdline``.
-    """
-    if tries is not None and (not is_int(tries) or not 0 <= tries <= 99):
-        raise BundleError(f"boot entry of slot {slot.name}: tries {tries!r} is not a whole "
-                          "number from 0 to 99")
-    stem = entry_stem(slot)
-    filename = f"{stem}.conf" if tries is None else f"{stem}+{tries}.conf"
-    kernel = f"/{slot.esp_dir}/vmlinuz"
-    initrd = f"/{slot.esp_dir}/initrd"
-    lines = (
-        ("title", f"{manifest.name} {manifest.version} (slot {slot.name})"),
-        ("sort-key", manifest.name),
-        ("version", manifest.version),
-        ("linux", kernel),
-        ("initrd", initrd),
-        ("options", slot_cmdline(manifest, slot, extra_cmdline)),
-    )
-    for key, value in lines:  # one line per key, whatever a manifest or OEM file holds
-        ch = control_character(value)
-        if ch is not None:
-            raise BundleError(f"boot entry {filename}: '{key}' would contain the control "
-                              f"character {ch}; refusing to write it")
-    text = "".join(f"{key} {value}\n" for key, value in lines)
-    return BootEntry(filename=filename, text=text, kernel=kernel, initrd=initrd)
-
-
-def uki_entry_name(slot: Slot, tries: int | None) -> str:
-    """The type #2 entry of ``slot`` in ``EFI/Linux/`` on the ESP: ``tidehost-b+3.efi`` with
-    ``tries`` left to boot it, ``tidehost-a.efi`` without a counter (the factory slot, or one
-    already blessed). systemd-boot takes the entry's sort key and version from the UKI's
-    os-release (``IMAGE_ID``, ``IMAGE_VERSION``), so the newer slot is preferred while it
-    has tries left, as with type #1 entries."""
-    if tries is not None and (not is_int(tries) or not 0 <= tries <= 99):
-        raise BundleError(f"boot entry of slot {slot.name}: tries {tries!r} is not a whole "
-                          "number from 0 to 99")
-    stem = entry_stem(slot)
-    return f"{stem}.efi" if tries is None else f"{stem}+{tries}.efi"

@@ -40,6 +40,7 @@ INDEX_NAME = "index.json"
 BUNDLE_FILES = (MANIFEST, *FILES)  # a format-1 release's targets
 CHUNKED_FILES = ("usr.img", "vmlinuz", "initrd")  # cut into chunks at publish (format 1)
 CHUNKED_FILES_V2 = ("usr.img", "uki-a.efi", "uki-b.efi")  # format 2: the UKIs instead
+CHUNKED_FILES_V3 = ("usr.img", "uki.efi")  # format 3: one UKI
 INDEX_SUFFIX = ".caibx"
 
 
@@ -50,7 +51,7 @@ def bundle_files(fmt: int) -> tuple[str, ...]:
 
 def chunked_files(fmt: int) -> tuple[str, ...]:
     """The files of a format-``fmt`` release that publish cuts into chunks."""
-    return CHUNKED_FILES_V2 if fmt >= 2 else CHUNKED_FILES
+    return CHUNKED_FILES_V3 if fmt >= 3 else CHUNKED_FILES_V2 if fmt == 2 else CHUNKED_FILES
 
 
 def check_channel(channel: str) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from channels.authenticode import verify_signed_by
-from channels.bundle import Manifest, Slot, uki_file
+from channels.bundle import Manifest
 from channels.errors import ImageSignatureError, ReleaseError
 
 
@@ -28,8 +28,8 @@ def check_ukis(bundle: Path, manifest: Manifest, earlier: Iterable[Manifest],
     if not manifest.uki:
         return
     if manifest.db_sha256:
-        for slot in Slot:
-            path = Path(bundle) / uki_file(slot)
+        for name in manifest.uki_files:
+            path = Path(bundle) / name
             try:
                 verify_signed_by(path.read_bytes(), manifest.db_sha256, name=str(path))
             except OSError as e:

@@ -67,7 +67,7 @@ def corrupt_a_chunk(repo: Path, old: str, new: str) -> tuple[str, str, Callable[
 
     names = {p.name.split(f"-{new}.", 1)[1].removesuffix(".caibx")
              for p in targets.glob(f"*-{new}.*.caibx")}  # fmt: skip
-    boot = "uki-b.efi" if "uki-b.efi" in names else "initrd"  # slot B's, from slot A
+    boot = next(n for n in ("uki.efi", "uki-b.efi", "initrd") if n in names)  # slot B's
     for fname in (boot, "usr.img"):
         old_ids = set(ids(old, fname))
         missing = [c for c in ids(new, fname) if c not in old_ids]

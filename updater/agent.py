@@ -21,7 +21,7 @@ from typing import Any
 
 from channels.bundle import Slot
 from channels.fleet import HostReport
-from updater import metrics, slots
+from updater import metrics, partitions, slots
 from updater.channel import Channel
 from updater.config import AgentConfig
 from updater.drain import Drainer
@@ -92,7 +92,12 @@ class Agent(Staging, Rebooting):
 
     @property
     def booted(self) -> Slot:
-        return slots.active_slot(self.host.cmdline())
+        """The running slot: named on the command line (formats 1 and 2), or the one under
+        /usr (a format-3 UKI names none)."""
+        cmdline = self.host.cmdline()
+        if "tidehost.slot=" in cmdline:
+            return slots.active_slot(cmdline)
+        return partitions.mounted_slot(self.layout.devices)
 
     # --- state ------------------------------------------------------------------------------
 

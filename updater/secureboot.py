@@ -85,7 +85,12 @@ def check_uki(data: bytes, name: str, manifest: Manifest, slot: Slot,
     if ".cmdline" not in sections or ".linux" not in sections:
         raise BadRelease(f"{name}: not a unified kernel image (no .linux or .cmdline)")
     args = sections[".cmdline"].rstrip(b"\0").decode(errors="replace").split()
-    if f"tidehost.slot={slot.value}" not in args or f"usrhash={manifest.roothash}" not in args:
+    if manifest.shared_uki:  # no slot named: /usr is found by the root hash's UUIDs
+        if f"usrhash={manifest.roothash}" not in args or any(
+                a.startswith(("tidehost.slot=", "systemd.verity_usr_")) for a in args):
+            raise BadRelease(f"{name}: its command line does not find /usr by root hash "
+                             f"{manifest.roothash[:12]}… alone; not staged")  # fmt: skip
+    elif f"tidehost.slot={slot.value}" not in args or f"usrhash={manifest.roothash}" not in args:
         raise BadRelease(f"{name}: its command line is not slot {slot.name}'s for root hash "
                          f"{manifest.roothash[:12]}…; not staged")  # fmt: skip
     if not secure_boot_enabled(efivars):

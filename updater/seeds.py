@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from channels import verity
-from channels.bundle import UKI_DIR, Slot, entry_stem
+from channels.bundle import UKI_DIR, Slot
 from channels.delta import SeedSource
+from channels.entries import entry_stem
 from channels.errors import VerityError
 
 if TYPE_CHECKING:

@@ -16,10 +16,12 @@ Write order (``write_slot``), so that an interruption at any point boots the cur
 4. write ``loader/entries/tidehost-<slot>+<tries>.conf`` (temp file, fsync, rename) last:
    only now can the bootloader pick the new slot, and it prefers it (newer ``version``).
 
-A format-2 release boots from its UKI instead (no kernel or initrd on the ESP): in step 0
-its ``uki-<slot>.efi`` must carry the slot's command line with the release's root hash and,
-when the firmware enforces Secure Boot, pass the enrolled db and dbx (``updater.secureboot``):
-a UKI the firmware would refuse is never written, and the host stays on its slot. Step 4
+A format-2 or 3 release boots from its UKI instead (no kernel or initrd on the ESP): in step 0
+its UKI (``uki.efi``, or the slot's ``uki-<slot>.efi``) must carry the release's root hash
+(and in format 2 the slot's command line) and, when the firmware enforces Secure Boot, pass
+the enrolled db and dbx (``updater.secureboot``): a UKI the firmware would refuse is never
+written, and the host stays on its slot. Before step 4 a format-3 slot's two partitions get
+the UUIDs its root hash derives (``updater.partitions``: its UKI finds /usr by them). Step 4
 writes exactly the checked bytes as ``EFI/Linux/tidehost-<slot>+<tries>.efi`` (temp file,
 fsync, rename, fsync of the folder), the type #2 entry that systemd-boot counts the same way.
 
@@ -39,17 +41,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from channels.bundle import (
-    UKI_DIR,
-    BootEntry,
-    Manifest,
-    Slot,
-    boot_entry,
-    entry_stem,
-    uki_entry_name,
-    uki_file,
-)
-from updater import secureboot, verity
+from channels.bundle import UKI_DIR, Manifest, Slot
+from channels.entries import BootEntry, boot_entry, entry_stem, uki_entry_name
+from updater import partitions, secureboot, verity
 from updater.errors import BadRelease, CommandError, SlotError, VerificationError
 from updater.run import run
 from updater.state import atomic_write, fsync_dir
@@ -178,13 +172,13 @@ def _checked_uki(bundle: Path, manifest: Manifest, target: Slot, tries: object,
     name = uki_entry_name(target, _checked_tries(tries))
     if parse_entry(name) != EntryName(target, tries, 0):  # type: ignore[arg-type]
         raise SlotError(f"boot entry {name!r} is not one this agent writes")
+    fname = manifest.uki_file(target)
     try:
-        data = (Path(bundle) / uki_file(target)).read_bytes()
+        data = (Path(bundle) / fname).read_bytes()
     except OSError as e:
-        raise VerificationError(f"{bundle}/{uki_file(target)}: cannot read ({e.strerror})") \
-            from None
-    verdict = secureboot.check_uki(data, uki_file(target), manifest, target, efivars)
-    log.info("slot %s: %s %s", target.name, uki_file(target), verdict)
+        raise VerificationError(f"{bundle}/{fname}: cannot read ({e.strerror})") from None
+    verdict = secureboot.check_uki(data, fname, manifest, target, efivars)
+    log.info("slot %s: %s %s", target.name, fname, verdict)
     return name, data
 
 
@@ -238,6 +232,7 @@ def write_slot(
     full_verify: bool = False,
     runner: Callable[..., object] = run,
     efivars: Path = secureboot.EFIVARS,
+    set_partuuids: Callable[[SlotDevices, str], None] = partitions.set_partuuids,
 ) -> str:
     """Write ``bundle`` into slot ``target`` and make it the preferred boot entry; the entry's
     file name (``tidehost-b+3.conf``, or ``tidehost-b+3.efi`` for a format-2 release).
@@ -295,6 +290,8 @@ def write_slot(
         hashed.result()
     log.info("slot %s: read back and verified (root hash %s…)", target.name,
              manifest.roothash[:12])
+    if manifest.shared_uki:  # the UKI finds this slot's /usr by these UUIDs
+        set_partuuids(devices, manifest.roothash)
     if uki is not None:
         name, data = uki
         atomic_write(esp / UKI_DIR / name, data)  # the bytes that were checked, nothing else

@@ -23,8 +23,9 @@ An image file is YAML::
     channel_root: null             # a channel's root.json to bake into /usr (trust anchor)
     secure_boot: {keys: keys/}     # sign systemd-boot and the UKIs with the fleet's keys
                                    # (`tidehost keys init`); unset: unsigned UKIs
-    bundle_format: 2               # 1: kernel, initrd and .conf entries, no UKIs (a stepping
-                                   # stone for hosts whose agent takes only format 1)
+    bundle_format: 3               # 3: one UKI for both slots; 2: one UKI per slot (for hosts
+                                   # whose agent takes no format 3); 1: kernel, initrd and
+                                   # .conf entries, no UKIs (for agents that take only format 1)
 
 ``exclude`` is an ordered list of path globs (dpkg's ``path-exclude`` patterns, where ``*``
 also matches ``/``); one that starts with ``!`` takes matching paths back in (``path-include``),
@@ -147,7 +148,7 @@ class ImageConfig:
     formats: tuple[OutputFormat, ...] = (OutputFormat.RAW, OutputFormat.QCOW2)
     channel_root: Path | None = None
     secure_boot: SecureBoot | None = None
-    bundle_format: int = 2
+    bundle_format: int = 3
 
     @property
     def all_packages(self) -> tuple[str, ...]:
@@ -294,7 +295,7 @@ def _field_parser(key: str, base: Path = Path(".")) -> Parser:
         "formats": _str_list(enum(OutputFormat)),
         "channel_root": _path_in(base),
         "secure_boot": _secure_boot(base),
-        "bundle_format": int_range(1, 2),
+        "bundle_format": int_range(1, 3),
     }
     return table[key]
 
@@ -322,5 +323,5 @@ def parse_image_text(text: str, source: str, base: Path) -> ImageConfig:
     if "formats" in values and not values["formats"]:
         raise ConfigError(f"{source}: formats: name at least one output format")
     if values.get("bundle_format") == 1 and values.get("secure_boot"):
-        raise ConfigError(f"{source}: secure_boot: needs bundle_format 2 (signed UKIs)")
+        raise ConfigError(f"{source}: secure_boot: needs bundle_format 2 or 3 (signed UKIs)")
     return ImageConfig(source=source, **values)

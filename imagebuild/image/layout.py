@@ -29,26 +29,32 @@ class Part:
     start_mib: int
     size_mib: int
     attrs: str = ""
+    uuid: str = ""  # the partition's UUID ("": sfdisk makes one up)
 
     @property
     def offset(self) -> int:
         return self.start_mib * MiB
 
 
-def layout(p: Partitions) -> list[Part]:
-    """The partitions in disk order, 1 MiB aligned; ROOT last so it can grow (pure)."""
+def layout(p: Partitions, slot_a_uuids: tuple[str, str] = ("", "")) -> list[Part]:
+    """The partitions in disk order, 1 MiB aligned; ROOT last so it can grow (pure).
+
+    ``slot_a_uuids``: the UUIDs of USR-A and USR-A-VERITY, those its root hash derives
+    (``channels.bundle.usr_partuuids``) when the release's UKI finds /usr by them.
+    """
+    usr_a, verity_a = slot_a_uuids
     order = [
-        ("ESP", ESP_TYPE, p.esp, ""),
-        (Slot.A.usr_label, USR_TYPE, p.usr, READ_ONLY_ATTR),
-        (Slot.A.verity_label, USR_VERITY_TYPE, p.usr_verity, READ_ONLY_ATTR),
-        (Slot.B.usr_label, USR_TYPE, p.usr, READ_ONLY_ATTR),
-        (Slot.B.verity_label, USR_VERITY_TYPE, p.usr_verity, READ_ONLY_ATTR),
-        ("OEM", LINUX_DATA_TYPE, p.oem, ""),
-        ("ROOT", ROOT_TYPE, p.root, ""),
+        ("ESP", ESP_TYPE, p.esp, "", ""),
+        (Slot.A.usr_label, USR_TYPE, p.usr, READ_ONLY_ATTR, usr_a),
+        (Slot.A.verity_label, USR_VERITY_TYPE, p.usr_verity, READ_ONLY_ATTR, verity_a),
+        (Slot.B.usr_label, USR_TYPE, p.usr, READ_ONLY_ATTR, ""),
+        (Slot.B.verity_label, USR_VERITY_TYPE, p.usr_verity, READ_ONLY_ATTR, ""),
+        ("OEM", LINUX_DATA_TYPE, p.oem, "", ""),
+        ("ROOT", ROOT_TYPE, p.root, "", ""),
     ]
     parts, start = [], 1
-    for label, guid, size, attrs in order:
-        parts.append(Part(label, guid, start, size, attrs))
+    for label, guid, size, attrs, uuid in order:
+        parts.append(Part(label, guid, start, size, attrs, uuid))
         start += size
     return parts
 
@@ -63,8 +69,9 @@ def sfdisk_script(parts: list[Part]) -> str:
     lines = ["label: gpt", "unit: sectors", "first-lba: 2048", ""]
     for part in parts:
         attrs = f', attrs="{part.attrs}"' if part.attrs else ""
+        uuid = f", uuid={part.uuid}" if part.uuid else ""
         lines.append(
             f"start={part.offset // SECTOR}, size={part.size_mib * MiB // SECTOR}, "
-            f'type={part.type_guid}, name="{part.label}"{attrs}'
+            f'type={part.type_guid}, name="{part.label}"{attrs}{uuid}'
         )
     return "\n".join(lines) + "\n"

@@ -127,10 +127,11 @@ def build_image(ctx: BuildContext, source_date_epoch: str = "") -> None:
         usr.make_verity(ctx)
     if ctx.config.bundle_format >= 2:
         signed = "signed, with a PCR policy" if ctx.signing else "unsigned"
-        with complete_step(f"Unified kernel images, one per slot ({signed})"):
-            uki.make_ukis(ctx, release.slot_cmdlines(ctx), ctx.signing)
-        with complete_step("Release manifest"):
-            release.write_manifest(ctx, keys=ctx.signing)
+        per = "one for both slots" if ctx.config.bundle_format >= 3 else "one per slot"
+        with complete_step(f"Unified kernel image, {per} ({signed})"):
+            uki.make_ukis(ctx, release.uki_cmdlines(ctx), ctx.signing)
+        with complete_step(f"Release manifest (format {ctx.config.bundle_format})"):
+            release.write_manifest(ctx, ctx.config.bundle_format, keys=ctx.signing)
         with complete_step("ESP with systemd-boot and slot A's UKI"):
             esp.make_esp(ctx, ctx.signing)
     else:

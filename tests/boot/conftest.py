@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from channels.bundle import FILES_V2, Slot, sha256_file, uki_file
+from channels.bundle import SHARED_UKI, Slot, files_for, sha256_file, uki_file
 from imagebuild.image.keys import init_keys
 
 SECTION_ALIGN, FILE_ALIGN = 0x1000, 0x200
@@ -79,9 +79,11 @@ def sbsign(tmp_path: Path) -> Callable[[bytes, Path], bytes]:
     return sign
 
 
-def make_uki_bundle(dest: Path, version: str, uki: dict, db_sha256: str = "") -> Path:
+def make_uki_bundle(dest: Path, version: str, uki: dict, db_sha256: str = "",
+                    fmt: int = 2) -> Path:  # fmt: skip
     """A format-2 bundle: a real squashfs /usr and verity tree, and per slot the UKI that
-    ``uki[slot](slot, roothash)`` makes."""
+    ``uki[slot](slot, roothash)`` makes (format 3: ``uki[None](None, roothash)``, the one
+    UKI)."""
     d = dest / f"tidehost-{version}.release"
     tree = dest / f"tree-{version}"
     (tree / "lib").mkdir(parents=True)
@@ -93,10 +95,11 @@ def make_uki_bundle(dest: Path, version: str, uki: dict, db_sha256: str = "") ->
                          check=True, capture_output=True, text=True).stdout  # fmt: skip
     roothash = re.search(r"Root hash:\s+([0-9a-f]{64})", out)[1]  # type: ignore[index]
     for slot, make in uki.items():
-        (d / uki_file(slot)).write_bytes(make(slot, roothash))
-    files = {f: {"size": (d / f).stat().st_size, "sha256": sha256_file(d / f)} for f in FILES_V2}
+        (d / (uki_file(slot, fmt) if slot else SHARED_UKI)).write_bytes(make(slot, roothash))
+    files = {f: {"size": (d / f).stat().st_size, "sha256": sha256_file(d / f)}
+             for f in files_for(fmt)}  # fmt: skip
     (d / "manifest.json").write_text(json.dumps({
-        "format": 2, "name": "tidehost", "version": version, "channel": "stable",
+        "format": fmt, "name": "tidehost", "version": version, "channel": "stable",
         "build_id": "t", "arch": "x86-64", "suite": "trixie", "usr_filesystem": "squashfs",
         "roothash": roothash, "kernel_cmdline": "", "boot_tries": 3, "files": files,
         "db_sha256": db_sha256, "pcr_public_key_sha256": ""}))  # fmt: skip
@@ -110,10 +113,11 @@ def make_bundle_fixture() -> Callable[..., Path]:
 
 def uki_maker(tiny_pe, sign=None, slot_of=None):  # noqa: ANN001, ANN201
     """Makes a slot's UKI-shaped PE for ``make_uki_bundle`` (``sign``: bytes -> bytes)."""
-    def make(slot: Slot, roothash: str) -> bytes:
+    def make(slot: Slot | None, roothash: str) -> bytes:
         s = slot_of or slot
+        named = f" tidehost.slot={s.value}" if s else ""  # format 3: no slot
         data = tiny_pe({".osrel": b"IMAGE_ID=tidehost\n", ".linux": b"kernel",
-                        ".cmdline": f"usrhash={roothash} tidehost.slot={s.value}".encode()})
+                        ".cmdline": f"usrhash={roothash}{named}".encode()})
         return sign(data) if sign else data
     return make
 

@@ -4,12 +4,13 @@ on an efivarfs laid out in a folder exactly as the kernel shows it."""
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from channels.authenticode import EFI_GLOBAL_GUID, EFI_IMAGE_SECURITY_GUID
-from channels.bundle import FILES, FileInfo, Manifest, Slot
+from channels.bundle import FILES, FILES_V3, FileInfo, Manifest, Slot
 from updater.errors import BadRelease, SlotError
 from updater.secureboot import LOADER_GUID, bless_guard, check_uki, stale_boot_count
 
@@ -31,7 +32,8 @@ def efivars(tmp_path: Path, secure_boot: bool, db: bytes | None = None) -> Path:
 
 
 def uki(tiny_pe, slot: str = "b", roothash: str = HASH) -> bytes:
-    cmdline = f"root=PARTLABEL=ROOT usrhash={roothash} tidehost.slot={slot} console=ttyS0"
+    named = f" tidehost.slot={slot}" if slot else ""  # "": format 3's, which names no slot
+    cmdline = f"root=PARTLABEL=ROOT usrhash={roothash}{named} console=ttyS0"
     return tiny_pe({".osrel": b"ID=tidehost\n", ".cmdline": cmdline.encode(), ".linux": b"k"})
 
 
@@ -54,6 +56,18 @@ def test_a_uki_for_another_slot_or_usr_is_never_staged(tmp_path, tiny_pe) -> Non
         check_uki(tiny_pe(), "uki-b.efi", MANIFEST, Slot.B, vars_)
     with pytest.raises(BadRelease, match=r"^uki-b.efi: not a well-formed PE file"):
         check_uki(b"\x7fELF", "uki-b.efi", MANIFEST, Slot.B, vars_)
+
+
+def test_a_format_3_uki_finds_usr_by_the_root_hash_alone(tmp_path, tiny_pe) -> None:
+    vars_ = efivars(tmp_path, secure_boot=False)
+    m3 = replace(MANIFEST, format=3, files={f: FileInfo(1, "00" * 32) for f in FILES_V3})
+    for slot in Slot:  # one UKI for either slot
+        assert check_uki(uki(tiny_pe, slot=""), "uki.efi", m3, slot, vars_) == \
+            "Secure Boot off: signature not checked"
+    for bad in (uki(tiny_pe, slot="b"), uki(tiny_pe, slot="", roothash="ef" * 32)):
+        with pytest.raises(BadRelease, match=r"^uki.efi: its command line does not find /usr "
+                           r"by root hash cdcdcdcdcdcd… alone; not staged$"):
+            check_uki(bad, "uki.efi", m3, Slot.B, vars_)
 
 
 def test_under_secure_boot_only_what_the_enrolled_db_admits_is_staged(

@@ -1,5 +1,6 @@
-"""The agent's slot writer with format-2 releases: the UKI is checked before anything is
-written and is the entry written last (EFI/Linux/tidehost-<slot>+<tries>.efi); rollback.
+"""The agent's slot writer with format-2 and format-3 releases: the UKI is checked before
+anything is written and is the entry written last (EFI/Linux/tidehost-<slot>+<tries>.efi); a
+format-3 slot gets the partition UUIDs its UKI finds /usr by, before that entry; rollback.
 
 The slot's devices are plain files here (the writer takes any file it can write); the
 real-partition writes of /usr are tests/updater/test_updater_slots.py's."""
@@ -40,10 +41,18 @@ def host(tmp_path: Path) -> dict:
     return {"esp": esp, "devs": devs, "efivars": efivars, "tmp": tmp_path}
 
 
-def write(h: dict, bundle: Path, target: Slot = Slot.B) -> str:
+def write(h: dict, bundle: Path, target: Slot = Slot.B, uuids: list | None = None) -> str:
+    """``write_slot``; the slot's UUID settings go to ``uuids`` (the devices are files)."""
+    def set_partuuids(devices: SlotDevices, roothash: str) -> None:
+        img = (bundle / "usr.img").read_bytes()  # after the slot's bytes, before its entry:
+        assert devices.usr.read_bytes()[:len(img)] == img
+        assert not [p for p in listing(h["esp"]) if p.startswith(f"EFI/Linux/tidehost-{target.value}")]
+        (uuids if uuids is not None else []).append((devices, roothash))
+
     return write_slot(bundle, load_bundle(bundle), target, active=target.other,
                       devices=h["devs"][target], active_devices=h["devs"][target.other],
-                      esp=h["esp"], tries=3, efivars=h["efivars"])  # fmt: skip
+                      esp=h["esp"], tries=3, efivars=h["efivars"],
+                      set_partuuids=set_partuuids)  # fmt: skip
 
 
 def listing(esp: Path) -> list[str]:
@@ -64,6 +73,30 @@ def test_the_uki_is_the_entry_written_last(host, tiny_pe, uki_maker, make_bundle
     img = (bundle / "usr.img").read_bytes()
     assert host["devs"][Slot.B].usr.read_bytes()[:len(img)] == img
     assert not [p for p in (host["esp"] / "EFI/Linux").iterdir() if p.name.startswith(".")]
+
+
+def test_a_format_3_uki_boots_the_slot_it_is_written_to(host, tiny_pe, uki_maker, make_bundle,
+                                                        tmp_path) -> None:  # fmt: skip
+    bundle = make_bundle(tmp_path, "2.0.0", {None: uki_maker(tiny_pe)}, fmt=3)
+    assert sorted(p.name for p in bundle.iterdir()) == \
+        ["manifest.json", "uki.efi", "usr.img", "usr.verity"]
+    uuids: list = []
+    assert write(host, bundle, uuids=uuids) == "tidehost-b+3.efi"
+    assert (host["esp"] / "EFI/Linux/tidehost-b+3.efi").read_bytes() == \
+        (bundle / "uki.efi").read_bytes()
+    assert uuids == [(host["devs"][Slot.B], load_bundle(bundle).roothash)]
+
+
+def test_a_format_3_uki_that_names_a_slot_is_refused(host, tiny_pe, uki_maker, make_bundle,
+                                                     tmp_path) -> None:  # fmt: skip
+    bundle = make_bundle(tmp_path, "2.0.0", {None: uki_maker(tiny_pe, slot_of=Slot.B)}, fmt=3)
+    before, usr_before = listing(host["esp"]), host["devs"][Slot.B].usr.read_bytes()
+    uuids: list = []
+    with pytest.raises(BadRelease, match=r"^uki.efi: its command line does not find /usr by "
+                       r"root hash [0-9a-f]{12}… alone; not staged$"):
+        write(host, bundle, uuids=uuids)
+    assert listing(host["esp"]) == before and uuids == []
+    assert host["devs"][Slot.B].usr.read_bytes() == usr_before
 
 
 def test_under_secure_boot_an_unsigned_uki_is_never_written(host, tiny_pe, uki_maker, make_bundle, tmp_path,

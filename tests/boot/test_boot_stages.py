@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from channels.bundle import Slot
 from imagebuild.core.errors import StageError
 from imagebuild.image import keys
 from imagebuild.image.stages import tools, uki
 from imagebuild.lab.vm import OVMF_CODE, OVMF_CODE_SECURE, VM
 
-CMDLINE = "root=PARTLABEL=ROOT usrhash=" + "ab" * 32 + " tidehost.slot=b console=ttyS0"
+CMDLINE = "root=PARTLABEL=ROOT usrhash=" + "ab" * 32 + " console=ttyS0"
 
 
 def uki_sections(cmdline: str = CMDLINE, pcr: bool = True) -> dict[str, bytes]:
@@ -25,35 +24,37 @@ def uki_sections(cmdline: str = CMDLINE, pcr: bool = True) -> dict[str, bytes]:
 
 
 def test_ukify_signs_only_with_the_fleets_keys() -> None:
-    plain = uki.ukify_args("/w/uki", Slot.B, "6.12.1-cloud-amd64", signed=False)
+    plain = uki.ukify_args("/w/uki", "uki.efi", "6.12.1-cloud-amd64", signed=False)
     assert plain[:2] == ["ukify", "build"]
-    assert "--cmdline=@/w/uki/cmdline-b" in plain and "--stub=/w/uki/stub.efi" in plain
-    assert "--output=/w/uki/uki-b.efi" in plain and "--uname=6.12.1-cloud-amd64" in plain
+    assert "--cmdline=@/w/uki/uki.efi.cmdline" in plain and "--stub=/w/uki/stub.efi" in plain
+    assert "--output=/w/uki/uki.efi" in plain and "--uname=6.12.1-cloud-amd64" in plain
     assert not [a for a in plain if "key" in a or "certificate" in a]
-    signed = uki.ukify_args("/w/uki", Slot.A, "6.12", signed=True)
-    assert set(signed) - set(uki.ukify_args("/w/uki", Slot.A, "6.12", signed=False)) == {
+    signed = uki.ukify_args("/w/uki", "uki.efi", "6.12", signed=True)
+    assert set(signed) - set(uki.ukify_args("/w/uki", "uki.efi", "6.12", signed=False)) == {
         "--secureboot-private-key=/w/uki/keys/db.key",
         "--secureboot-certificate=/w/uki/keys/db.crt",
         "--pcr-private-key=/w/uki/keys/pcr.key",
         "--pcr-public-key=/w/uki/keys/pcr.pub.pem"}
 
 
-def test_a_built_uki_must_be_the_slots_and_signed(fleet_keys, tiny_pe, sbsign, stranger_keys,
+def test_a_built_uki_must_carry_its_command_line_and_be_signed(fleet_keys, tiny_pe, sbsign, stranger_keys,
                                                   tmp_path: Path) -> None:  # fmt: skip
     k = keys.unlock(fleet_keys, tmp_path / "u", "where")
-    assert uki.check_uki(tiny_pe(uki_sections(pcr=False)), Slot.B, CMDLINE, None) == "unsigned"
+    u = "uki.efi"
+    assert uki.check_uki(tiny_pe(uki_sections(pcr=False)), u, CMDLINE, None) == "unsigned"
     good = sbsign(tiny_pe(uki_sections()), fleet_keys)
-    assert uki.check_uki(good, Slot.B, CMDLINE, k) == "CN=Test fleet db"
-    with pytest.raises(StageError, match=r"^uki-b.efi: ukify made a UKI without .pcrsig, .pcrpkey$"):
-        uki.check_uki(sbsign(tiny_pe(uki_sections(pcr=False)), fleet_keys), Slot.B, CMDLINE, k)
-    with pytest.raises(StageError, match=r"^uki-a.efi: its .cmdline is not slot A's command line$"):
-        uki.check_uki(good, Slot.A, CMDLINE.replace("slot=b", "slot=a"), k)
-    with pytest.raises(StageError, match=r"^uki-b.efi: Secure Boot would refuse it: not signed$"):
-        uki.check_uki(tiny_pe(uki_sections()), Slot.B, CMDLINE, k)
+    assert uki.check_uki(good, u, CMDLINE, k) == "CN=Test fleet db"
+    with pytest.raises(StageError, match=r"^uki.efi: ukify made a UKI without .pcrsig, .pcrpkey$"):
+        uki.check_uki(sbsign(tiny_pe(uki_sections(pcr=False)), fleet_keys), u, CMDLINE, k)
+    with pytest.raises(StageError, match=r"^uki-a.efi: its .cmdline is not the command line it "
+                       r"was built with$"):
+        uki.check_uki(good, "uki-a.efi", CMDLINE + " tidehost.slot=a", k)
+    with pytest.raises(StageError, match=r"^uki.efi: Secure Boot would refuse it: not signed$"):
+        uki.check_uki(tiny_pe(uki_sections()), u, CMDLINE, k)
     with pytest.raises(StageError, match=r"signed by CN=Stranger db"):
-        uki.check_uki(sbsign(tiny_pe(uki_sections()), stranger_keys), Slot.B, CMDLINE, k)
-    with pytest.raises(StageError, match=r"^uki-b.efi: not a well-formed PE file"):
-        uki.check_uki(b"not a PE", Slot.B, CMDLINE, None)
+        uki.check_uki(sbsign(tiny_pe(uki_sections()), stranger_keys), u, CMDLINE, k)
+    with pytest.raises(StageError, match=r"^uki.efi: not a well-formed PE file"):
+        uki.check_uki(b"not a PE", u, CMDLINE, None)
 
 
 def test_the_tools_tree_is_cached_by_its_inputs(tmp_path: Path) -> None:

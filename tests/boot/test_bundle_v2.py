@@ -1,4 +1,5 @@
-"""Bundle format 2 (one UKI per slot) beside format 1, which the agent still takes."""
+"""Bundle format 3 (one UKI for both slots) beside formats 2 (one UKI per slot) and 1,
+which the agent still takes."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import pytest
 from channels.bundle import (
     FILES,
     FILES_V2,
+    FILES_V3,
     FileInfo,
     Manifest,
     Slot,
     files_for,
-    uki_entry_name,
     uki_file,
+    usr_partuuids,
 )
+from channels.entries import slot_cmdline, uki_entry_name
 from channels.errors import BundleError
 
 HASH = "ab" * 32
@@ -36,9 +39,29 @@ def test_format_2_carries_a_uki_per_slot_and_who_signed_them() -> None:
     assert d["format"] == 2 and sorted(d["files"]) == sorted(FILES_V2)
     assert (d["db_sha256"], d["pcr_public_key_sha256"]) == ("cd" * 32, "ef" * 32)
     assert Manifest.from_json(m.to_json()) == m and m.uki
-    assert [uki_file(s) for s in Slot] == ["uki-a.efi", "uki-b.efi"]
+    assert [uki_file(s, 2) for s in Slot] == ["uki-a.efi", "uki-b.efi"] == list(m.uki_files)
+    assert "tidehost.slot=b" in slot_cmdline(m, Slot.B) and not m.shared_uki
     unsigned = manifest()
     assert Manifest.from_json(unsigned.to_json()).db_sha256 == ""
+
+
+def test_format_3_carries_one_uki_that_finds_usr_by_its_root_hash() -> None:
+    m = manifest(fmt=3, db_sha256="cd" * 32)
+    d = json.loads(m.to_json())
+    assert d["format"] == 3 and sorted(d["files"]) == sorted(FILES_V3)
+    assert Manifest.from_json(m.to_json()) == m and m.uki and m.shared_uki
+    assert [m.uki_file(s) for s in Slot] == ["uki.efi", "uki.efi"] and m.uki_files == ("uki.efi",)
+    line = slot_cmdline(m, Slot.A)
+    assert line == slot_cmdline(m, Slot.B) and f"usrhash={HASH}" in line.split()
+    assert "tidehost.slot" not in line and "PARTLABEL=USR" not in line
+
+
+def test_the_usr_partitions_uuids_are_the_root_hashs_first_and_last_128_bits() -> None:
+    h = bytes(range(32)).hex()  # 000102...1f
+    assert usr_partuuids(h) == ("00010203-0405-0607-0809-0a0b0c0d0e0f",
+                                "10111213-1415-1617-1819-1a1b1c1d1e1f")
+    with pytest.raises(BundleError, match=r"is not 64 lowercase hex digits"):
+        usr_partuuids("AB" * 32)
 
 
 def test_format_1_is_still_read_and_written_as_it_was() -> None:
@@ -49,8 +72,8 @@ def test_format_1_is_still_read_and_written_as_it_was() -> None:
 
 
 @pytest.mark.parametrize(("change", "error"), [
-    ({"format": 3}, r"field 'format': 3 is not one of 1, 2"),
-    ({"format": True}, r"field 'format': True is not one of 1, 2"),
+    ({"format": 4}, r"field 'format': 4 is not one of 1, 2, 3"),
+    ({"format": True}, r"field 'format': True is not one of 1, 2, 3"),
     ({"files": {f: {"size": 1, "sha256": "00" * 32} for f in FILES}},
      r"field 'files': must list exactly usr.img, usr.verity, uki-a.efi, uki-b.efi"),
     ({"db_sha256": "xyz"}, r"field 'db_sha256': not empty or 64 lowercase hex digits"),
@@ -63,7 +86,7 @@ def test_a_malformed_format_2_manifest_is_refused(change, error) -> None:
 
 
 def test_a_format_1_manifest_names_no_signing_keys() -> None:
-    with pytest.raises(BundleError, match=r"field 'db_sha256': only a format-2 manifest"):
+    with pytest.raises(BundleError, match=r"field 'db_sha256': a format-1 manifest names no signing keys"):
         manifest(fmt=1, db_sha256="cd" * 32)
 
 
@@ -82,7 +105,8 @@ def test_the_image_file_chooses_the_bundle_format(fleet_keys) -> None:
     from imagebuild.core.errors import ConfigError
     from imagebuild.image.config import parse_image_text
 
-    assert parse_image_text("", "x.yaml", Path(".")).bundle_format == 2
+    assert parse_image_text("", "x.yaml", Path(".")).bundle_format == 3
+    assert parse_image_text("bundle_format: 2", "x.yaml", Path(".")).bundle_format == 2
     assert parse_image_text("bundle_format: 1", "x.yaml", Path(".")).bundle_format == 1
     with pytest.raises(ConfigError, match=r"^x.yaml: secure_boot: needs bundle_format 2"):
         parse_image_text(f"bundle_format: 1\nsecure_boot: {{keys: {fleet_keys}}}", "x.yaml",

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from channels.bundle import Manifest, Slot, boot_entry
+from channels.bundle import Manifest, Slot
+from channels.entries import boot_entry
 from channels.errors import BundleError
 from imagebuild.cli import main
 

@@ -34,7 +34,7 @@ import requests
 import yaml
 from delta_releases import corrupt_a_chunk  # loaded by tests/conftest.py
 
-from channels.bundle import Manifest, load_bundle
+from channels.bundle import Manifest, Slot, load_bundle, usr_partuuids
 from imagebuild.cli import tidehost
 from imagebuild.cloudconfig.parse import parse_cluster_file
 from imagebuild.image.pipeline import BuildResult
@@ -54,7 +54,7 @@ from imagebuild.lab.hostlab import bless_latency, unblessed
 from imagebuild.lab.net import free_port
 from imagebuild.lab.probe import Prober
 from imagebuild.lab.rollout import RESTING, lock_holders, watch
-from imagebuild.lab.vm import VM, log_tail
+from imagebuild.lab.vm import VM, VMError, log_tail
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
 
@@ -149,15 +149,24 @@ def test_nodes_publish_address_and_roles(cluster: ClusterState) -> None:
 
 
 def test_swarm_has_three_nodes(cluster: ClusterState) -> None:
-    out = cluster.vm("node1").ssh(
-        "sudo docker node ls --format '{{.Hostname}} {{.Status}} {{.ManagerStatus}}'"
-    )
-    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()}
-    assert sorted(rows) == ["node1", "node2", "node3"], out
-    assert all(r[0] == "Ready" for r in rows.values()), out
-    # Three managers (an odd number: one rebooting leaves the others their quorum); they show
-    # Leader/Reachable (a loaded TCG manager may briefly show Unreachable).
-    assert all(r[1:] for r in rows.values()) and "Leader" in out, out
+    out = ""
+
+    def three_managers() -> bool:
+        nonlocal out
+        out = cluster.vm("node1").ssh(
+            "sudo docker node ls --format '{{.Hostname}} {{.Status}} {{.ManagerStatus}}'")
+        rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()}
+        return (sorted(rows) == ["node1", "node2", "node3"]
+                and all(r[:1] == ["Ready"] and r[1:] for r in rows.values())
+                and "Leader" in out)  # fmt: skip
+
+    # Three managers (an odd number: one rebooting leaves the others their quorum); each shows
+    # Ready and Leader/Reachable. Ready comes before the managers' raft agrees on a loaded TCG
+    # host, and a manager may briefly show Unreachable: the answer may take a few looks.
+    try:
+        wait_until("swarm: three ready managers, one of them leader", three_managers, 300)
+    except VMError as e:
+        raise AssertionError(f"{e}; docker node ls on node1:\n{out}") from None
 
 
 @pytest.fixture(scope="module")
@@ -328,13 +337,17 @@ def assert_delta_update(vm: VM, st: dict[str, Any], v2: Manifest, broken: str, c
     assert st["reused_bytes"] > full - broken_size - full // 20, st
     lines = {ln.split(":", 1)[0]: ln for ln in st["last_download"]}
     assert lines[broken].startswith(f"{broken}: full download") and cid in lines[broken], lines
-    boot = ["uki-b.efi"] if "uki-b.efi" in v2.files else ["vmlinuz", "initrd"]
+    boot = [v2.uki_file(Slot.B)] if v2.uki else ["vmlinuz", "initrd"]
     for fname in ("usr.img", *boot):
         if fname != broken:
             assert lines[fname].startswith(f"{fname}: delta"), lines
     assert f"usrhash={v2.roothash}" in vm.ssh("cat /proc/cmdline")
     assert f'VERSION_ID="{V2}"' in vm.ssh("cat /etc/os-release")
-    on_esp = (["/efi/EFI/Linux/tidehost-b.efi"] if boot == ["uki-b.efi"]
+    if v2.shared_uki:  # the agent gave slot B the UUIDs by which v2's one UKI finds its /usr
+        uuids = vm.ssh("lsblk -no PARTUUID /dev/disk/by-partlabel/USR-B "
+                       "/dev/disk/by-partlabel/USR-B-VERITY").split()
+        assert tuple(uuids) == usr_partuuids(v2.roothash), uuids
+    on_esp = (["/efi/EFI/Linux/tidehost-b.efi"] if v2.uki
               else ["/efi/tidehost/b/vmlinuz", "/efi/tidehost/b/initrd"])  # fmt: skip
     sums = vm.ssh(f"sudo sha256sum {' '.join(on_esp)}").split()
     assert sums[0::2] == [v2.files[f].sha256 for f in boot], sums

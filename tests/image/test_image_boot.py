@@ -1,15 +1,17 @@
 """End to end: build the reference image, boot it under QEMU, check it over SSH (testinfra).
 
 One boot of the real image serves every check of the healthy host. Its disk carries one
-more boot entry, a slot on trial whose /usr does not verify (a wrong root hash): systemd-boot
-tries it first, its initrd fails and reboots by itself (no console prompt), and the next boot
+more boot entry, a slot on trial whose /usr does not mount (a wrong filesystem type):
+systemd-boot tries it first, its initrd fails and reboots by itself (no console prompt), and the next boot
 takes the good slot A, which the checks then find. A second, short boot of a copy with one
 corrupted byte in USR-A shows that dm-verity stops the boot, and that the host reboots.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 import testinfra
 
-from channels.bundle import load_bundle
+from channels.bundle import Slot, load_bundle, usr_partuuids
 from imagebuild.image.config import Partitions
 from imagebuild.image.layout import layout
 from imagebuild.image.pipeline import BuildResult
@@ -33,12 +35,15 @@ TRIAL_ENTRY = "tidehost-trial+1.efi"  # systemd-boot: 1 try left
 
 def add_failing_trial_entry(disk: Path, bundle: Path) -> None:
     """Give ``disk``'s ESP a type #2 entry sorted before slot A's (same version, a later
-    name), with one try: slot A's UKI with one digit of its root hash changed, so that
-    /usr does not verify under it."""
+    name), with one try: slot A's UKI with its /usr filesystem type changed to one that does
+    not exist, so that /usr does not mount under it. (A changed root hash would not do: the
+    initrd finds /usr by the UUIDs that hash derives, and would wait for them until its
+    device timeout.)"""
     m = load_bundle(bundle, verify=False)
-    uki = bytearray((bundle / "uki-a.efi").read_bytes())
-    at = uki.index(f"usrhash={m.roothash}".encode()) + len("usrhash=") + len(m.roothash) - 1
-    uki[at] = ord("0") if uki[at] != ord("0") else ord("1")  # same length: a wrong hash
+    uki = bytearray((bundle / m.uki_file(Slot.A)).read_bytes())
+    good = f"mount.usrfstype={m.usr_filesystem} ".encode()
+    at = uki.index(good) + len(good) - 2
+    uki[at] = ord("x") if uki[at] != ord("x") else ord("y")  # same length: squashfx
     src = disk.parent / TRIAL_ENTRY
     src.write_bytes(bytes(uki))
     esp = next(p for p in layout(Partitions()) if p.label == "ESP")
@@ -76,13 +81,13 @@ def booted(reference_image: BuildResult, ssh_keypair: Path,
 
 
 def test_a_failing_initrd_reboots_and_uses_up_the_trial(booted) -> None:
-    """The trial entry's initrd failed (its /usr did not verify) and rebooted by itself,
+    """The trial entry's initrd failed (its /usr did not mount) and rebooted by itself,
     without a prompt; systemd-boot counted the try, and the good slot A booted."""
     vm, host = booted
     serial = vm.serial()
     assert serial.count("Linux version") == 2, serial[-3000:]  # the failed try, then slot A
     first, second = serial.split("Linux version")[1:3]
-    # the cause on the console: /usr did not open under the wrong root hash
+    # the cause on the console: /usr did not mount
     assert any(s in first for s in ("systemd-veritysetup@usr", "verity", "sysroot-usr")), \
         first[-3000:]  # fmt: skip
     for prompt in ("Press Enter", "Give root password", "Entering emergency mode. Exit"):
@@ -90,7 +95,7 @@ def test_a_failing_initrd_reboots_and_uses_up_the_trial(booted) -> None:
     assert "Reached target multi-user.target" not in first
     entries = host.run("sudo ls /efi/EFI/Linux").stdout.split()
     assert "tidehost-trial+0-1.efi" in entries and "tidehost-a.efi" in entries, entries
-    assert "tidehost.slot=a" in host.file("/proc/cmdline").content_string
+    assert host.run("sudo tidehost-update status --json").stdout.count('"slot": "a"') == 1
 
 
 def test_usr_is_read_only_from_the_verity_device(booted, reference_image: BuildResult) -> None:
@@ -105,12 +110,20 @@ def test_usr_is_read_only_from_the_verity_device(booted, reference_image: BuildR
     assert host.run("sudo touch /usr/bin/x").rc != 0
 
 
-def test_booted_slot_is_a(booted) -> None:
+def test_booted_slot_is_a_found_by_its_root_hash(booted, reference_image: BuildResult) -> None:
+    """The one UKI names no slot: the initrd found /usr by the partition UUIDs the root hash
+    derives, which the build gave slot A; the agent reads the slot from /usr's device."""
     vm, host = booted
-    cmdline = host.file("/proc/cmdline").content_string
-    assert "tidehost.slot=a" in cmdline and "systemd.verity_usr_data=PARTLABEL=USR-A " in cmdline
-    data_dev = host.run("sudo veritysetup status usr | awk '/data device/ {print $3}'").stdout.strip()
-    assert host.run(f"lsblk -no PARTLABEL {data_dev}").stdout.strip() == "USR-A"
+    m = load_bundle(reference_image.artifacts["release"], verify=False)
+    cmdline = host.file("/proc/cmdline").content_string.split()
+    assert f"usrhash={m.roothash}" in cmdline
+    assert not [a for a in cmdline if a.startswith(("tidehost.slot=", "systemd.verity_usr_"))]
+    status = host.run("sudo veritysetup status usr").stdout
+    devices = dict(re.findall(r"(data|hash) device:\s+(\S+)", status))
+    labels = {k: host.run(f"lsblk -no PARTLABEL,PARTUUID {v}").stdout.split() for k, v in devices.items()}
+    usr, verity = usr_partuuids(m.roothash)
+    assert labels == {"data": ["USR-A", usr], "hash": ["USR-A-VERITY", verity]}, status
+    assert json.loads(host.run("sudo tidehost-update status --json").stdout)["slot"] == "a"
 
 
 def test_os_release_has_version_and_channel(booted, reference_image: BuildResult) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from channels.bundle import FILES, BootEntry, FileInfo, Manifest, Slot, boot_entry, load_bundle
+from channels.bundle import FILES, FileInfo, Manifest, Slot, load_bundle, usr_partuuids
+from channels.entries import BootEntry, boot_entry
 from channels.errors import BundleError
 from imagebuild.core.errors import VMError
 from imagebuild.image import layout as disk
@@ -47,6 +48,15 @@ def test_sfdisk_script_names_every_partition_in_sectors() -> None:
     assert script.startswith("label: gpt\n")
     assert 'start=2048, size=524288, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="ESP"' in script
     assert script.count('attrs="GUID:60"') == 4  # the /usr slots and their hash trees are read-only
+    assert "uuid=" not in script  # sfdisk makes them up
+
+
+def test_slot_a_gets_the_partition_uuids_its_root_hash_derives() -> None:
+    usr, verity = usr_partuuids(HASH)
+    lines = disk.sfdisk_script(disk.layout(Partitions(), (usr, verity))).splitlines()
+    named = {line.split('name="')[1].split('"')[0]: line for line in lines if "name=" in line}
+    assert named["USR-A"].endswith(f", uuid={usr}") and named["USR-A-VERITY"].endswith(f", uuid={verity}")
+    assert [label for label, line in named.items() if "uuid=" in line] == ["USR-A", "USR-A-VERITY"]
 
 
 def test_boot_entry_names_the_slot_and_counts_tries() -> None:

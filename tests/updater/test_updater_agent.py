@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from channels.bundle import Manifest, Slot, boot_entry, load_bundle
+from channels.bundle import Manifest, Slot, load_bundle
+from channels.entries import boot_entry
 from channels.errors import ChannelError
 from channels.version import Version
 from updater.agent import IDLE_SLEEP, Agent, Layout

@@ -11,12 +11,13 @@ import pytest
 from delta_releases import release_pair  # loaded by tests/conftest.py
 from hostile_mirror import HostileMirror, Tamper
 
-from channels.bundle import Slot, boot_entry, load_bundle
+from channels.bundle import Slot, load_bundle
 from channels.casync import chunker, fastchunk
 from channels.casync.index import BlobIndex
 from channels.casync.store import chunk_relpath
 from channels.client import ChannelClient
 from channels.create import create
+from channels.entries import boot_entry
 from channels.releases import ChannelRepository
 from channels.repository import open_repository
 from imagebuild.core.run import run

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from channels import fleet
-from channels.bundle import Manifest, Slot, boot_entry, load_bundle
+from channels.bundle import Manifest, Slot, load_bundle
+from channels.entries import boot_entry
 from channels.etcd import EtcdGateway as Gateway
 from imagebuild.cli import main as tidehost
 from tests.updater.conftest import FakeHost, FakeLock

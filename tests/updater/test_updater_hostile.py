@@ -26,9 +26,10 @@ from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Root
 from tuf.api.serialization.json import JSONSerializer
 
-from channels.bundle import Slot, boot_entry, load_bundle
+from channels.bundle import Slot, load_bundle
 from channels.client import ChannelClient
 from channels.create import create
+from channels.entries import boot_entry
 from channels.releases import ChannelRepository
 from channels.repository import open_repository
 from updater.agent import Agent, Layout

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from channels.bundle import Slot, boot_entry, load_bundle
+from channels.bundle import Slot, load_bundle
+from channels.entries import boot_entry
 from updater.agent import Agent, Layout
 from updater.channel import HostChannel
 from updater.config import AgentConfig, Strategy

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from channels.bundle import Slot, boot_entry, load_bundle
+from channels.bundle import Slot, load_bundle
+from channels.entries import boot_entry
 from updater import slots, verity
 from updater.errors import BadRelease, SlotError, VerificationError
 from updater.slots import SlotDevices, active_slot, parse_entry, write_slot

@@ -13,7 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
-from channels.bundle import Manifest, Slot, boot_entry
+from channels.bundle import Manifest, Slot
+from channels.entries import boot_entry
 from imagebuild.core.run import require, run
 from imagebuild.image.context import BuildContext
 from imagebuild.image.layout import MiB, Part, layout

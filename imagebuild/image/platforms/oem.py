@@ -6,7 +6,7 @@ carries the same arguments. /usr stays byte-identical across platforms, since up
 replace it.
 
 The datasource list travels on the *kernel command line*, in the OEM's ``cmdline`` file
-that the updater appends to every boot entry it writes (``channels.bundle.read_oem_cmdline``).
+that the updater appends to every boot entry it writes (``channels.entries.read_oem_cmdline``).
 It is one token, ``cc:datasource_list:%20[A,B,None]end_cc``, read by both halves of
 cloud-init 25.1:
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
+from channels.bundle import usr_partuuids
 from imagebuild.core.platforms import OutputFormat
 from imagebuild.core.run import require, run
 from imagebuild.image.context import BuildContext
@@ -42,7 +43,8 @@ def make_oem_fs(ctx: BuildContext) -> None:
 def assemble_disk(ctx: BuildContext) -> None:
     """The raw GPT disk: partition table, then each filesystem at its offset (sparse)."""
     require("sfdisk", "dd")
-    parts = layout(ctx.config.partitions)
+    uuids = usr_partuuids(ctx.roothash) if ctx.config.bundle_format >= 3 else ("", "")
+    parts = layout(ctx.config.partitions, uuids)
     disk = ctx.work / f"{ctx.config.artifact_stem}.raw"
     with open(disk, "wb") as f:
         f.truncate(disk_size(parts))

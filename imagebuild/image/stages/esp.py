@@ -3,7 +3,7 @@
 ::
 
     EFI/BOOT/BOOTX64.EFI, EFI/systemd/systemd-bootx64.efi   the loader (db-signed with keys)
-    EFI/Linux/tidehost-a.efi                                 slot A's UKI (no counter: good)
+    EFI/Linux/tidehost-a.efi                                 the UKI, slot A's (no counter: good)
     loader/loader.conf
     loader/keys/auto/{PK,KEK,db}.auth                        with keys: enrolled by systemd-boot
                                                              on firmware in Setup Mode
@@ -26,7 +26,8 @@ import logging
 import shutil
 
 from channels.authenticode import verify_image
-from channels.bundle import Manifest, Slot, boot_entry, uki_entry_name, uki_file
+from channels.bundle import Manifest, Slot, uki_file
+from channels.entries import boot_entry, uki_entry_name
 from channels.errors import ImageSignatureError
 from imagebuild.core.errors import StageError
 from imagebuild.core.run import require, run
@@ -73,7 +74,8 @@ def signed_loader(ctx: BuildContext, keys: SigningKeys) -> bytes:
 
 
 def make_esp(ctx: BuildContext, keys: SigningKeys | None) -> None:
-    """``parts/esp.img``: a FAT32 ESP with the loader and slot A's UKI (``parts/uki-a.efi``)."""
+    """``parts/esp.img``: a FAT32 ESP with the loader and slot A's UKI (``parts/uki.efi``, or
+    ``parts/uki-a.efi`` in format 2)."""
     require("mkfs.vfat", "mmd", "mcopy")
     img = ctx.parts / "esp.img"
     img.unlink(missing_ok=True)
@@ -88,8 +90,9 @@ def make_esp(ctx: BuildContext, keys: SigningKeys | None) -> None:
     dirs = ["::/EFI", "::/EFI/BOOT", "::/EFI/systemd", "::/EFI/Linux", "::/loader",
             "::/loader/entries"]  # fmt: skip
     copies = [(loader, dest) for dest in LOADER_PATHS]
+    uki = ctx.parts / uki_file(Slot.A, ctx.config.bundle_format)
     copies += [(ctx.work / "loader.conf", "::/loader/loader.conf"),
-               (ctx.parts / uki_file(Slot.A), f"::/EFI/Linux/{uki_entry_name(Slot.A, None)}")]
+               (uki, f"::/EFI/Linux/{uki_entry_name(Slot.A, None)}")]  # fmt: skip
     if keys:
         dirs += ["::/loader/keys", ENROL_DIR]
         copies += [(auth, f"{ENROL_DIR}/{auth.name}") for auth in keys.auth]

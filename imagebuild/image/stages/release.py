@@ -4,16 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from channels.bundle import (
-    FORMAT,
-    MANIFEST,
-    FileInfo,
-    Manifest,
-    Slot,
-    files_for,
-    sha256_file,
-    slot_cmdline,
-)
+from channels.bundle import MANIFEST, FileInfo, Manifest, Slot, files_for, sha256_file
+from channels.entries import slot_cmdline
 from imagebuild.image.context import Artifact, BuildContext
 from imagebuild.image.keys import SigningKeys
 
@@ -21,7 +13,7 @@ log = logging.getLogger(__name__)
 _UNKNOWN = FileInfo(size=0, sha256="0" * 64)
 
 
-def manifest(ctx: BuildContext, files: dict[str, FileInfo], fmt: int = FORMAT,
+def manifest(ctx: BuildContext, files: dict[str, FileInfo], fmt: int,
              keys: SigningKeys | None = None) -> Manifest:  # fmt: skip
     c = ctx.config
     signed = {"db_sha256": keys.db_sha256, "pcr_public_key_sha256": keys.pcr_public_sha256} \
@@ -44,13 +36,15 @@ def manifest(ctx: BuildContext, files: dict[str, FileInfo], fmt: int = FORMAT,
     )
 
 
-def slot_cmdlines(ctx: BuildContext) -> dict[Slot, str]:
-    """Each slot's kernel command line, as its UKI embeds it (before the UKIs exist)."""
-    draft = manifest(ctx, {name: _UNKNOWN for name in files_for(FORMAT)})
-    return {slot: slot_cmdline(draft, slot) for slot in Slot}
+def uki_cmdlines(ctx: BuildContext) -> dict[str, str]:
+    """Each UKI of the release and the command line it embeds (before the UKIs exist): one
+    for both slots in format 3, one per slot in format 2."""
+    fmt = ctx.config.bundle_format
+    draft = manifest(ctx, {name: _UNKNOWN for name in files_for(fmt)}, fmt)
+    return {draft.uki_file(slot): slot_cmdline(draft, slot) for slot in Slot}
 
 
-def write_manifest(ctx: BuildContext, fmt: int = FORMAT, keys: SigningKeys | None = None) -> None:
+def write_manifest(ctx: BuildContext, fmt: int, keys: SigningKeys | None = None) -> None:
     """``parts/manifest.json`` over the files of a format-``fmt`` bundle in ``parts``."""
     files = {name: FileInfo(size=(ctx.parts / name).stat().st_size,
                             sha256=sha256_file(ctx.parts / name))

@@ -1,11 +1,13 @@
-"""Stage: one unified kernel image (UKI) per slot, made by ukify in the tools tree.
+"""Stage: the release's unified kernel image (UKI), made by ukify in the tools tree.
 
 A UKI is one PE file: systemd-stub (from the image's own tree, so the boot code changes with
-the image), the kernel, the initrd, the slot's command line (``channels.bundle.slot_cmdline``:
-``usrhash=``, ``tidehost.slot=``, the image's arguments) and the image's os-release. The
-command line names the slot, and the host never signs, so a release carries one UKI per slot.
+the image), the kernel, the initrd, the command line (``channels.entries.slot_cmdline``:
+``usrhash=`` and the image's arguments) and the image's os-release. A format-3 release has
+one, ``uki.efi``, for both slots: its command line names no slot (the initrd finds /usr by
+the partition UUIDs the root hash derives). A format-2 release has one per slot
+(``uki-a.efi``, ``uki-b.efi``), each naming its slot's partitions.
 
-With the fleet's keys (``image.keys.SigningKeys``) each UKI is signed with db for Secure Boot
+With the fleet's keys each UKI is signed with db for Secure Boot
 (sbsign, through ukify) and carries a PCR 11 policy signed with the PCR key (systemd-measure,
 through ukify), so that a secret sealed to that key opens on every release signed with it.
 Each signed UKI is checked against db before the build goes on.
@@ -20,7 +22,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from channels.authenticode import pe_sections, verify_image
-from channels.bundle import Slot, uki_file
 from channels.errors import ImageSignatureError
 from imagebuild.core.errors import StageError
 from imagebuild.image.context import BuildContext
@@ -37,12 +38,13 @@ SECTIONS = (".linux", ".initrd", ".cmdline", ".osrel", ".uname")
 PCR_SECTIONS = (".pcrsig", ".pcrpkey")
 
 
-def ukify_args(w: str, slot: Slot, uname: str, signed: bool) -> list[str]:
-    """``ukify build`` for ``slot`` with its inputs in the tools tree's folder ``w`` (pure)."""
+def ukify_args(w: str, name: str, uname: str, signed: bool) -> list[str]:
+    """``ukify build`` of the UKI ``name`` with its inputs in the tools tree's folder ``w``
+    (pure)."""
     args = ["ukify", "build", f"--linux={w}/vmlinuz", f"--initrd={w}/initrd",
-            f"--cmdline=@{w}/cmdline-{slot.value}", f"--os-release=@{w}/os-release",
+            f"--cmdline=@{w}/{name}.cmdline", f"--os-release=@{w}/os-release",
             f"--uname={uname}", f"--stub={w}/stub.efi",
-            f"--output={w}/{uki_file(slot)}"]  # fmt: skip
+            f"--output={w}/{name}"]  # fmt: skip
     if signed:
         args += [f"--secureboot-private-key={w}/keys/db.key",
                  f"--secureboot-certificate={w}/keys/db.crt",
@@ -51,14 +53,13 @@ def ukify_args(w: str, slot: Slot, uname: str, signed: bool) -> list[str]:
     return args
 
 
-def check_uki(data: bytes, slot: Slot, cmdline: str, keys: SigningKeys | None) -> str:
-    """What a built UKI must be: its sections, the slot's command line, and (signed) a
-    signature that passes Secure Boot under the fleet's db (pure).
+def check_uki(data: bytes, name: str, cmdline: str, keys: SigningKeys | None) -> str:
+    """What the built UKI ``name`` must be: its sections, the command line it was built with,
+    and (signed) a signature that passes Secure Boot under the fleet's db (pure).
 
     Raises:
         StageError: it is not.
     """
-    name = uki_file(slot)
     try:
         sections = pe_sections(data)
     except ImageSignatureError as e:
@@ -68,7 +69,7 @@ def check_uki(data: bytes, slot: Slot, cmdline: str, keys: SigningKeys | None) -
     if missing:
         raise StageError(f"{name}: ukify made a UKI without {', '.join(missing)}")
     if sections[".cmdline"].rstrip(b"\0").decode(errors="replace") != cmdline:
-        raise StageError(f"{name}: its .cmdline is not slot {slot.name}'s command line")
+        raise StageError(f"{name}: its .cmdline is not the command line it was built with")
     if keys is None:
         return "unsigned"
     try:
@@ -77,9 +78,10 @@ def check_uki(data: bytes, slot: Slot, cmdline: str, keys: SigningKeys | None) -
         raise StageError(str(e)) from None
 
 
-def make_ukis(ctx: BuildContext, cmdlines: Mapping[Slot, str],
-              keys: SigningKeys | None) -> dict[Slot, Path]:  # fmt: skip
-    """``parts/uki-a.efi`` and ``parts/uki-b.efi`` from ``parts/vmlinuz`` and ``parts/initrd``.
+def make_ukis(ctx: BuildContext, cmdlines: Mapping[str, str],
+              keys: SigningKeys | None) -> dict[str, Path]:  # fmt: skip
+    """``parts/<name>`` for each UKI name and its command line (``release.uki_cmdlines``),
+    from ``parts/vmlinuz`` and ``parts/initrd``.
 
     Raises:
         StageError: ukify failed, or a UKI is not what ``check_uki`` expects.
@@ -101,17 +103,17 @@ def make_ukis(ctx: BuildContext, cmdlines: Mapping[Slot, str],
                               (keys.pcr_key, "pcr.key"), (keys.pcr_public, "pcr.pub.pem")):
                 shutil.copyfile(src, w / "keys" / dest)  # fmt: skip
         out = {}
-        for slot in Slot:
-            (w / f"cmdline-{slot.value}").write_text(cmdlines[slot])  # no trailing newline
-            args = ukify_args(tools.inside(ctx, w), slot, ctx.kernel_version, keys is not None)
-            tools.run_in_tools(ctx, args, f"slot {slot.name}'s UKI")
-            made = w / uki_file(slot)
-            verdict = check_uki(made.read_bytes(), slot, cmdlines[slot], keys)
-            dest = ctx.parts / uki_file(slot)
+        for name, cmdline in cmdlines.items():
+            (w / f"{name}.cmdline").write_text(cmdline)  # no trailing newline
+            args = ukify_args(tools.inside(ctx, w), name, ctx.kernel_version, keys is not None)
+            tools.run_in_tools(ctx, args, f"the UKI {name}")
+            made = w / name
+            verdict = check_uki(made.read_bytes(), name, cmdline, keys)
+            dest = ctx.parts / name
             os.replace(made, dest)
             dest.chmod(0o644)
             log.info("  %s: %.1f MiB, %s", dest.name, dest.stat().st_size / (1 << 20), verdict)
-            out[slot] = dest
+            out[name] = dest
         return out
     finally:
         shutil.rmtree(w, ignore_errors=True)  # the decrypted keys never outlive the stage
