@@ -61,7 +61,7 @@ def _register_cluster(vsub: argparse._SubParsersAction) -> None:
         a.add_argument("--ssh-key", type=Path, action="append", default=[],
                        help="another public key for the user 'core' (repeatable)")
         a.add_argument("--memory", type=int, default=1280, help="MiB per node")
-        a.add_argument("--cpus", type=int, default=1, help="vCPUs per node")
+        a.add_argument("--cpus", type=int, default=2, help="vCPUs per node")
         a.add_argument("--accel", default="auto", help="auto (try KVM, else TCG), kvm or tcg")
         a.add_argument("--serve", type=Path, metavar="REPO",
                        help="serve this channel repository at updater.channel.url inside the "

@@ -122,7 +122,7 @@ class UpOptions:
     state_root: Path = DEFAULT_STATE_ROOT
     ssh_keys: tuple[str, ...] = ()  # more public keys for user core
     memory: int = 1280
-    cpus: int = 1
+    cpus: int = 2  # the node that reboots in a rolling update has both cores of a 2-core machine
     serve: Path | None = None  # a channel repository to serve at updater.channel.url
     accel: str = "auto"
     wait: bool = True

@@ -145,6 +145,12 @@ def test_cloud_init_ran_and_installed_the_key(booted, ssh_keypair: Path) -> None
     assert "status: done" in host.run("cloud-init status --wait").stdout
     keys = host.file("/home/core/.ssh/authorized_keys").content_string
     assert ssh_keypair.with_suffix(".pub").read_text().split()[1] in keys
+    # provisioned once, as by Ignition: later boots (the watchdog test's) skip cloud-init
+    flag = host.file("/etc/cloud/cloud-init.disabled")
+    deadline = time.monotonic() + 120
+    while not flag.exists and time.monotonic() < deadline:
+        time.sleep(3)
+    assert flag.exists, host.run("journalctl -b -u tidehost-cloud-init-once --no-pager").stdout
 
 
 def test_boot_is_blessed_and_no_unit_failed(booted) -> None:
@@ -154,6 +160,9 @@ def test_boot_is_blessed_and_no_unit_failed(booted) -> None:
     failed = host.run("systemctl --failed --plain --no-legend").stdout.strip()
     assert failed == "", failed
     assert host.run("systemctl is-system-running").stdout.strip() == "running"
+    # nor did a generator (systemd's AF_VSOCK one failed on every boot, after loading modules)
+    log = host.run("sudo journalctl -b -o cat --no-pager").stdout
+    assert "generator failed" not in log, [ln for ln in log.splitlines() if "generator" in ln]
 
 
 def test_an_unattended_host_never_waits_at_an_emergency_prompt(booted) -> None:
@@ -253,3 +262,7 @@ def test_a_hung_host_is_reset_by_its_watchdog(booted) -> None:
         back = vm.probe("cat /proc/sys/kernel/random/boot_id")
     assert back not in (boot_id, ""), "the host neither answered again nor rebooted"
     print(f"hung host reset and answering SSH again after {time.monotonic() - frozen:.0f} s")
+    # the host's second boot: cloud-init did not run (it provisioned the first one)
+    assert "status: disabled" in vm.ssh("cloud-init status", check=False)
+    assert vm.ssh("systemctl is-active cloud-init-main.service", check=False).strip() \
+        == "inactive"
