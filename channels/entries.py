@@ -85,11 +85,7 @@ def boot_entry(
     ``sort-key`` and then by ``version``, newest first, so the newer slot is preferred while
     it has tries left. ``extra_cmdline``: see ``slot_cmdline``.
     """
-    if tries is not None and (not is_int(tries) or not 0 <= tries <= 99):
-        raise BundleError(f"boot entry of slot {slot.name}: tries {tries!r} is not a whole "
-                          "number from 0 to 99")
-    stem = entry_stem(slot)
-    filename = f"{stem}.conf" if tries is None else f"{stem}+{tries}.conf"
+    filename = _counted_name(slot, tries, ".conf")
     kernel = f"/{slot.esp_dir}/vmlinuz"
     initrd = f"/{slot.esp_dir}/initrd"
     lines = (
@@ -115,8 +111,13 @@ def uki_entry_name(slot: Slot, tries: int | None) -> str:
     already blessed). systemd-boot takes the entry's sort key and version from the UKI's
     os-release (``IMAGE_ID``, ``IMAGE_VERSION``), so the newer slot is preferred while it
     has tries left, as with type #1 entries."""
+    return _counted_name(slot, tries, ".efi")
+
+
+def _counted_name(slot: Slot, tries: int | None, suffix: str) -> str:
+    """``tidehost-<slot>[+tries]<suffix>``: systemd-boot's boot counter in an entry's name."""
     if tries is not None and (not is_int(tries) or not 0 <= tries <= 99):
         raise BundleError(f"boot entry of slot {slot.name}: tries {tries!r} is not a whole "
                           "number from 0 to 99")
     stem = entry_stem(slot)
-    return f"{stem}.efi" if tries is None else f"{stem}+{tries}.efi"
+    return f"{stem}{suffix}" if tries is None else f"{stem}+{tries}{suffix}"
