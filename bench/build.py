@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Image build figures: build time, payload sizes, and where a first boot's time goes.
 
-    .venv/bin/python bench/build.py [--skip-cold] [--skip-boot] [--boots N]
-    .venv/bin/python bench/build.py --disk IMAGE.qcow2 [--boots N]   # boot figures only
+    .venv/bin/python bench/build.py [--skip-cold] [--skip-boot] [--boots N] [--reboot]
+    .venv/bin/python bench/build.py --disk IMAGE.qcow2 [--boots N] [--reboot]  # boots only
 
 Cold: an empty root-tree cache (mmdebstrap from Debian's archive). Warm: the cache filled.
 Each boot is a *first* boot (a fresh qcow2 overlay, a NoCloud seed), as a new host's is.
@@ -10,12 +10,16 @@ Per boot it prints: firmware + boot loader (from the console: the time QEMU had 
 the kernel started, i.e. the smallest "wall clock seen - kernel timestamp" over the
 console's kernel lines), systemd-analyze's kernel / initrd / userspace, the SSH port's
 banner and a key login after QEMU started, then `systemd-analyze blame` (top) and
-`critical-chain ssh.service`; with several boots, the medians.
+`critical-chain ssh.service`; with several boots, the medians. With --reboot, each host is
+then rebooted (`systemctl reboot`, as the agent does for an update) and its second boot is
+measured as well: from the reboot command to SSH answering, and systemd-analyze's phases
+(cloud-init provisioned the first boot only, so this is what an update's reboot costs).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import re
 import statistics
@@ -30,7 +34,7 @@ from imagebuild.core.run import run
 from imagebuild.image.config import parse_image_file
 from imagebuild.image.context import default_cache_dir
 from imagebuild.image.pipeline import build
-from imagebuild.lab.vm import VM
+from imagebuild.lab.vm import VM, VMError
 
 MB = 1_000_000
 KERNEL_LINE = re.compile(r"^\[\s*(\d+\.\d+)\]")
@@ -91,8 +95,29 @@ DETAILS = ("journalctl -b -o short-monotonic --no-pager -u systemd-networkd "
            "-u cloud-init-network | tail -40; systemd-analyze critical-chain --no-pager")
 
 
-def boot_once(qcow: Path, key: Path, work: Path, n: int, details: bool = False
-              ) -> dict[str, float]:  # fmt: skip
+def reboot_once(vm: VM) -> dict[str, float]:
+    """Reboot a booted host as the agent does; its second boot's figures, printed."""
+    boot_id = vm.ssh("cat /proc/sys/kernel/random/boot_id").strip()
+    t = time.monotonic()
+    with contextlib.suppress(VMError):  # the connection may end with the host's shutdown
+        vm.ssh("sudo systemctl reboot", check=False, timeout=60)
+    back = boot_id
+    while back in (boot_id, "") and time.monotonic() < t + 900:
+        time.sleep(1)
+        back = vm.probe("cat /proc/sys/kernel/random/boot_id")
+    seconds = time.monotonic() - t
+    vm.ssh("systemctl is-system-running --wait", check=False, timeout=600)
+    analyze = vm.ssh("systemd-analyze", check=False).strip()
+    chain = vm.ssh("systemd-analyze critical-chain --no-pager ssh.service", check=False)
+    cloud = vm.ssh("cloud-init status", check=False).strip()
+    print(f"--- reboot: {analyze}\n{chain.rstrip()}\n    cloud-init: {cloud}")
+    figures = {f"again {k}": v for k, v in startup_phases(analyze).items()}
+    figures["reboot to ssh"] = seconds
+    return figures
+
+
+def boot_once(qcow: Path, key: Path, work: Path, n: int, details: bool = False,
+              reboot: bool = False) -> dict[str, float]:  # fmt: skip
     disk = work / f"boot{n}.qcow2"
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", qcow, "-F", "qcow2", disk])
     serial = work / f"serial{n}.log"
@@ -111,6 +136,7 @@ def boot_once(qcow: Path, key: Path, work: Path, n: int, details: bool = False
         failed = vm.ssh("systemctl --failed --plain --no-legend", check=False).strip()
         if details:
             print(vm.ssh(DETAILS, check=False))
+        again = reboot_once(vm) if reboot else {}
     finally:
         vm.stop(timeout=30)
         clock.stop()
@@ -122,16 +148,17 @@ def boot_once(qcow: Path, key: Path, work: Path, n: int, details: bool = False
     if failed:
         print(f"FAILED UNITS: {failed}")
     figures = {"firmware+loader": fw if fw is not None else float("nan"), **phases,
-               "ssh port": port, "ssh login": login}  # fmt: skip
+               "ssh port": port, "ssh login": login, **again}  # fmt: skip
     print("    " + ", ".join(f"{k} {v:.1f} s" for k, v in figures.items()))
     return figures
 
 
-def boot_figures(qcow: Path, boots: int, details: bool = False) -> None:
+def boot_figures(qcow: Path, boots: int, details: bool = False, reboot: bool = False) -> None:
     with tempfile.TemporaryDirectory(prefix="tidehost-bench-boot-") as tmp:
         key = Path(tmp) / "key"
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key])
-        results = [boot_once(qcow, key, Path(tmp), n, details) for n in range(1, boots + 1)]
+        results = [boot_once(qcow, key, Path(tmp), n, details, reboot)
+                   for n in range(1, boots + 1)]
     keys = [k for k in results[0] if all(k in r for r in results)]
     print(f"\nfirst boot under QEMU, median of {boots} (TCG if KVM cannot run guests, 2 vCPUs):")
     for k in keys:
@@ -156,10 +183,12 @@ def main() -> int:
     ap.add_argument("--disk", type=Path, help="boot this qcow2 instead of building one")
     ap.add_argument("--details", action="store_true", help="also the network's and "
                     "cloud-init's journal and the default target's critical chain")
+    ap.add_argument("--reboot", action="store_true", help="also reboot each host once and "
+                    "measure its second boot (an update's reboot)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.disk:
-        boot_figures(args.disk.resolve(), args.boots, args.details)
+        boot_figures(args.disk.resolve(), args.boots, args.details, args.reboot)
         return 0
     config = parse_image_file(None).with_overrides(version="1.0.0")
     with tempfile.TemporaryDirectory(prefix="tidehost-bench-") as tmp:
@@ -176,7 +205,7 @@ def main() -> int:
         print(f"qcow2 disk:                {qcow.stat().st_size / MB:8.1f} MB")
         sizes(result.artifacts["release"])
         if not args.skip_boot:
-            boot_figures(qcow, args.boots, args.details)
+            boot_figures(qcow, args.boots, args.details, args.reboot)
     return 0
 
 
