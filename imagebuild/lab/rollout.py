@@ -219,11 +219,13 @@ def watch(
     timeout: float,
     prober: Prober | None = None,
     on_change: Callable[[str, AgentStatus], None] | None = None,
-    every: float = 3.0,
+    every: float = 10.0,
     say: Callable[[str], None] | None = None,
 ) -> RolloutReport:
     """Poll every node until all run ``version``; raise VMError on timeout or a dead QEMU.
-    ``say`` is told the lock's hand-offs and the health gates' progress (``Narrator``)."""
+    ``say`` is told the lock's hand-offs and the health gates' progress (``Narrator``).
+    Each look starts ``tidehost-update`` (Python) on every guest over SSH: under emulation
+    that is CPU the rebooting node needs, so the looks are ``every`` seconds apart."""
     report = RolloutReport(version=version, started=time.time())
     narrator = Narrator(report.started)
     vms = [cluster.vm(n.name) for n in cluster.nodes]
