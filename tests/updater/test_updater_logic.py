@@ -165,3 +165,44 @@ def test_decide(current: str, offered: str | None, bad: tuple[str, ...], staged:
 def test_decide_rejects_garbage() -> None:
     with pytest.raises(ValueError):
         decide("1.0.0", "latest")
+
+
+class _Booting:
+    """A host whose units come up one poll at a time; counts the checks it is asked."""
+
+    def __init__(self, up_after: dict[str, int]) -> None:
+        self.up_after, self.polls, self.asked = up_after, 0, []
+
+    def unit_active(self, unit: str) -> bool:
+        self.asked.append(unit)
+        return self.polls >= self.up_after.get(unit, 0)
+
+    def unit_failed(self, unit: str) -> bool:
+        return False
+
+    def check_command(self, argv: tuple[str, ...]) -> bool:
+        self.asked.append(" ".join(argv))
+        return self.polls >= self.up_after.get(" ".join(argv), 0)
+
+
+def test_health_polls_stop_at_the_first_failure_and_the_end_names_them_all() -> None:
+    from updater import health
+
+    host = _Booting({"boot-complete.target": 3, "etcd.service": 2, "etcdctl endpoint health": 4})
+    clock = [0.0]
+
+    def sleep(s: float) -> None:
+        clock[0] += s
+        host.polls += 1
+
+    bad = health.wait_healthy(host, ["etcd.service"], [("etcdctl", "endpoint", "health")],  # type: ignore[arg-type]
+                              60, clock=lambda: clock[0], sleep=sleep)  # fmt: skip
+    assert bad == [] and host.polls == 4
+    # while boot-complete.target was not reached, no unit and no command was asked about
+    assert host.asked[:3] == ["boot-complete.target"] * 3
+    assert host.asked.count("etcdctl endpoint health") == 2  # polls 3 and 4 only
+    # a gate that runs out names every failure, not only the first
+    stuck = _Booting({"boot-complete.target": 99, "etcd.service": 99, "etcdctl endpoint health": 99})
+    bad = health.wait_healthy(stuck, ["etcd.service"], [("etcdctl", "endpoint", "health")],  # type: ignore[arg-type]
+                              12, clock=lambda: clock[0], sleep=sleep)  # fmt: skip
+    assert bad == ["boot-complete.target", "etcd.service", "etcdctl endpoint health"]
