@@ -13,7 +13,7 @@ banner and a key login after QEMU started, then `systemd-analyze blame` (top) an
 `critical-chain ssh.service`; with several boots, the medians. With --reboot, each host is
 then rebooted (`systemctl reboot`, as the agent does for an update) and its second boot is
 measured as well: from the reboot command to SSH answering, and systemd-analyze's phases
-(cloud-init provisioned the first boot only, so this is what an update's reboot costs).
+(what an update's reboot costs).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 
 from channels.bundle import load_bundle
 from imagebuild.core.run import run
+from imagebuild.core.wait import poll
 from imagebuild.image.config import parse_image_file
 from imagebuild.image.context import default_cache_dir
 from imagebuild.image.pipeline import build
@@ -101,10 +102,7 @@ def reboot_once(vm: VM) -> dict[str, float]:
     t = time.monotonic()
     with contextlib.suppress(VMError):  # the connection may end with the host's shutdown
         vm.ssh("sudo systemctl reboot", check=False, timeout=60)
-    back = boot_id
-    while back in (boot_id, "") and time.monotonic() < t + 900:
-        time.sleep(1)
-        back = vm.probe("cat /proc/sys/kernel/random/boot_id")
+    poll(lambda: vm.probe("cat /proc/sys/kernel/random/boot_id") not in (boot_id, ""), 900)
     seconds = time.monotonic() - t
     vm.ssh("systemctl is-system-running --wait", check=False, timeout=600)
     analyze = vm.ssh("systemd-analyze", check=False).strip()

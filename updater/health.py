@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from updater.host import Host
 
@@ -18,19 +19,17 @@ def failures(host: Host, units: Sequence[str], commands: Sequence[Sequence[str]]
     """What is not healthy right now (empty list: healthy). With ``first``, only up to the
     first failure, in order: boot-complete.target, the units, the commands (a poll that
     waits for a booting host then costs one systemctl call, not every check)."""
+    checks: list[tuple[str, Callable[[], bool]]] = []
+    if boot_complete:
+        checks.append((BOOT_COMPLETE, partial(host.unit_active, BOOT_COMPLETE)))
+    checks += [(u, partial(host.unit_active, u)) for u in units]
+    checks += [(" ".join(c), partial(host.check_command, c)) for c in commands]
     bad = []
-    if boot_complete and not host.unit_active(BOOT_COMPLETE):
-        bad.append(BOOT_COMPLETE)
-    for u in units:
-        if bad and first:
-            return bad
-        if not host.unit_active(u):
-            bad.append(u)
-    for c in commands:
-        if bad and first:
-            return bad
-        if not host.check_command(c):
-            bad.append(" ".join(c))
+    for name, ok in checks:
+        if not ok():
+            bad.append(name)
+            if first:
+                break
     return bad
 
 
