@@ -274,8 +274,14 @@ def wait_ssh(state: ClusterState, timeout: float) -> dict[str, float]:
 
     if not poll(all_answer, timeout, every=3):
         n = pending[0]
+        try:  # what ssh itself says, for the log (sshd not listening, too slow to greet, ...)
+            state.vm(n.name).ssh("true", timeout=60)
+            said = "it answers now"
+        except VMError as e:
+            said = str(e)
         raise VMError(f"{n.name}: SSH did not answer within {timeout:.0f}s (last seen: "
-                      f"{watch.last.get(n.name, '-')}; serial log {n.serial_log})")  # fmt: skip
+                      f"{watch.last.get(n.name, '-')}; {said}; serial log "
+                      f"{n.serial_log})")  # fmt: skip
     return times
 
 

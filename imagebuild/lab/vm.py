@@ -154,9 +154,10 @@ def log_tail(path: Path, lines: int = 40) -> str:
 
 # Options of every SSH to a guest (ours and pytest-testinfra's). Keepalives: a guest gone
 # mid-session (rebooted, panicked) leaves QEMU's user-net holding the host side open, so only
-# they end the client.
+# they end the client. ConnectTimeout also bounds sshd's greeting, which a guest busy under
+# emulation can take several seconds to send (it starts sshd-session for each connection).
 SSH_OPTIONS = ("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-               "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5", "-o", "BatchMode=yes",
+               "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=15", "-o", "BatchMode=yes",
                "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3")  # fmt: skip
 
 

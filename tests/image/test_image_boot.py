@@ -145,6 +145,10 @@ def test_cloud_init_ran_and_installed_the_key(booted, ssh_keypair: Path) -> None
     assert "status: done" in host.run("cloud-init status --wait").stdout
     keys = host.file("/home/core/.ssh/authorized_keys").content_string
     assert ssh_keypair.with_suffix(".pub").read_text().split()[1] in keys
+    # provisioned once, as by Ignition: the flag that makes later boots skip cloud-init is
+    # written at this boot's orderly shutdown (tests/update sees a later boot), not now
+    assert host.run("systemctl is-active tidehost-cloud-init-once").stdout.strip() == "active"
+    assert not host.file("/etc/cloud/cloud-init.disabled").exists
 
 
 def test_boot_is_blessed_and_no_unit_failed(booted) -> None:

@@ -143,6 +143,61 @@ def test_factory_copy_runs_under_systemd_tmpfiles(tmp_path: Path) -> None:
     assert (root / "etc/os-release").read_text() == "ID=tidehost\n"
 
 
+FINISHED = {"var/lib/cloud/instance/boot-finished": "1.0 - Thu, 03 Dec 2026\n"}
+
+
+@pytest.mark.parametrize(("per_boot", "stays_on"), [
+    (FINISHED, False),
+    ({}, True),  # cloud-init did not finish (a shutdown during the first boot): again
+    ({**FINISHED,
+      "var/lib/cloud/instance/cloud-config.txt": "#cloud-config\nbootcmd: [[touch, /x]]\n"},
+     True),
+    ({**FINISHED,
+      "var/lib/cloud/instance/cloud-config.txt": "#cloud-config\nruncmd: [[touch, /x]]\n"},
+     False),
+    ({**FINISHED, "var/lib/cloud/scripts/per-boot/hello.sh": "#!/bin/sh\n"}, True),
+    ({**FINISHED, "var/lib/cloud/instance/boothooks/part-001": "#!/bin/sh\n"}, True),
+])  # fmt: skip
+def test_cloud_init_runs_again_only_for_per_boot_work(
+    tmp_path: Path, per_boot: dict[str, str], stays_on: bool
+) -> None:
+    """What tidehost-cloud-init-once.service does at the first boot's shutdown, on a scratch
+    tree."""
+    for d in ("etc/cloud", "var/lib/cloud/instance", "var/lib/cloud/scripts/per-boot"):
+        (tmp_path / d).mkdir(parents=True)
+    for rel, text in per_boot.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    script = Path(configure.__file__).parents[1] / "data/tidehost-cloud-init-once"
+    r = subprocess.run(["sh", str(script), str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    flag = tmp_path / "etc/cloud/cloud-init.disabled"
+    assert flag.exists() is not stays_on, r.stdout
+    assert ("runs again" in r.stdout or "stays on" in r.stdout) is stays_on and not list((tmp_path / "etc/cloud").glob("*.tmp"))
+
+
+def test_links_cloud_init_renamed_keep_their_names_without_it(tmp_path: Path) -> None:
+    """cloud-init renames links (set-name) at every boot; once it is off, udev does (.link)."""
+    net = tmp_path / "etc/systemd/network"
+    for d in ("etc/cloud", "etc/systemd/network", "var/lib/cloud/instance", "sys/class/net/cluster0"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "sys/class/net/cluster0/address").write_text("52:54:00:4d:00:0d\n")
+    (tmp_path / "var/lib/cloud/instance/boot-finished").write_text("done\n")
+    (net / "10-cloud-init-cluster0.network").write_text(
+        "[Address]\nAddress=10.77.0.13/24\n\n[Match]\nMACAddress=52:54:00:4d:00:0d\n"
+        "Name=cluster0\n\n[Network]\nDHCP=no\n")
+    # a link this boot did not name so (no such interface now): left alone
+    (net / "10-cloud-init-spare.network").write_text(
+        "[Match]\nMACAddress=52:54:00:4d:00:ff\nName=spare\n\n[Network]\nDHCP=ipv4\n")
+    script = Path(configure.__file__).parents[1] / "data/tidehost-cloud-init-once"
+    r = subprocess.run(["sh", str(script), str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in net.glob("*.link")) == ["10-tidehost-cluster0.link"]
+    link = (net / "10-tidehost-cluster0.link").read_text()
+    assert "[Match]\nMACAddress=52:54:00:4d:00:0d\n\n[Link]\nName=cluster0\n" in link
+    assert (tmp_path / "etc/cloud/cloud-init.disabled").exists()
+
+
 def test_fstab_mounts_the_esp_without_nofail() -> None:
     text = configure.fstab()
     esp = next(ln for ln in text.splitlines() if "/efi" in ln)

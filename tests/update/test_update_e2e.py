@@ -84,6 +84,10 @@ def test_a_release_that_fails_health_rolls_back_by_itself(lab: UpdateLab, releas
     assert st is not None and (st["version"], st["slot"]) == (V1, "a")
     # between checks it is idle (or still reports the rollback); never fetching v3 again
     assert st["reboots"] == reboots and st["state"] in ("idle", "rolled-back", "checking"), st
+    # cloud-init provisioned the host's first boot only: the boots after it skipped it
+    assert "status: disabled" in vm.ssh("cloud-init status", check=False)
+    assert vm.ssh("systemctl is-active cloud-init-main.service", check=False).strip() \
+        == "inactive"
     entries = vm.ssh("sudo find /efi/loader/entries /efi/EFI/Linux -type f -printf '%f\\n'").split()
     # v3's slot is never booted again: its entry is out of tries (or gone)
     assert not any(e.startswith("tidehost-b") and not e.startswith("tidehost-b+0")

@@ -27,6 +27,7 @@ DISABLE = (
     "e2scrub_reap.service", "e2scrub_all.timer",
 )  # fmt: skip
 ENABLE = ("systemd-networkd.service", "systemd-resolved.service", "systemd-timesyncd.service")
+ONCE = "tidehost-cloud-init-once.service"
 
 
 def os_release(c: ImageConfig, build_id: str) -> str:
@@ -131,6 +132,14 @@ def configure_tree(ctx: BuildContext) -> None:
     (t / "oem").mkdir(exist_ok=True)
     _write(t / "etc/cloud/cloud.cfg.d/10-tidehost.cfg", _data("cloud-tidehost.cfg"))
     _write(t / "etc/cloud/cloud.cfg.d/20-tidehost-datasource.cfg", datasource_cfg())
+    # cloud-init on an instance's first boot only, as Ignition (data/tidehost-cloud-init-once)
+    units = t / "usr/lib/systemd/system"
+    _write(t / "usr/lib/tidehost/cloud-init-once", _data("tidehost-cloud-init-once"), 0o755)
+    _write(units / ONCE, _data(ONCE))
+    (units / "cloud-init.target.wants").mkdir(exist_ok=True)
+    link = units / "cloud-init.target.wants" / ONCE
+    link.unlink(missing_ok=True)
+    link.symlink_to(f"../{ONCE}")
     _write(t / "etc/ssh/sshd_config.d/50-tidehost-hostkeys.conf", _data("sshd-hostkeys.conf"))
     _write(t / "usr/lib/systemd/system/sshd-keygen.service.d/50-tidehost.conf",
            _data("sshd-keygen-tidehost.conf"))
@@ -138,7 +147,7 @@ def configure_tree(ctx: BuildContext) -> None:
     _write(
         t / "usr/lib/systemd/system/systemd-networkd-wait-online.service.d/10-tidehost.conf",
         "[Service]\nExecStart=\nExecStart=/usr/lib/systemd/systemd-networkd-wait-online"
-        " --any --timeout=30\n",
+        " --any --timeout=120\n",
     )
     # Slow (emulated) hosts get 5 minutes for a device or a start job; emergency mode reboots
     # instead of waiting at a console (data/system-tidehost.conf, data/tidehost-emergency).
