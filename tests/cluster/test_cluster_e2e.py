@@ -60,9 +60,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.vm]
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "cloud-config" / "examples" / "cluster.yaml"
 # Three TCG guests on a 2-core machine: SSH after 4-6 min, etcd + swarm 3-14 min later, the
-# rolling update 17-47 min (measured); the limits are about twice the usual, inside CI's
+# rolling update 16-47 min (measured); the limits are about twice the usual, inside CI's
 # budget. Two vCPUs a node: the node that reboots has the machine's both cores to itself
-# (a rolling update took 47 min with one vCPU a node, 29 min with two, on similar days).
+# (a rolling update took 47 min with one vCPU a node, 29 min with two, on similar days; 16
+# min once the reboots into v2 skip cloud-init, 177-218 s from reboot to updated a node).
 BOOT_TIMEOUT = 1200
 CONVERGE_TIMEOUT = 1200
 ROLLOUT_TIMEOUT = 2700
