@@ -194,7 +194,8 @@ def test_links_cloud_init_renamed_keep_their_names_without_it(tmp_path: Path) ->
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in net.glob("*.link")) == ["10-tidehost-cluster0.link"]
     link = (net / "10-tidehost-cluster0.link").read_text()
-    assert "[Match]\nMACAddress=52:54:00:4d:00:0d\n\n[Link]\nName=cluster0\n" in link
+    assert ("[Match]\nMACAddress=52:54:00:4d:00:0d\nType=ether\nKind=!*\n\n[Link]\n"
+            "Name=cluster0\n") in link
     assert (tmp_path / "etc/cloud/cloud-init.disabled").exists()
 
 
