@@ -94,7 +94,8 @@ class ConsoleClock:
         return min(starts) if starts else None
 
 
-DETAILS = ("journalctl -b -o short-monotonic --no-pager -u systemd-networkd "
+DETAILS = ("journalctl -b -o short-monotonic --no-pager _PID=1 | head -45; "
+           "journalctl -b -o short-monotonic --no-pager -u systemd-networkd "
            "-u systemd-networkd-wait-online -u cloud-init-main -u cloud-init-local "
            "-u cloud-init-network | tail -40; systemd-analyze critical-chain --no-pager")
 
@@ -188,7 +189,7 @@ def main() -> int:
     ap.add_argument("--skip-boot", action="store_true")
     ap.add_argument("--boots", type=int, default=3, help="first boots to take the median of")
     ap.add_argument("--disk", type=Path, help="boot this qcow2 instead of building one")
-    ap.add_argument("--details", action="store_true", help="also the network's and "
+    ap.add_argument("--details", action="store_true", help="also PID 1's, the network's and "
                     "cloud-init's journal and the default target's critical chain")
     ap.add_argument("--reboot", action="store_true", help="also reboot each host once and "
                     "measure its second boot (an update's reboot)")
