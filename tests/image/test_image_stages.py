@@ -146,6 +146,14 @@ def test_factory_copy_runs_under_systemd_tmpfiles(tmp_path: Path) -> None:
 FINISHED = {"var/lib/cloud/instance/boot-finished": "1.0 - Thu, 03 Dec 2026\n"}
 
 
+def cloud_init_once(root: Path) -> subprocess.CompletedProcess[str]:
+    """The image's tidehost-cloud-init-once script run on a scratch tree (it succeeded)."""
+    script = Path(configure.__file__).parents[1] / "data/tidehost-cloud-init-once"
+    r = subprocess.run(["sh", str(script), str(root)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
 @pytest.mark.parametrize(("per_boot", "stays_on"), [
     (FINISHED, False),
     ({}, True),  # cloud-init did not finish (a shutdown during the first boot): again
@@ -168,9 +176,7 @@ def test_cloud_init_runs_again_only_for_per_boot_work(
     for rel, text in per_boot.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
-    script = Path(configure.__file__).parents[1] / "data/tidehost-cloud-init-once"
-    r = subprocess.run(["sh", str(script), str(tmp_path)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    r = cloud_init_once(tmp_path)
     flag = tmp_path / "etc/cloud/cloud-init.disabled"
     assert flag.exists() is not stays_on, r.stdout
     assert ("runs again" in r.stdout or "stays on" in r.stdout) is stays_on and not list((tmp_path / "etc/cloud").glob("*.tmp"))
@@ -189,9 +195,7 @@ def test_links_cloud_init_renamed_keep_their_names_without_it(tmp_path: Path) ->
     # a link this boot did not name so (no such interface now): left alone
     (net / "10-cloud-init-spare.network").write_text(
         "[Match]\nMACAddress=52:54:00:4d:00:ff\nName=spare\n\n[Network]\nDHCP=ipv4\n")
-    script = Path(configure.__file__).parents[1] / "data/tidehost-cloud-init-once"
-    r = subprocess.run(["sh", str(script), str(tmp_path)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    cloud_init_once(tmp_path)
     assert sorted(p.name for p in net.glob("*.link")) == ["10-tidehost-cluster0.link"]
     link = (net / "10-tidehost-cluster0.link").read_text()
     assert ("[Match]\nMACAddress=52:54:00:4d:00:0d\nType=ether\nKind=!*\n\n[Link]\n"
