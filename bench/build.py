@@ -94,7 +94,7 @@ class ConsoleClock:
         return min(starts) if starts else None
 
 
-DETAILS = ("journalctl -b -o short-monotonic --no-pager _PID=1 | head -45; "
+DETAILS = ("journalctl -b -o short-monotonic --no-pager _PID=1 | grep -A30 'Switching root'; "
            "journalctl -b -o short-monotonic --no-pager -u systemd-networkd "
            "-u systemd-networkd-wait-online -u cloud-init-main -u cloud-init-local "
            "-u cloud-init-network | tail -40; systemd-analyze critical-chain --no-pager")
